@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Remakes the simulator's speech assets (development time only; tests and CI use the committed WAVs).
+# Needs espeak-ng and sox (apt-get install espeak-ng sox). Output: 8 kHz mono 16-bit PCM WAV,
+# the telephone band, with 150 ms of leading silence trimmed to 50 ms at both ends so onsets are crisp.
+set -euo pipefail
+cd "$(dirname "$0")"
+say() {  # say VOICE FILE TEXT
+  espeak-ng -v "$1" -s 165 -w /tmp/espeak_$$.wav "$3"
+  sox /tmp/espeak_$$.wav -r 8000 -c 1 -b 16 "$2" silence 1 0.01 0.5% reverse silence 1 0.01 0.5% reverse pad 0.05 0.05 norm -3
+  rm -f /tmp/espeak_$$.wav
+}
+caller=en-us+m3
+assistant=en-us+f3
+say "$caller" caller_question.wav "Hi. Can you tell me something interesting about the history of Paris?"
+say "$caller" caller_interrupt.wav "Sorry, wait. Can you make that shorter?"
+say "$caller" caller_search.wav "What's the weather like in Paris today?"
+say "$caller" caller_goodbye.wav "That's all, thanks. Goodbye!"
+say "$assistant" assistant_greeting.wav "Good afternoon, Jordan! How can I help you today?"
+say "$assistant" assistant_long.wav "Paris has a long and fascinating history. It began as a small settlement of a Celtic tribe called the Parisii on an island in the river Seine, more than two thousand years ago. The Romans later built a town there called Lutetia, with baths, a forum and an arena that you can still visit today."
+say "$assistant" assistant_short.wav "Of course. In short: Paris started as a Celtic village on the Seine, and grew into a great capital."
+say "$assistant" assistant_one_moment.wav "One moment, let me look that up."
+say "$assistant" assistant_weather.wav "It's sunny in Paris today, around eighteen degrees, according to a weather service."
+say "$assistant" assistant_goodbye.wav "You're welcome, Jordan. Goodbye!"
+sox -n -r 8000 -c 1 -b 16 wait_music.wav synth 4 pluck C4 pluck E4 pluck G4 fade 0 4 0.5 norm -6 2>/dev/null \
+  || sox -n -r 8000 -c 1 -b 16 wait_music.wav synth 4 sine 440 norm -6

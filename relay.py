@@ -1,0 +1,979 @@
+"""The relay: a Twilio phone call bridged to the OpenAI Realtime API, in one aiohttp process.
+
+Call flow (a maintainer's map):
+
+1. Twilio POSTs ``/incoming-call``; ``incoming_call`` answers TwiML: a greeting and
+   ``<Connect><Stream url="wss://…/media-stream">`` for an allowed caller, a short
+   "restricted" message and a hang-up for anyone else.
+2. Twilio opens the ``/media-stream`` websocket; ``media_stream`` checks the signature and
+   hands the socket to a ``Call``.
+3. ``Call.run`` waits for Twilio's ``start``, opens the Realtime websocket, sends
+   ``session.update`` first, holds caller audio until ``session.updated``, then asks for the
+   greeting and pumps both directions (``_pump_twilio``, ``_pump_realtime``).
+4. Barge-in (``_on_speech_started``): ``clear`` at Twilio, truncate what the caller did not
+   hear (``protocol.Playback``). One response at a time (``_request_response``).
+5. Whichever side ends closes the other; closing the Twilio socket hangs up the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from aiohttp import WSCloseCode, WSMsgType, web
+from dotenv import load_dotenv
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, VoiceResponse
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+import protocol
+from protocol import Playback
+
+logger = logging.getLogger("relay")
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly, capable voice assistant on a phone call. Speak naturally and keep "
+    "answers short (one to three sentences) unless the caller asks for more; the caller "
+    "cannot see anything, so never read out URLs, markdown or lists of symbols. If you are "
+    "interrupted, stop and listen. Answer in the caller's language."
+)
+
+START_TIMEOUT_S = 10.0
+"""How long Twilio has to send ``start`` after the websocket opens."""
+UPSTREAM_CONNECT_TIMEOUT_S = 10.0
+"""How long opening the Realtime websocket may take."""
+SESSION_TIMEOUT_S = 10.0
+"""How long the Realtime service has to answer ``session.update`` with ``session.updated``."""
+HELD_AUDIO_FRAMES = 500
+"""Caller frames held while the session is being configured: 10 s of 20 ms frames."""
+TWILIO_MAX_MSG_BYTES = 64 * 1024
+"""Largest frame accepted from Twilio (a 20 ms media frame is about 300 bytes)."""
+
+
+# --- Configuration ------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """One or more environment variables are missing or malformed; the message names them."""
+
+
+class VadType(enum.StrEnum):
+    """Realtime turn detection types (``audio.input.turn_detection.type``)."""
+
+    SEMANTIC = "semantic_vad"
+    SERVER = "server_vad"
+    NONE = "none"
+
+
+class NoiseReduction(enum.StrEnum):
+    """Realtime input noise reduction (``audio.input.noise_reduction.type``)."""
+
+    NEAR_FIELD = "near_field"
+    FAR_FIELD = "far_field"
+    OFF = "off"
+
+
+class CallerGroup(enum.StrEnum):
+    """Which allowlist a caller is on."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+    ANYONE = "anyone"
+    """Not listed, but let in by ``ALLOW_ALL_CALLERS``."""
+
+
+EAGERNESS = ("low", "medium", "high", "auto")
+_E = TypeVar("_E", bound=enum.StrEnum)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the relay reads from the environment, validated once at startup.
+
+    Build with ``Config.from_env(os.environ)``; tests build it directly.
+    """
+
+    openai_api_key: str = field(repr=False)
+    port: int = 10000
+    public_url: str | None = None
+    """Public origin Twilio uses (``https://relay.example.com``); None: the Host header."""
+    realtime_url: str = "wss://api.openai.com/v1/realtime"
+    realtime_model: str = "gpt-realtime"
+    voice: str = "cedar"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    vad_type: VadType = VadType.SEMANTIC
+    vad_eagerness: str = "auto"
+    vad_threshold: float = 0.5
+    vad_prefix_padding_ms: int = 300
+    vad_silence_duration_ms: int = 500
+    vad_interrupt_response: bool = True
+    noise_reduction: NoiseReduction = NoiseReduction.NEAR_FIELD
+    transcription_model: str | None = None
+    twilio_account_sid: str | None = field(default=None, repr=False)
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    primary_numbers: tuple[str, ...] = ()
+    """E.164 numbers of the primary caller group."""
+    secondary_numbers: tuple[str, ...] = ()
+    primary_first_name: str | None = None
+    secondary_first_name: str | None = None
+    allow_all_callers: bool = False
+    default_region: str = "US"
+    """ISO country used to read numbers written without a leading +."""
+    timezone: str | None = None
+    """IANA zone for the time-of-day greeting; None: the server's local time."""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """Read and validate the configuration.
+
+        Args:
+            env: the environment (``os.environ`` after python-dotenv loaded ``.env``).
+
+        Raises:
+            ConfigError: naming every missing or malformed variable and what is allowed,
+                in one line.
+        """
+        problems: list[str] = []
+        reader = _EnvReader(env, problems)
+        api_key = env.get("OPENAI_API_KEY", "").strip()
+        if not api_key:
+            problems.append("OPENAI_API_KEY is required (your OpenAI API key)")
+        region = reader.text("DEFAULT_REGION", "US").upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            problems.append(f"DEFAULT_REGION must be an ISO country code such as US or GB, got {region!r}")
+            region = "US"
+        timezone = reader.text("TIMEZONE", "") or None
+        if timezone:
+            try:
+                ZoneInfo(timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                problems.append(f"TIMEZONE must be an IANA zone such as Europe/Paris, got {timezone!r}")
+        public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
+        if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+            problems.append(f"PUBLIC_URL must start with https:// (or http:// for local tests), got {public_url!r}")
+        realtime_url = reader.text("OPENAI_REALTIME_URL", cls.realtime_url)
+        if urlsplit(realtime_url).scheme not in ("ws", "wss"):
+            problems.append(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got {realtime_url!r}")
+        transcription = reader.text("TRANSCRIPTION_MODEL", "")
+        config = cls(
+            openai_api_key=api_key,
+            port=reader.integer("PORT", cls.port, 1, 65535),
+            public_url=public_url,
+            realtime_url=realtime_url,
+            realtime_model=reader.text("OPENAI_REALTIME_MODEL", cls.realtime_model),
+            voice=reader.text("VOICE", cls.voice),
+            instructions=reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
+            vad_type=reader.choice("VAD_TYPE", VadType, VadType.SEMANTIC),
+            vad_eagerness=reader.choice_text("VAD_EAGERNESS", EAGERNESS, "auto"),
+            vad_threshold=reader.number("VAD_THRESHOLD", 0.5, 0.0, 1.0),
+            vad_prefix_padding_ms=reader.integer("VAD_PREFIX_PADDING_MS", 300, 0, 10_000),
+            vad_silence_duration_ms=reader.integer("VAD_SILENCE_DURATION_MS", 500, 0, 10_000),
+            vad_interrupt_response=reader.boolean("VAD_INTERRUPT_RESPONSE", True),
+            noise_reduction=reader.choice("NOISE_REDUCTION", NoiseReduction, NoiseReduction.NEAR_FIELD),
+            transcription_model=transcription or None,
+            twilio_account_sid=reader.text("TWILIO_ACCOUNT_SID", "") or None,
+            twilio_auth_token=reader.text("TWILIO_AUTH_TOKEN", "") or None,
+            primary_numbers=reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
+            secondary_numbers=reader.phone_list("SECONDARY_USER_PHONE_NUMBERS", region),
+            primary_first_name=reader.text("PRIMARY_USER_FIRST_NAME", "") or None,
+            secondary_first_name=reader.text("SECONDARY_USER_FIRST_NAME", "") or None,
+            allow_all_callers=reader.boolean("ALLOW_ALL_CALLERS", False),
+            default_region=region,
+            timezone=timezone,
+            log_level=reader.choice_text("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+        )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return config
+
+    def turn_detection(self) -> dict[str, Any] | None:
+        """The ``audio.input.turn_detection`` object for ``session.update`` (None: VAD off)."""
+        if self.vad_type is VadType.NONE:
+            return None
+        common = {"create_response": True, "interrupt_response": self.vad_interrupt_response}
+        if self.vad_type is VadType.SEMANTIC:
+            return {"type": "semantic_vad", "eagerness": self.vad_eagerness, **common}
+        return {
+            "type": "server_vad",
+            "threshold": self.vad_threshold,
+            "prefix_padding_ms": self.vad_prefix_padding_ms,
+            "silence_duration_ms": self.vad_silence_duration_ms,
+            **common,
+        }
+
+    def realtime_connect_url(self) -> str:
+        """``OPENAI_REALTIME_URL`` with ``model`` added to its query unless already there."""
+        parts = urlsplit(self.realtime_url)
+        query = parse_qsl(parts.query)
+        if not any(key == "model" for key, _ in query):
+            query.append(("model", self.realtime_model))
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class _EnvReader:
+    """Reads typed values, collecting problems instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str], problems: list[str]) -> None:
+        self.env = env
+        self.problems = problems
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name)
+        return default if value is None or not value.strip() else value.strip()
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+            return default
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
+            return default
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        self.problems.append(f"{name} must be true or false, got {raw!r}")
+        return default
+
+    def choice(self, name: str, kind: type[_E], default: _E) -> _E:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            return kind(raw.lower())
+        except ValueError:
+            allowed = ", ".join(member.value for member in kind)
+            self.problems.append(f"{name} must be one of {allowed}, got {raw!r}")
+            return default
+
+    def choice_text(self, name: str, allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
+        raw = self.text(name, "")
+        value = raw.upper() if upper else raw.lower()
+        if not raw:
+            return default
+        if value not in allowed:
+            self.problems.append(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+            return default
+        return value
+
+    def phone_list(self, name: str, region: str) -> tuple[str, ...]:
+        numbers = []
+        for raw in self.text(name, "").split(","):
+            if not raw.strip():
+                continue
+            number = to_e164(raw, region)
+            if number is None:
+                self.problems.append(f"{name} has {raw.strip()!r}, which is not a valid phone number")
+            else:
+                numbers.append(number)
+        return tuple(numbers)
+
+
+def to_e164(raw: str, region: str = "US") -> str | None:
+    """Normalise a phone number to E.164 (``+14155550100``) with libphonenumber rules.
+
+    Args:
+        raw: a number as dialled or written (``+44 20 7946 0958``, ``(415) 555-0100``).
+        region: ISO country assumed when ``raw`` has no leading ``+``.
+
+    Returns:
+        The E.164 string, or None when ``raw`` is not a valid number (e.g. ``anonymous``).
+    """
+    try:
+        parsed = phonenumbers.parse(raw.strip(), region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask_number(number: str) -> str:
+    """A phone number fit for logs: the last four digits only (``+*******0100``)."""
+    return number[:1] + "*" * max(len(number) - 5, 0) + number[-4:] if len(number) > 4 else "****"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An allowed caller."""
+
+    number: str
+    """E.164."""
+    group: CallerGroup
+    first_name: str
+    """The group's first name, or "legend" when unset."""
+
+
+def find_caller(config: Config, raw_number: str | None) -> Caller | None:
+    """The allowed caller for a number, or None when the line is restricted for it.
+
+    With both allowlists empty everyone is refused unless ``ALLOW_ALL_CALLERS`` is set.
+    """
+    number = to_e164(raw_number or "", config.default_region)
+    if number is not None and number in config.primary_numbers:
+        return Caller(number, CallerGroup.PRIMARY, config.primary_first_name or "legend")
+    if number is not None and number in config.secondary_numbers:
+        return Caller(number, CallerGroup.SECONDARY, config.secondary_first_name or "legend")
+    if config.allow_all_callers:
+        return Caller(number or (raw_number or "unknown"), CallerGroup.ANYONE, "legend")
+    return None
+
+
+# --- Application state ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Stats:
+    """Process counters reported by ``/health``."""
+
+    started: float = field(default_factory=time.monotonic)
+    active: int = 0
+    total: int = 0
+    errors: int = 0
+
+
+CONFIG = web.AppKey("config", Config)
+STATS = web.AppKey("stats", Stats)
+CALLS = web.AppKey("calls", set["Call"])
+VALIDATOR = web.AppKey("validator", RequestValidator | None)
+DRAINING = web.AppKey("draining", asyncio.Event)
+
+
+def make_app(config: Config) -> web.Application:
+    """Build the aiohttp application for ``config`` (routes, state, shutdown)."""
+    app = web.Application()
+    app[CONFIG] = config
+    app[STATS] = Stats()
+    app[CALLS] = set()
+    app[VALIDATOR] = RequestValidator(config.twilio_auth_token) if config.twilio_auth_token else None
+    app[DRAINING] = asyncio.Event()
+    app.router.add_get("/", index)
+    app.router.add_get("/health", health)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("GET", "/incoming-call", incoming_call)
+    app.router.add_route("POST", "/incoming-call", incoming_call)
+    app.router.add_get("/media-stream", media_stream)
+    app.on_shutdown.append(_close_calls)
+    return app
+
+
+async def _close_calls(app: web.Application) -> None:
+    """Shutdown: refuse new calls, end live ones with 1001 going away."""
+    app[DRAINING].set()
+    calls = list(app[CALLS])
+    if calls:
+        logger.info("shutting down: closing %d live call(s)", len(calls))
+    await asyncio.gather(*(call.close(WSCloseCode.GOING_AWAY, "server shutting down") for call in calls))
+
+
+# --- HTTP routes ------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """``GET /``: a liveness message; a websocket upgrade here is a media stream (seed 001)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await media_stream(request)
+    return web.json_response({"message": "Twilio ⇄ OpenAI Realtime relay is running"})
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: status and counters for load balancers (503 while draining)."""
+    stats = request.app[STATS]
+    draining = request.app[DRAINING].is_set()
+    body = {
+        "status": "draining" if draining else "healthy",
+        "uptime": f"{int(time.monotonic() - stats.started)}s",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "connections": {"active": stats.active, "total": stats.total},
+        "errors": stats.errors,
+        "openai_configured": bool(request.app[CONFIG].openai_api_key),
+    }
+    return web.json_response(body, status=503 if draining else 200)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: a bare liveness probe."""
+    return web.json_response({"status": "ok"})
+
+
+def public_origin(config: Config, request: web.Request) -> str:
+    """The https origin Twilio used to reach us: ``PUBLIC_URL``, else the Host header
+    (with ``X-Forwarded-Proto`` when a proxy terminates TLS)."""
+    if config.public_url:
+        return config.public_url
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    return f"{proto}://{request.host}"
+
+
+def stream_origin(config: Config, request: web.Request) -> str:
+    """The websocket origin for ``<Stream url>``: ``wss://`` unless ``PUBLIC_URL`` is an
+    ``http://`` loopback test origin (Twilio accepts only wss)."""
+    if config.public_url and config.public_url.startswith("http://"):
+        return "ws://" + config.public_url.removeprefix("http://")
+    return "wss://" + urlsplit(public_origin(config, request)).netloc
+
+
+def _signature_ok(request: web.Request, url: str, params: Mapping[str, str]) -> bool:
+    """Check ``X-Twilio-Signature`` over ``url`` and ``params``; True when checks are off."""
+    validator = request.app[VALIDATOR]
+    if validator is None:
+        return True
+    return bool(validator.validate(url, dict(params), request.headers.get("X-Twilio-Signature", "")))
+
+
+def greeting_for(when: datetime) -> str:
+    """ "Good morning" (before 12:00), "Good afternoon" (before 18:00) or "Good evening"."""
+    if when.hour < 12:
+        return "Good morning"
+    return "Good afternoon" if when.hour < 18 else "Good evening"
+
+
+async def incoming_call(request: web.Request) -> web.Response:
+    """``/incoming-call`` (Twilio voice webhook, GET or POST): answer with TwiML.
+
+    Twilio docs: the webhook is form-encoded and signed; ``<Connect><Stream>`` holds the call
+    until the websocket closes, and with nothing after ``</Connect>`` the call then ends.
+    """
+    config = request.app[CONFIG]
+    form = await request.post() if request.method == "POST" else {}
+    params = {key: str(value) for key, value in form.items()}
+    url = public_origin(config, request) + request.path_qs
+    if not _signature_ok(request, url, params):
+        logger.warning("rejected /incoming-call: bad X-Twilio-Signature")
+        return web.Response(status=403, text="invalid signature")
+    raw_from = params.get("From") or request.query.get("From")
+    caller = find_caller(config, raw_from)
+    response = VoiceResponse()
+    if caller is None:
+        logger.info("restricted caller %s refused", mask_number(raw_from or ""))
+        response.say("Sorry, this line is restricted. Goodbye.")
+        response.hangup()
+    else:
+        zone = ZoneInfo(config.timezone) if config.timezone else None
+        salutation = greeting_for(datetime.now(zone))
+        response.say(f"{salutation}, {caller.first_name}. Connecting you to your assistant.")
+        connect_verb = Connect()
+        stream = connect_verb.stream(url=stream_origin(config, request) + "/media-stream")
+        stream.parameter(name="caller_number", value=caller.number)
+        response.append(connect_verb)
+    return web.Response(text=response.to_xml(), content_type="text/xml")
+
+
+async def media_stream(request: web.Request) -> web.WebSocketResponse:
+    """``/media-stream`` websocket (also ``/`` upgrades): one Twilio call.
+
+    Twilio signs the handshake over the ``wss://`` URL with empty params; a bad signature is
+    closed with 1008 before anything reaches OpenAI.
+    """
+    app = request.app
+    ws = web.WebSocketResponse(max_msg_size=TWILIO_MAX_MSG_BYTES, autoping=True)
+    config = app[CONFIG]
+    url = stream_origin(config, request) + request.path_qs
+    await ws.prepare(request)
+    if app[DRAINING].is_set():
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        return ws
+    if not _signature_ok(request, url, {}):
+        logger.warning("rejected media stream: bad X-Twilio-Signature")
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid signature")
+        return ws
+    call = Call(ws, config, app[STATS])
+    app[CALLS].add(call)
+    try:
+        await call.run()
+    finally:
+        app[CALLS].discard(call)
+    return ws
+
+
+# --- The call bridge --------------------------------------------------------------------
+
+
+class EndCall(Exception):
+    """Ends a call from inside a pump; the message is the log's end reason."""
+
+
+@dataclass(slots=True)
+class CallCounts:
+    """Per-call counters for the end-of-call log line."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    marks_acked: int = 0
+    barge_ins: int = 0
+    responses: int = 0
+    realtime_errors: int = 0
+
+
+class Call:
+    """One phone call: the Twilio websocket, the Realtime websocket, and the state between.
+
+    Owns two pump coroutines (Twilio -> Realtime, Realtime -> Twilio); when either ends, the
+    other is cancelled and both sockets are closed.
+    """
+
+    def __init__(self, twilio: web.WebSocketResponse, config: Config, stats: Stats) -> None:
+        self.twilio = twilio
+        self.config = config
+        self.stats = stats
+        self.realtime: ClientConnection | None = None
+        self.stream_sid = ""
+        self.call_sid = ""
+        self.caller: Caller | None = None
+        self.playback = Playback()
+        self.counts = CallCounts()
+        self.session_ready = False
+        self.held: deque[str] = deque(maxlen=HELD_AUDIO_FRAMES)
+        self.active_response: str | None = None
+        self.create_in_flight = False
+        self.response_wanted = False
+        self.interrupted_responses: set[str] = set()
+        self._warned: set[str] = set()
+        self._close_code: int | None = None
+        self._closing = asyncio.Event()
+
+    # -- lifecycle --
+
+    async def run(self) -> None:
+        """Serve the call until either side ends. Never raises (errors are logged)."""
+        started = time.monotonic()
+        reason = "unknown"
+        self.stats.active += 1
+        self.stats.total += 1
+        try:
+            reason = await self._run()
+        except EndCall as end:
+            reason = str(end)
+        except Exception:
+            self.stats.errors += 1
+            reason = "internal error"
+            logger.exception("call failed stream_sid=%s", self.stream_sid or "-")
+        finally:
+            self.stats.active -= 1
+            await self._close_sockets()
+        if self.stream_sid:
+            c = self.counts
+            logger.info(
+                "call ended stream_sid=%s call_sid=%s duration=%.1fs reason=%s frames_in=%d "
+                "frames_out=%d marks_acked=%d responses=%d barge_ins=%d realtime_errors=%d",
+                self.stream_sid,
+                self.call_sid,
+                time.monotonic() - started,
+                reason,
+                c.frames_in,
+                c.frames_out,
+                c.marks_acked,
+                c.responses,
+                c.barge_ins,
+                c.realtime_errors,
+            )
+
+    async def close(self, code: int, reason: str) -> None:
+        """End the call from outside (shutdown): close the Twilio socket with ``code``."""
+        self._close_code = code
+        self._closing.set()
+        await self.twilio.close(code=code, message=reason.encode())
+
+    async def _run(self) -> str:
+        if not await self._await_start():
+            return "no start from twilio"
+        caller = self.caller
+        assert caller is not None
+        logger.info(
+            "call started stream_sid=%s call_sid=%s caller=%s group=%s",
+            self.stream_sid,
+            self.call_sid,
+            mask_number(caller.number),
+            caller.group,
+        )
+        try:
+            self.realtime = await asyncio.wait_for(
+                connect(
+                    self.config.realtime_connect_url(),
+                    additional_headers={"Authorization": f"Bearer {self.config.openai_api_key}"},
+                    max_size=2**24,
+                    compression=None,
+                    open_timeout=None,
+                ),
+                UPSTREAM_CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            self.stats.errors += 1
+            logger.error("realtime connect failed stream_sid=%s: %s", self.stream_sid, _describe(exc))
+            return "realtime unavailable"
+        await self._send_realtime(protocol.session_update(self._session()))
+        pumps = [
+            asyncio.create_task(self._pump_twilio(), name="twilio->realtime"),
+            asyncio.create_task(self._pump_realtime(), name="realtime->twilio"),
+            asyncio.create_task(self._session_watchdog(), name="session watchdog"),
+            asyncio.create_task(self._closing.wait(), name="close request"),
+        ]
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        finished = done.pop()
+        if finished.get_name() == "close request":
+            return "server shutting down"
+        exc = finished.exception()
+        if exc is not None:
+            raise exc
+        return str(finished.result())
+
+    async def _await_start(self) -> bool:
+        """Read Twilio frames until ``start``; False on timeout, close or a bad caller."""
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                async for msg in self.twilio:
+                    event = self._parse_twilio(msg)
+                    if event is None or event.get("event") != "start":
+                        continue
+                    start = event.get("start")
+                    if not isinstance(start, dict) or not isinstance(start.get("streamSid"), str):
+                        self._warn_once("start", "twilio start without start.streamSid dropped")
+                        continue
+                    self.stream_sid = start["streamSid"]
+                    self.call_sid = str(start.get("callSid", ""))
+                    params = start.get("customParameters")
+                    number = params.get("caller_number") if isinstance(params, dict) else None
+                    self.caller = find_caller(self.config, number if isinstance(number, str) else None)
+                    if self.caller is None:
+                        logger.warning("media stream for a restricted caller refused stream_sid=%s", self.stream_sid)
+                        await self.twilio.close(code=WSCloseCode.POLICY_VIOLATION, message=b"restricted")
+                        return False
+                    return True
+        except TimeoutError:
+            logger.warning("no twilio start within %.0fs; closing", START_TIMEOUT_S)
+        return False
+
+    async def _session_watchdog(self) -> str:
+        await asyncio.sleep(SESSION_TIMEOUT_S)
+        if self.session_ready:
+            await asyncio.Event().wait()  # done: idle until cancelled
+        self.stats.errors += 1
+        logger.error("no session.updated within %.0fs stream_sid=%s", SESSION_TIMEOUT_S, self.stream_sid)
+        raise EndCall("realtime session not configured")
+
+    async def _close_sockets(self) -> None:
+        if self.realtime is not None:
+            await self.realtime.close()
+        if not self.twilio.closed:
+            await self.twilio.close(code=self._close_code or WSCloseCode.OK)
+
+    def _session(self) -> dict[str, Any]:
+        config = self.config
+        noise = None if config.noise_reduction is NoiseReduction.OFF else config.noise_reduction.value
+        return protocol.realtime_session(
+            instructions=config.instructions,
+            voice=config.voice,
+            turn_detection=config.turn_detection(),
+            noise_reduction=noise,
+            transcription_model=config.transcription_model,
+        )
+
+    # -- Twilio -> Realtime --
+
+    def _parse_twilio(self, msg: Any) -> dict[str, Any] | None:
+        """One Twilio frame as a dict, or None (logged once per kind) when unusable."""
+        if msg.type != WSMsgType.TEXT:
+            if msg.type == WSMsgType.BINARY:
+                self._warn_once("binary", "binary frame from twilio ignored")
+            return None
+        try:
+            event = json.loads(msg.data)
+        except ValueError:
+            self._warn_once("json", "non-JSON frame from twilio ignored")
+            return None
+        if not isinstance(event, dict):
+            self._warn_once("json", "non-object frame from twilio ignored")
+            return None
+        return event
+
+    async def _pump_twilio(self) -> str:
+        """Forward caller audio and account mark echoes until Twilio stops or closes."""
+        async for msg in self.twilio:
+            event = self._parse_twilio(msg)
+            if event is None:
+                continue
+            kind = event.get("event")
+            if kind == "media":
+                media = event.get("media")
+                payload = media.get("payload") if isinstance(media, dict) else None
+                if not isinstance(payload, str):
+                    self._warn_once("media", "twilio media without a payload dropped")
+                    continue
+                self.counts.frames_in += 1
+                if self.session_ready:
+                    await self._send_realtime_text(protocol.input_audio_append(payload))
+                else:
+                    self.held.append(payload)
+            elif kind == "mark":
+                mark = event.get("mark")
+                name = mark.get("name") if isinstance(mark, dict) else None
+                if isinstance(name, str) and self.playback.on_mark(name, time.monotonic()):
+                    self.counts.marks_acked += 1
+            elif kind == "stop":
+                return "twilio stop"
+            else:
+                logger.debug("twilio %s ignored", kind)
+        return "twilio closed"
+
+    # -- Realtime -> Twilio --
+
+    async def _pump_realtime(self) -> str:
+        """Dispatch Realtime server events until the service closes the socket."""
+        assert self.realtime is not None
+        handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "response.output_audio.delta": self._on_audio_delta,
+            "session.updated": self._on_session_updated,
+            "input_audio_buffer.speech_started": self._on_speech_started,
+            "response.created": self._on_response_created,
+            "response.done": self._on_response_done,
+            "error": self._on_error,
+        }
+        try:
+            async for raw in self.realtime:
+                try:
+                    event = json.loads(raw)
+                    handler = handlers.get(event.get("type"))
+                except (ValueError, AttributeError):
+                    self._warn_once("realtime-json", "unparseable realtime frame ignored")
+                    continue
+                if handler is not None:
+                    try:
+                        await handler(event)
+                    except (KeyError, TypeError, AttributeError) as exc:
+                        self._warn_once(f"bad-{event.get('type')}", f"malformed {event.get('type')} ignored: {exc!r}")
+                else:
+                    logger.debug("realtime %s", event.get("type"))
+        except ConnectionClosed:
+            pass
+        code = self.realtime.close_code
+        if code != 1000:
+            self.stats.errors += 1
+            logger.error(
+                "realtime closed the session stream_sid=%s code=%s reason=%s",
+                self.stream_sid,
+                code,
+                self.realtime.close_reason or "-",
+            )
+        return f"realtime closed ({code})"
+
+    async def _on_session_updated(self, event: dict[str, Any]) -> None:
+        if self.session_ready:
+            return
+        while self.held:  # caller audio held during setup goes first, in order
+            await self._send_realtime_text(protocol.input_audio_append(self.held.popleft()))
+        self.session_ready = True
+        name = self.caller.first_name if self.caller else "there"
+        await self._send_realtime(
+            protocol.system_message(
+                f"The caller, whose first name is {name}, has just been connected. Greet them "
+                "by name in one short sentence and ask how you can help."
+            )
+        )
+        await self._request_response()
+
+    async def _on_audio_delta(self, event: dict[str, Any]) -> None:
+        """Assistant audio: forward to Twilio unchanged, then a mark (hot path)."""
+        if event["response_id"] in self.interrupted_responses:
+            return  # generated after the barge-in: the caller must not hear it
+        payload = event["delta"]
+        mark = self.playback.on_audio_sent(event["item_id"], protocol.b64_decoded_len(payload), time.monotonic())
+        await self.twilio.send_str(protocol.twilio_media(self.stream_sid, payload))
+        await self.twilio.send_str(protocol.twilio_mark(self.stream_sid, mark))
+        self.counts.frames_out += 1
+
+    async def _on_speech_started(self, event: dict[str, Any]) -> None:
+        """Barge-in: the caller spoke while assistant audio is queued at Twilio."""
+        now = time.monotonic()
+        if not self.playback.is_playing(now):
+            return
+        await self.twilio.send_str(protocol.twilio_clear(self.stream_sid))
+        cuts = self.playback.barge_in(now)
+        self.counts.barge_ins += 1
+        if self.active_response is not None:
+            self.interrupted_responses.add(self.active_response)
+            if not self.config.vad_interrupt_response:
+                await self._send_realtime(protocol.response_cancel())
+        for cut in cuts:
+            await self._send_realtime(protocol.item_truncate(cut.item_id, cut.audio_end_ms))
+        logger.debug("barge-in stream_sid=%s truncations=%s", self.stream_sid, cuts)
+
+    async def _on_response_created(self, event: dict[str, Any]) -> None:
+        self.active_response = event["response"]["id"]
+        self.create_in_flight = False
+        self.counts.responses += 1
+
+    async def _on_response_done(self, event: dict[str, Any]) -> None:
+        self.active_response = None
+        self.interrupted_responses.discard(event["response"]["id"])
+        if self.response_wanted and not self.create_in_flight:
+            self.response_wanted = False
+            await self._request_response()
+
+    async def _on_error(self, event: dict[str, Any]) -> None:
+        error = event.get("error") or {}
+        code = error.get("code")
+        self.counts.realtime_errors += 1
+        if code == "response_cancel_not_active":
+            logger.debug("response.cancel with no active response (harmless)")
+            return
+        if code == "conversation_already_has_active_response" and self.create_in_flight:
+            # A server-side (VAD) response won the race: ask again after it is done.
+            self.create_in_flight = False
+            self.response_wanted = True
+        logger.warning(
+            "realtime error stream_sid=%s type=%s code=%s message=%s",
+            self.stream_sid,
+            error.get("type"),
+            code,
+            error.get("message"),
+        )
+
+    async def _request_response(self) -> None:
+        """Send ``response.create`` now, or once the active response is done (the service
+        refuses a second one with ``conversation_already_has_active_response``)."""
+        if self.active_response is not None or self.create_in_flight:
+            self.response_wanted = True
+            return
+        self.create_in_flight = True
+        await self._send_realtime(protocol.response_create())
+
+    # -- sending --
+
+    async def _send_realtime(self, event: dict[str, Any]) -> None:
+        await self._send_realtime_text(json.dumps(event))
+
+    async def _send_realtime_text(self, text: str) -> None:
+        assert self.realtime is not None
+        try:
+            await self.realtime.send(text)
+        except ConnectionClosed:
+            raise EndCall("realtime closed") from None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("%s stream_sid=%s", message, self.stream_sid or "-")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# --- Entry point ------------------------------------------------------------------------
+
+
+def startup_warnings(config: Config) -> list[str]:
+    """What an operator should know before taking calls."""
+    notes = []
+    if not config.primary_numbers and not config.secondary_numbers and not config.allow_all_callers:
+        notes.append(
+            "PRIMARY_USER_PHONE_NUMBERS and SECONDARY_USER_PHONE_NUMBERS are empty: every caller "
+            "is refused (set ALLOW_ALL_CALLERS=true to let anyone in)"
+        )
+    if config.allow_all_callers:
+        notes.append("ALLOW_ALL_CALLERS=true: any caller reaches the assistant")
+    if not config.twilio_auth_token:
+        notes.append(
+            "TWILIO_AUTH_TOKEN is not set: webhook and media-stream signatures are not checked, "
+            "so anyone who finds this server can open a call"
+        )
+    return notes
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run the relay on ``host:port`` inside the current event loop (tests, the simulator).
+
+    Yields:
+        The base URL, e.g. ``http://127.0.0.1:54321``.
+    """
+    runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0]
+    try:
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    """``python relay.py``: serve on 0.0.0.0:$PORT until SIGINT/SIGTERM (exit 0)."""
+    load_dotenv()
+    try:
+        config = Config.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for note in startup_warnings(config):
+        logger.warning("%s", note)
+    logger.info(
+        "relay listening on 0.0.0.0:%d (realtime %s, model %s)",
+        config.port,
+        urlsplit(config.realtime_url).netloc,
+        config.realtime_model,
+    )
+    web.run_app(
+        make_app(config),
+        host="0.0.0.0",
+        port=config.port,
+        shutdown_timeout=5.0,
+        print=None,
+        access_log_format='%a "%r" %s %Tfs',
+    )
+
+
+if __name__ == "__main__":
+    main()
