@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -169,17 +170,17 @@ class Config:
         public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
         if public_url and urlsplit(public_url).scheme not in ("http", "https"):
             problems.append(f"PUBLIC_URL must start with https:// (or http:// for local tests), got {public_url!r}")
-        realtime_url = reader.text("OPENAI_REALTIME_URL", cls.realtime_url)
+        realtime_url = reader.text("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
         if urlsplit(realtime_url).scheme not in ("ws", "wss"):
             problems.append(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got {realtime_url!r}")
         transcription = reader.text("TRANSCRIPTION_MODEL", "")
         config = cls(
             openai_api_key=api_key,
-            port=reader.integer("PORT", cls.port, 1, 65535),
+            port=reader.integer("PORT", 10000, 1, 65535),
             public_url=public_url,
             realtime_url=realtime_url,
-            realtime_model=reader.text("OPENAI_REALTIME_MODEL", cls.realtime_model),
-            voice=reader.text("VOICE", cls.voice),
+            realtime_model=reader.text("OPENAI_REALTIME_MODEL", "gpt-realtime"),
+            voice=reader.text("VOICE", "cedar"),
             instructions=reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
             vad_type=reader.choice("VAD_TYPE", VadType, VadType.SEMANTIC),
             vad_eagerness=reader.choice_text("VAD_EAGERNESS", EAGERNESS, "auto"),
@@ -641,6 +642,7 @@ class Call:
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             self.stats.errors += 1
+            self._close_code = WSCloseCode.INTERNAL_ERROR
             logger.error("realtime connect failed stream_sid=%s: %s", self.stream_sid, _describe(exc))
             return "realtime unavailable"
         await self._send_realtime(protocol.session_update(self._session()))
@@ -947,7 +949,7 @@ async def serving(config: Config, host: str = "127.0.0.1", port: int = 0) -> Asy
 
 def main() -> None:
     """``python relay.py``: serve on 0.0.0.0:$PORT until SIGINT/SIGTERM (exit 0)."""
-    load_dotenv()
+    load_dotenv(Path.cwd() / ".env")  # the working directory's .env; real env vars win
     try:
         config = Config.from_env(os.environ)
     except ConfigError as exc:

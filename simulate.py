@@ -357,6 +357,9 @@ class RealtimeSession:
         self.active_id: str | None = None
         self.last_item_id: str | None = None
         self.input_bytes = 0
+        self.updated_at: float | None = None
+        self._later: list[asyncio.Task[None]] = []
+        """When the first session.updated was sent."""
 
     def _note(self, text: str) -> None:
         if self.timeline is not None:
@@ -417,8 +420,9 @@ class RealtimeSession:
                 )
                 continue
             await self.handle(event)
-        if self.active is not None:
-            self.active.cancel()
+        for task in [self.active, *self._later]:
+            if task is not None:
+                task.cancel()
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -432,8 +436,10 @@ class RealtimeSession:
         elif kind == "session.update":
             self.session = _deep_merge(self.session, event["session"])
             self._configure_vad()
-            self._note("session.update -> session.updated")
-            await self.send({"type": "session.updated", "session": self.session})
+            if self.standin.session_updated_delay_s:  # answer later, reading on meanwhile
+                self._later.append(asyncio.create_task(self._session_updated(self.standin.session_updated_delay_s)))
+            else:
+                await self._session_updated(0.0)
         elif kind == "response.create":
             if self.active_id is not None:
                 await self.error(
@@ -460,6 +466,13 @@ class RealtimeSession:
             await self.send({"type": "conversation.item.added", "item": item, "previous_item_id": self.last_item_id})
             await self.send({"type": "conversation.item.done", "item": item, "previous_item_id": self.last_item_id})
             self.last_item_id = item["id"]
+
+    async def _session_updated(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._note("session.update -> session.updated")
+        if self.updated_at is None:
+            self.updated_at = time.monotonic()
+        await self.send({"type": "session.updated", "session": self.session})
 
     async def _on_vad(self, what: str, ms: int) -> None:
         td = self.session["audio"]["input"]["turn_detection"]
@@ -671,6 +684,8 @@ class RealtimeStandIn:
         self.sessions: list[RealtimeSession] = []
         self.user_item_ids: dict[int, str] = {}
         self.handshake_headers: list[dict[str, str]] = []
+        self.session_updated_delay_s = 0.0
+        """Delay before answering session.update (tests of the relay's hold buffer)."""
         self._turns: dict[int, int] = {}
         self._attribution: dict[str, deque[tuple[str, int]]] = {}
         self.input_audio: dict[int, bytearray] = {}

@@ -1,0 +1,245 @@
+"""The call bridge end to end: the real relay on loopback between a Twilio leg and the Realtime stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+from conftest import ROOT, TwilioLeg, make_config, start_relay, start_standin, until
+
+import relay
+import simulate
+from simulate import AssistantTurn
+
+
+def _noise(n: int, seed: int) -> bytes:
+    """Random µ-law bytes avoiding 0xFF/0x7F (silence), so every payload is unique."""
+    rng = random.Random(seed)
+    return bytes(rng.randrange(0, 0x7F) for _ in range(n))
+
+
+async def _collect_audio(leg: TwilioLeg, nbytes: int, echo_marks: bool = True) -> tuple[bytes, list[str]]:
+    """Read relay messages until ``nbytes`` of media and the mark after it arrived; returns audio and the
+    event order."""
+    audio, order = bytearray(), []
+    while len(audio) < nbytes or order[-1] != "mark":
+        event = await leg.recv()
+        assert event is not None, "relay closed the call early"
+        assert event["streamSid"] == leg.stream_sid
+        order.append(event["event"])
+        if event["event"] == "media":
+            audio += base64.b64decode(event["media"]["payload"])
+        elif event["event"] == "mark" and echo_marks:
+            await leg.mark(event["mark"]["name"])
+    return bytes(audio), order
+
+
+async def test_whole_call_protocol(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
+    """session.update goes first; every event the relay sends is a valid GA client event; caller audio
+    held during setup reaches upstream byte for byte; the greeting follows session.updated."""
+    greeting = _noise(4000, seed=1)
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=greeting, transcript="Hello Jordan")])
+    standin.session_updated_delay_s = 0.3
+    base = await start_relay(stack, make_config(url, vad_type=relay.VadType.NONE))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    sent = _noise(160 * 40, seed=2)
+    for i in range(0, len(sent), 160):  # 800 ms of audio, most of it before session.updated
+        await leg.media(sent[i : i + 160])
+        await asyncio.sleep(0.02)
+    heard, order = await _collect_audio(leg, len(greeting))
+    assert heard == greeting
+    assert order[:2] == ["media", "mark"] and order.count("media") == order.count("mark")
+    session = standin.sessions[0]
+    await until(lambda: bytes(standin.input_audio.get(id(session), b"")) == sent, what="caller audio upstream")
+    received = [event for _, event in session.received]
+    assert received[0]["type"] == "session.update"
+    assert received[0]["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert received[0]["session"]["audio"]["output"] == {"format": {"type": "audio/pcmu"}, "voice": "cedar"}
+    assert session.invalid == [] and session.errors == []
+    for event in received:
+        assert simulate.client_event_problems(event) == [], event["type"]
+    assert session.updated_at is not None
+    after_update = [(t, e["type"]) for t, e in session.received if e["type"] != "session.update"]
+    assert all(t >= session.updated_at for t, _ in after_update)
+    greeting_events = [kind for _, kind in after_update if kind != "input_audio_buffer.append"]
+    assert greeting_events == ["conversation.item.create", "response.create"]
+    system_text = received[[e["type"] for e in received].index("conversation.item.create")]["item"]["content"][0]
+    assert "Jordan" in system_text["text"]
+    headers = standin.handshake_headers[0]
+    assert headers["Authorization"] == "Bearer " + make_config().openai_api_key
+    assert "OpenAI-Beta" not in headers
+    await leg.stop()
+    await leg.closed()
+
+
+async def test_assistant_audio_in_order_with_marks(stack: contextlib.AsyncExitStack,
+                                                   http: aiohttp.ClientSession) -> None:
+    """Each audio delta reaches Twilio unchanged as one media message followed by its mark."""
+    answer = _noise(8000 * 2, seed=3)
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=answer, delta_ms=(20, 300))])
+    base = await start_relay(stack, make_config(url))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    heard, order = await _collect_audio(leg, len(answer), echo_marks=False)
+    assert heard == answer
+    assert order == ["media", "mark"] * (len(order) // 2)
+    await leg.ws.close()
+
+
+async def test_realtime_error_keeps_the_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A Realtime error event is logged with type, code and message; the call goes on."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 4))])
+    base = await start_relay(stack, make_config(url))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    await _collect_audio(leg, 800)
+    session = standin.sessions[0]
+    await session.error("rate_limit_exceeded", "Slow down.", kind="rate_limit_error")
+    await until(lambda: "code=rate_limit_exceeded message=Slow down." in caplog.text, what="error log")
+    before = session.input_bytes
+    await leg.media(_noise(160, 5))
+    await until(lambda: session.input_bytes == before + 160, what="audio after the error")
+    assert not leg.ws.closed
+    assert "type=rate_limit_error" in caplog.text
+
+
+async def test_upstream_close_ends_the_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
+    """When the Realtime service closes the session, the relay hangs up the Twilio stream."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 6))])
+    base = await start_relay(stack, make_config(url))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    await _collect_audio(leg, 800)
+    await standin.sessions[0].ws.close(code=1001, message=b"Your session hit the maximum duration of 60 minutes.")
+    assert await leg.closed() == 1000
+    async with http.get(base + "/health") as resp:
+        body = await resp.json()
+    assert body["connections"] == {"active": 0, "total": 1}
+    assert body["errors"] == 1
+
+
+async def test_twilio_stop_closes_upstream(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
+    """Twilio's stop closes the Realtime socket."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 7))])
+    base = await start_relay(stack, make_config(url))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    await _collect_audio(leg, 800)
+    await leg.stop()
+    await until(lambda: standin.sessions[0].ws.closed, what="upstream closed")
+    assert await leg.closed() == 1000
+
+
+async def test_unreachable_realtime(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    """If the Realtime socket cannot be opened, the call ends at once (1011), logged once, counted."""
+    base = await start_relay(stack, make_config(f"ws://127.0.0.1:{simulate.free_port()}/v1/realtime"))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    assert await leg.closed() == 1011
+    assert len([r for r in caplog.records if r.message.startswith("realtime connect failed")]) == 1
+    async with http.get(base + "/health") as resp:
+        assert (await resp.json())["errors"] == 1
+
+
+async def test_malformed_frames_are_dropped(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Non-JSON, binary and payload-less frames are logged once each and the call goes on."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 8))])
+    base = await start_relay(stack, make_config(url))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    await _collect_audio(leg, 800)
+    for _ in range(3):
+        await leg.ws.send_str("{not json")
+        await leg.ws.send_bytes(b"\x00\x01")
+        await leg.send({"event": "media", "streamSid": leg.stream_sid, "media": {}})
+    session = standin.sessions[0]
+    before = session.input_bytes
+    await leg.media(_noise(160, 9))
+    await until(lambda: session.input_bytes == before + 160, what="audio after bad frames")
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert len([w for w in warnings if w.startswith("non-JSON frame")]) == 1
+    assert len([w for w in warnings if w.startswith("binary frame")]) == 1
+    assert len([w for w in warnings if w.startswith("twilio media without a payload")]) == 1
+
+
+async def test_concurrent_calls_are_isolated(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
+    """Two calls at once: each hears only its own session's audio, each session gets only its caller's."""
+    answers: dict[int, bytes] = {}
+
+    def script(session: simulate.RealtimeSession) -> AssistantTurn:
+        answers[id(session)] = _noise(4000, seed=len(answers) + 20)
+        return AssistantTurn(ulaw=answers[id(session)])
+
+    standin, url = await start_standin(stack, script)
+    config = make_config(url, secondary_numbers=("+14155550111",), vad_type=relay.VadType.NONE)
+    base = await start_relay(stack, config)
+    legs = [await TwilioLeg.open(http, base), await TwilioLeg.open(http, base)]
+    await legs[0].start()
+    await legs[1].start(caller="+14155550111")
+    await until(lambda: len(standin.sessions) == 2 and all(s.updated_at for s in standin.sessions))
+    spoken = [_noise(1600, 30), _noise(1600, 31)]
+    for i in range(0, 1600, 160):
+        for leg, audio in zip(legs, spoken, strict=True):
+            await leg.media(audio[i : i + 160])
+    heard = await asyncio.gather(*(_collect_audio(leg, 4000) for leg in legs))
+    by_caller = {}
+    for session in standin.sessions:
+        text = next(e for _, e in session.received if e["type"] == "conversation.item.create")
+        name = "primary" if "Jordan" in text["item"]["content"][0]["text"] else "secondary"
+        by_caller[name] = session
+    assert {heard[0][0], heard[1][0]} == set(answers.values())
+    for leg_index, name in enumerate(["primary", "secondary"]):
+        session = by_caller[name]
+        assert heard[leg_index][0] == answers[id(session)]
+        assert bytes(standin.input_audio[id(session)]) == spoken[leg_index]
+
+
+async def test_relay_process_serves_a_call_and_drains_on_sigterm(stack: contextlib.AsyncExitStack,
+                                                                  http: aiohttp.ClientSession) -> None:
+    """`python relay.py` serves a whole call from a Twilio-like client; SIGTERM closes it with 1001 and exits 0."""
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(1600, 40))])
+    port = simulate.free_port()
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env.update({"OPENAI_API_KEY": "sk-sub", "OPENAI_REALTIME_URL": url, "PORT": str(port),
+                "ALLOW_ALL_CALLERS": "true", "VAD_TYPE": "server_vad"})
+    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env, cwd=ROOT / "tests",
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(base + "/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            assert time.monotonic() < deadline, "relay did not start"
+            await asyncio.sleep(0.1)
+        leg = await TwilioLeg.open(http, base)
+        await leg.start()
+        heard, _ = await _collect_audio(leg, 1600)
+        assert heard == _noise(1600, 40)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert await leg.closed() == 1001
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    output = (await process.stdout.read()).decode() if process.stdout else ""
+    assert "call ended" in output and "reason=server shutting down" in output
+    assert "sk-sub" not in output

@@ -1,0 +1,137 @@
+"""Configuration: defaults, every malformed value named, and the process exit on bad config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from relay import Config, ConfigError, NoiseReduction, VadType, startup_warnings, to_e164
+
+KEY = {"OPENAI_API_KEY": "sk-test"}
+
+
+def test_defaults_match_the_design_card() -> None:
+    """Only OPENAI_API_KEY is needed; everything else has the documented default."""
+    config = Config.from_env(KEY)
+    assert config.port == 10000
+    assert config.realtime_url == "wss://api.openai.com/v1/realtime"
+    assert config.realtime_model == "gpt-realtime"
+    assert config.voice == "cedar"
+    assert config.vad_type is VadType.SEMANTIC
+    assert config.noise_reduction is NoiseReduction.NEAR_FIELD
+    assert config.realtime_connect_url() == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    """repr(Config) never shows the API key or the Twilio token."""
+    config = Config.from_env({**KEY, "TWILIO_AUTH_TOKEN": "tok-secret"})
+    assert "sk-test" not in repr(config) and "tok-secret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({}, "OPENAI_API_KEY is required (your OpenAI API key)", id="missing-key"),
+        pytest.param({**KEY, "PORT": "abc"}, "PORT must be a whole number from 1 to 65535, got 'abc'", id="port-text"),
+        pytest.param({**KEY, "PORT": "70000"}, "PORT must be a whole number from 1 to 65535, got '70000'",
+                     id="port-range"),
+        pytest.param({**KEY, "VAD_TYPE": "fast"}, "VAD_TYPE must be one of semantic_vad, server_vad, none, got 'fast'",
+                     id="vad-type"),
+        pytest.param({**KEY, "VAD_THRESHOLD": "2"}, "VAD_THRESHOLD must be a number from 0 to 1, got '2'",
+                     id="vad-threshold"),
+        pytest.param({**KEY, "VAD_EAGERNESS": "eager"},
+                     "VAD_EAGERNESS must be one of low, medium, high, auto, got 'eager'", id="eagerness"),
+        pytest.param({**KEY, "NOISE_REDUCTION": "far"},
+                     "NOISE_REDUCTION must be one of near_field, far_field, off, got 'far'", id="noise"),
+        pytest.param({**KEY, "ALLOW_ALL_CALLERS": "maybe"}, "ALLOW_ALL_CALLERS must be true or false, got 'maybe'",
+                     id="bool"),
+        pytest.param({**KEY, "PRIMARY_USER_PHONE_NUMBERS": "+14155550100,12"},
+                     "PRIMARY_USER_PHONE_NUMBERS has '12', which is not a valid phone number", id="phone"),
+        pytest.param({**KEY, "OPENAI_REALTIME_URL": "https://x"},
+                     "OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got 'https://x'", id="realtime-url"),
+        pytest.param({**KEY, "TIMEZONE": "Mars/Olympus"},
+                     "TIMEZONE must be an IANA zone such as Europe/Paris, got 'Mars/Olympus'", id="timezone"),
+    ],
+)
+def test_malformed_values_are_named(env: dict[str, str], message: str) -> None:
+    """Each bad variable gives one message naming it and what is allowed."""
+    with pytest.raises(ConfigError) as info:
+        Config.from_env(env)
+    assert str(info.value) == message
+
+
+def test_all_problems_reported_together() -> None:
+    """Several bad variables are reported in one line, not one per restart."""
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"PORT": "x", "VAD_TYPE": "y"})
+    assert str(info.value) == (
+        "OPENAI_API_KEY is required (your OpenAI API key); PORT must be a whole number from 1 to 65535, got 'x'; "
+        "VAD_TYPE must be one of semantic_vad, server_vad, none, got 'y'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("+14155550100", "+14155550100", id="e164"),
+        pytest.param("(415) 555-0100", "+14155550100", id="us-national"),
+        pytest.param("+44 20 7946 0958", "+442079460958", id="uk"),
+        pytest.param("+33 1 42 68 53 00", "+33142685300", id="france"),
+        pytest.param("anonymous", None, id="anonymous"),
+        pytest.param("client:alice", None, id="client"),
+        pytest.param("", None, id="empty"),
+    ],
+)
+def test_e164_normalisation(raw: str, expected: str | None) -> None:
+    """Numbers are normalised with libphonenumber, international ones kept intact."""
+    assert to_e164(raw) == expected
+
+
+def test_phone_lists_are_normalised() -> None:
+    """Allowlists written in national or spaced form become E.164."""
+    config = Config.from_env({**KEY, "PRIMARY_USER_PHONE_NUMBERS": "(415) 555-0100, +44 20 7946 0958"})
+    assert config.primary_numbers == ("+14155550100", "+442079460958")
+
+
+def test_turn_detection_objects() -> None:
+    """VAD variables map to the GA turn_detection objects."""
+    server = Config.from_env({**KEY, "VAD_TYPE": "server_vad", "VAD_THRESHOLD": "0.6",
+                              "VAD_PREFIX_PADDING_MS": "200", "VAD_SILENCE_DURATION_MS": "650"})
+    assert server.turn_detection() == {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 200,
+                                       "silence_duration_ms": 650, "create_response": True,
+                                       "interrupt_response": True}
+    semantic = Config.from_env({**KEY, "VAD_EAGERNESS": "high"})
+    assert semantic.turn_detection() == {"type": "semantic_vad", "eagerness": "high", "create_response": True,
+                                         "interrupt_response": True}
+    assert Config.from_env({**KEY, "VAD_TYPE": "none"}).turn_detection() is None
+
+
+def test_startup_warning_for_empty_allowlists() -> None:
+    """Empty allowlists refuse everyone, and the operator is told once at startup."""
+    notes = startup_warnings(Config.from_env({**KEY, "TWILIO_AUTH_TOKEN": "t"}))
+    assert notes == ["PRIMARY_USER_PHONE_NUMBERS and SECONDARY_USER_PHONE_NUMBERS are empty: every caller is "
+                     "refused (set ALLOW_ALL_CALLERS=true to let anyone in)"]
+
+
+def _run_relay(env: dict[str, str], tmp_path: os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
+    return subprocess.run([sys.executable, str(ROOT / "relay.py")], env={**clean, **env}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_process_exits_on_missing_key(tmp_path: os.PathLike[str]) -> None:
+    """`python relay.py` without OPENAI_API_KEY exits 1 with one line naming it."""
+    result = _run_relay({}, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "relay: configuration error: OPENAI_API_KEY is required (your OpenAI API key)\n"
+
+
+def test_process_exits_on_bad_port(tmp_path: os.PathLike[str]) -> None:
+    """A malformed PORT is a startup error naming the variable, not a crash."""
+    result = _run_relay({"OPENAI_API_KEY": "sk-x", "PORT": "ten"}, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "relay: configuration error: PORT must be a whole number from 1 to 65535, got 'ten'\n"
