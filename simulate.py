@@ -137,7 +137,7 @@ class Timeline:
 class Vad:
     """Energy VAD over 10 ms sub-frames of µ-law audio, shaped like Realtime ``server_vad``.
 
-    A sub-frame is voiced when its RMS exceeds ``-60 + 50 * threshold`` dBFS (0.5: -35 dBFS).
+    A sub-frame is voiced when its RMS exceeds ``-60 + 40 * threshold`` dBFS (0.5: -40 dBFS).
     Speech starts after ``START_FRAMES`` voiced sub-frames in a row; it is reported with
     ``audio_start_ms`` = onset - ``prefix_padding_ms`` (the service includes the padding).
     It stops after ``silence_duration_ms`` of unvoiced audio; ``audio_end_ms`` includes it.
@@ -147,7 +147,7 @@ class Vad:
     START_FRAMES = 2
 
     def __init__(self, threshold: float, prefix_padding_ms: int, silence_duration_ms: int) -> None:
-        self.level_dbfs = -60 + 50 * threshold
+        self.level_dbfs = -60 + 40 * threshold
         self.prefix_padding_ms = prefix_padding_ms
         self.silence_duration_ms = silence_duration_ms
         self.pos_ms = 0
@@ -288,13 +288,15 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
+def _merge_session(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Apply a partial session.update: only the fields sent change; ``audio.input`` and
+    ``audio.output`` merge field by field, and objects below them (format, turn_detection,
+    noise_reduction) are replaced whole, as the service does."""
+    merged = {**base, **{k: v for k, v in update.items() if k != "audio"}}
+    audio_update = update.get("audio") or {}
+    merged["audio"] = {
+        side: {**base.get("audio", {}).get(side, {}), **(audio_update.get(side) or {})} for side in ("input", "output")
+    }
     return merged
 
 
@@ -318,8 +320,6 @@ class RealtimeSession:
         self.timeline = timeline
         self.session: dict[str, Any] = {
             "type": "realtime",
-            "object": "realtime.session",
-            "id": _new_id("sess"),
             "model": "gpt-realtime",
             "output_modalities": ["audio"],
             "instructions": "",
@@ -434,7 +434,7 @@ class RealtimeSession:
                 for what, ms in self.vad.feed(chunk):
                     await self._on_vad(what, ms)
         elif kind == "session.update":
-            self.session = _deep_merge(self.session, event["session"])
+            self.session = _merge_session(self.session, event["session"])
             self._configure_vad()
             if self.standin.session_updated_delay_s:  # answer later, reading on meanwhile
                 self._later.append(asyncio.create_task(self._session_updated(self.standin.session_updated_delay_s)))

@@ -1,0 +1,207 @@
+"""The stand-ins themselves: VAD onsets, Twilio playback and clear, the Realtime service's errors, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import ROOT, start_standin
+
+import audio
+import simulate
+from simulate import AssistantTurn, PhonePlayback, Vad
+
+CALLER_WAVS = ["caller_question", "caller_interrupt", "caller_goodbye", "caller_search"]
+
+
+def _onset_from_samples_ms(pcm: bytes) -> float:
+    """First sample louder than 5% of the file's peak (-26 dB), in ms: catches quiet fricative onsets."""
+    samples = struct.unpack(f"<{len(pcm) // 2}h", pcm)
+    peak = max(abs(s) for s in samples)
+    first = next(i for i, s in enumerate(samples) if abs(s) > peak * 0.05)
+    return first / 8
+
+
+@pytest.mark.parametrize("name", CALLER_WAVS)
+def test_vad_onset_within_40ms(name: str) -> None:
+    """speech_started's onset (audio_start_ms + prefix padding) is within 40 ms of the onset in the samples."""
+    pcm = audio.load_wav(ROOT / "assets" / f"{name}.wav")
+    assert pcm.rate_hz == 8000 and pcm.channels == 1
+    lead_ms = 1000
+    ulaw = audio.ULAW_SILENCE * (lead_ms * 8) + audio.to_ulaw_8k(pcm)
+    vad = Vad(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=700)
+    events = []
+    for frame in audio.frames(ulaw + audio.ULAW_SILENCE * 8000):
+        events += vad.feed(frame)
+    assert events[0][0] == "started" and events[-1][0] == "stopped"
+    detected = events[0][1] + 300 - lead_ms
+    assert abs(detected - _onset_from_samples_ms(pcm.samples)) <= 40
+
+
+def test_vad_silence_and_padding() -> None:
+    """Silence never starts speech; speech_stopped comes silence_duration_ms after the last voiced audio."""
+    vad = Vad(0.5, 300, 500)
+    assert vad.feed(audio.ULAW_SILENCE * 16000) == []
+    loud = audio.pcm16_to_ulaw(struct.pack("<h", 8000) * 8000)  # 1 s at -12 dBFS
+    assert vad.feed(loud) == [("started", 2000 - 300)]
+    assert vad.feed(audio.ULAW_SILENCE * 8000) == [("stopped", 3000 + 500)]
+
+
+def test_phone_marks_echo_when_audio_before_them_played() -> None:
+    """Media plays at 8000 bytes/s in order; a mark is due when the audio before it has played."""
+    phone = PhonePlayback()
+    assert phone.enqueue_mark(10.0, "empty") == ["empty"]  # nothing buffered: echoed at once
+    phone.enqueue_media(10.0, b"\x00" * 800)  # 100 ms
+    assert phone.enqueue_mark(10.0, "a") == []
+    phone.enqueue_media(10.01, b"\x00" * 1600)  # queued behind: plays 10.1 .. 10.3
+    assert phone.enqueue_mark(10.01, "b") == []
+    assert phone.due_marks(10.099) == []
+    assert phone.due_marks(10.1) == ["a"]
+    assert phone.next_mark_at() == pytest.approx(10.3)
+    assert phone.due_marks(10.3) == ["b"]
+    assert not phone.playing(10.3)
+
+
+def test_phone_clear_drops_audio_and_echoes_pending_marks() -> None:
+    """clear drops what is buffered, echoes every pending mark at once, and counts only what played."""
+    phone = PhonePlayback()
+    phone.enqueue_media(0.0, b"\x01" * 8000, ("item_a", 0))  # 1 s
+    phone.enqueue_mark(0.0, "m1")
+    phone.enqueue_media(0.0, b"\x02" * 8000, ("item_b", 0))
+    phone.enqueue_mark(0.0, "m2")
+    assert phone.due_marks(1.0) == ["m1"]
+    assert phone.clear(1.25) == ["m2"]
+    assert phone.heard_bytes_by_item(5.0) == {"item_a": 8000, "item_b": 2000}
+    assert not phone.playing(1.25)
+    phone.enqueue_media(2.0, b"\x03" * 80, ("item_c", 0))
+    assert phone.chunks[-1].start == 2.0  # after a clear new audio plays at once
+
+
+async def _standin_ws(stack: contextlib.AsyncExitStack, script: Any = None) -> tuple[Any, Any]:
+    standin, url = await start_standin(stack, script)
+    http = await stack.enter_async_context(aiohttp.ClientSession())
+    ws = await http.ws_connect(url + "?model=gpt-realtime", headers={"Authorization": "Bearer sk-x"})
+    return standin, ws
+
+
+async def _next(ws: Any, kind: str) -> dict[str, Any]:
+    while True:
+        event = json.loads((await ws.receive(timeout=5)).data)
+        if event["type"] == kind:
+            return event
+
+
+SESSION = {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+                                         "output": {"format": {"type": "audio/pcmu"}}}}
+
+
+async def test_standin_rejects_invalid_session_update(stack: contextlib.AsyncExitStack) -> None:
+    """A session.update without session.type, or with beta-era fields, gets an error, not session.updated."""
+    standin, ws = await _standin_ws(stack)
+    assert (await _next(ws, "session.created"))["session"]["type"] == "realtime"
+    await ws.send_json({"type": "session.update", "session": {"audio": {"input": {"noise_reduction": None}}}})
+    error = (await _next(ws, "error"))["error"]
+    assert error["type"] == "invalid_request_error" and "session" in error["message"]
+    await ws.send_json({"type": "session.update", "session": {"type": "realtime", "input_audio_format": "g711_ulaw"}})
+    error = (await _next(ws, "error"))["error"]
+    assert error["code"] == "unknown_parameter"
+    assert error["message"] == "Invalid event: unknown field $.session.input_audio_format"
+    await ws.send_json({"type": "session.update", "session": SESSION})
+    updated = await _next(ws, "session.updated")
+    assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert len(standin.sessions[0].invalid) == 2
+
+
+async def test_standin_response_errors(stack: contextlib.AsyncExitStack) -> None:
+    """Active-response, cancel-not-active and truncate-past-the-audio errors read as the service's."""
+    turn = AssistantTurn(ulaw=b"\x10" * 16000, speed=2.0)  # 2 s of audio, sent over ~1 s
+    standin, ws = await _standin_ws(stack, [turn, AssistantTurn(ulaw=b"\x20" * 800)])
+    await ws.send_json({"type": "session.update", "session": SESSION})
+    await _next(ws, "session.updated")
+    await ws.send_json({"type": "response.cancel"})
+    error = (await _next(ws, "error"))["error"]
+    assert (error["code"], error["message"]) == ("response_cancel_not_active",
+                                                 "Cancellation failed: no active response found")
+    await ws.send_json({"type": "response.create"})
+    created = await _next(ws, "response.created")
+    await ws.send_json({"type": "response.create"})
+    error = (await _next(ws, "error"))["error"]
+    assert error["code"] == "conversation_already_has_active_response"
+    assert created["response"]["id"] in error["message"]
+    delta = await _next(ws, "response.output_audio.delta")
+    await ws.send_json({"type": "response.cancel"})
+    done = await _next(ws, "response.done")
+    assert done["response"]["status"] == "cancelled"
+    generated = standin.sessions[0].generated[delta["item_id"]]
+    too_far = generated // 8 + 1
+    await ws.send_json({"type": "conversation.item.truncate", "item_id": delta["item_id"], "content_index": 0,
+                        "audio_end_ms": too_far})
+    error = (await _next(ws, "error"))["error"]
+    assert error["message"] == f"Audio content of {generated / 8:g}ms is already shorter than {too_far}ms"
+    await ws.send_json({"type": "conversation.item.truncate", "item_id": delta["item_id"], "content_index": 0,
+                        "audio_end_ms": generated // 8})
+    truncated = await _next(ws, "conversation.item.truncated")
+    assert truncated["audio_end_ms"] == generated // 8
+
+
+async def test_standin_vad_turn_and_server_events_valid(stack: contextlib.AsyncExitStack) -> None:
+    """Speech in the input buffer gives speech_started/stopped, committed and a response; every server
+    event the stand-in sends validates against the openai package's server event types."""
+    turn = AssistantTurn(ulaw=b"\x10" * 1600, transcript="hi there", function_calls=[("end_call", {"reason": "x"})])
+    standin, ws = await _standin_ws(stack, [turn])
+    session_cfg = json.loads(json.dumps(SESSION))
+    session_cfg["audio"]["input"]["turn_detection"] = {"type": "server_vad", "silence_duration_ms": 300,
+                                                       "prefix_padding_ms": 100}
+    await ws.send_json({"type": "session.update", "session": session_cfg})
+    await _next(ws, "session.updated")
+    speech = audio.to_ulaw_8k(audio.load_wav(ROOT / "assets" / "caller_search.wav"))
+    for chunk in audio.frames(speech + audio.ULAW_SILENCE * 4000):
+        await ws.send_json({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+    started = await _next(ws, "input_audio_buffer.speech_started")
+    stopped = await _next(ws, "input_audio_buffer.speech_stopped")
+    assert started["item_id"] == stopped["item_id"]
+    assert stopped["audio_end_ms"] > started["audio_start_ms"]
+    await _next(ws, "input_audio_buffer.committed")
+    done = await _next(ws, "response.done")
+    assert [item["type"] for item in done["response"]["output"]] == ["message", "function_call"]
+    session = standin.sessions[0]
+    assert session.sent, "nothing recorded"
+    for event in session.sent:
+        assert simulate.server_event_problems(event) == [], event
+
+
+async def test_standin_rejects_beta_header(stack: contextlib.AsyncExitStack) -> None:
+    """Connecting with OpenAI-Beta gets beta_api_shape_disabled and a close, as the GA service does."""
+    _, url = await start_standin(stack)
+    http = await stack.enter_async_context(aiohttp.ClientSession())
+    ws = await http.ws_connect(url, headers={"Authorization": "Bearer x", "OpenAI-Beta": "realtime=v1"})
+    assert (await _next(ws, "error"))["error"]["code"] == "beta_api_shape_disabled"
+    assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+
+
+def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
+    """`python simulate.py` holds the built-in call: timeline with a barge-in, a stereo WAV with both voices."""
+    out = tmp_path / "call.wav"
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--out", str(out)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "call completed as scripted" in lines
+    assert "barge-ins: 1" in result.stdout
+    assert any("clear: caller heard" in line for line in lines)
+    assert any("truncate" in line and "audio_end_ms=" in line for line in lines)
+    pcm = audio.load_wav(out)
+    assert pcm.channels == 2 and pcm.rate_hz == 8000
+    import audioop
+
+    left, right = audioop.tomono(pcm.samples, 2, 1, 0), audioop.tomono(pcm.samples, 2, 0, 1)
+    assert audio.rms_dbfs(left) > -45 and audio.rms_dbfs(right) > -45  # both voices are in it
+    assert pcm.duration_ms > 15000
