@@ -10,7 +10,7 @@ Sources: Twilio Media Streams "WebSocket Messages" docs; the ``openai`` package'
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +154,8 @@ class _ItemAudio:
     """Offset of the item's first byte in the outbound stream (bytes since the call began)."""
     sent: int = 0
     """µ-law bytes of this item sent to the phone."""
+    closed: bool = False
+    """The model finished this item's audio (``response.output_audio.done``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,19 +192,19 @@ class Playback:
         """Offset one past the last byte sent to the phone."""
         self._anchor_offset = 0
         self._anchor_time = 0.0
-        self._pending_marks = 0
-        """Marks of this generation sent but not yet echoed."""
+        self._pending_marks: deque[int] = deque()
+        """End offsets of this generation's marks not yet echoed, oldest first."""
         self._items: OrderedDict[str, _ItemAudio] = OrderedDict()
 
     def played(self, now: float) -> int:
         """Estimated stream offset the phone has played up to at ``now`` (bytes)."""
-        elapsed = int((now - self._anchor_time) * SAMPLE_RATE_HZ)
+        elapsed = round((now - self._anchor_time) * SAMPLE_RATE_HZ)
         return min(self.sent_total, self._anchor_offset + max(elapsed, 0))
 
     def is_playing(self, now: float) -> bool:
         """True while assistant audio is queued at the phone (an echo is still due, or the
         clock estimate has not reached the end of what was sent)."""
-        return self._pending_marks > 0 or self.played(now) < self.sent_total
+        return bool(self._pending_marks) or self.played(now) < self.sent_total
 
     def on_audio_sent(self, item_id: str, nbytes: int, now: float) -> str:
         """Account ``nbytes`` µ-law bytes of ``item_id`` just sent to the phone.
@@ -210,7 +212,7 @@ class Playback:
         Returns:
             The name of the mark to send right after that media message.
         """
-        if self._pending_marks == 0 and self.played(now) >= self.sent_total:
+        if not self._pending_marks and self.played(now) >= self.sent_total:
             # The queue had run dry: this audio starts playing now.
             self._anchor_offset, self._anchor_time = self.sent_total, now
         item = self._items.get(item_id)
@@ -220,7 +222,7 @@ class Playback:
                 self._items.popitem(last=False)
         item.sent += nbytes
         self.sent_total += nbytes
-        self._pending_marks += 1
+        self._pending_marks.append(self.sent_total)
         return f"{self.generation}.{self.sent_total}"
 
     def on_mark(self, name: str, now: float) -> bool:
@@ -234,11 +236,18 @@ class Playback:
         if generation != str(self.generation) or not offset_text.isdigit():
             return False
         offset = int(offset_text)
-        if offset > self.sent_total or self._pending_marks == 0:
+        if offset not in self._pending_marks:
             return False
-        self._pending_marks -= 1
+        while self._pending_marks and self._pending_marks[0] <= offset:  # echoes come in order
+            self._pending_marks.popleft()
         self._anchor_offset, self._anchor_time = offset, now
         return True
+
+    def close_item(self, item_id: str) -> None:
+        """The model will send no more audio for ``item_id`` (``response.output_audio.done``)."""
+        item = self._items.get(item_id)
+        if item is not None:
+            item.closed = True
 
     def heard_ms(self, item_id: str, now: float) -> int:
         """Milliseconds of ``item_id`` played by ``now`` (0 for an unknown item)."""
@@ -251,17 +260,18 @@ class Playback:
         """The phone's queue is being cleared at ``now``: close the generation.
 
         Returns:
-            One truncation per item with audio not yet played: the item being heard at its
-            heard position, items queued behind it at 0 ms. Fully played items need none.
+            One truncation per item with audio not yet played or still being generated: the
+            item being heard at its heard position, items queued behind it at 0 ms. Items
+            fully played and closed need none.
         """
         played = self.played(now)
         cuts = [
             Truncation(item_id, min(max(played - item.start, 0), item.sent) // BYTES_PER_MS)
             for item_id, item in self._items.items()
-            if item.start + item.sent > played
+            if item.start + item.sent > played or not item.closed
         ]
         self.generation += 1
-        self._pending_marks = 0
+        self._pending_marks.clear()
         self._anchor_offset, self._anchor_time = self.sent_total, now
         self._items.clear()
         return cuts

@@ -771,6 +771,7 @@ class Call:
         assert self.realtime is not None
         handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "response.output_audio.delta": self._on_audio_delta,
+            "response.output_audio.done": self._on_audio_done,
             "session.updated": self._on_session_updated,
             "input_audio_buffer.speech_started": self._on_speech_started,
             "response.created": self._on_response_created,
@@ -829,6 +830,9 @@ class Call:
         await self.twilio.send_str(protocol.twilio_media(self.stream_sid, payload))
         await self.twilio.send_str(protocol.twilio_mark(self.stream_sid, mark))
         self.counts.frames_out += 1
+
+    async def _on_audio_done(self, event: dict[str, Any]) -> None:
+        self.playback.close_item(event["item_id"])
 
     async def _on_speech_started(self, event: dict[str, Any]) -> None:
         """Barge-in: the caller spoke while assistant audio is queued at Twilio."""
