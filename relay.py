@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import json
 import logging
 import os
@@ -971,8 +972,12 @@ def main() -> None:
         urlsplit(config.realtime_url).netloc,
         config.realtime_model,
     )
+    app = make_app(config)
+    # Modules and config live for the whole process: keep them out of full collections, which
+    # otherwise stall every live call's audio for ~10 ms (gc docs: gc.freeze).
+    gc.freeze()
     web.run_app(
-        make_app(config),
+        app,
         host="0.0.0.0",
         port=config.port,
         shutdown_timeout=5.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -130,10 +131,18 @@ async def test_randomized_barge_ins_match_what_the_caller_heard() -> None:
     rng = random.Random(int(os.environ.get("BARGE_IN_SEED", "20261121")))
     speech = audio.to_ulaw_8k(audio.load_wav(ROOT / "assets" / "caller_search.wav"))[: 8 * 700]
     scenarios = [_random_call(rng, speech, turns=17) for _ in range(7)]
-    results = await asyncio.gather(*(
-        simulate.simulate_call(scenario, seed=i, vad_silence_duration_ms=300, vad_prefix_padding_ms=100)
-        for i, scenario in enumerate(scenarios)
-    ))
+    # Seven simulated callers, their phones and the stand-ins share this process with the relay; a full
+    # collection of their records takes 40-80 ms and, landing between the relay's decision and the
+    # phone's clear, would be measured as relay error. Collect before, not during, the calls.
+    gc.collect()
+    gc.disable()
+    try:
+        results = await asyncio.gather(*(
+            simulate.simulate_call(scenario, seed=i, vad_silence_duration_ms=300, vad_prefix_padding_ms=100)
+            for i, scenario in enumerate(scenarios)
+        ))
+    finally:
+        gc.enable()
     errors, late = [], 0
     truncations = 0
     for result in results:
@@ -147,8 +156,6 @@ async def test_randomized_barge_ins_match_what_the_caller_heard() -> None:
                 assert cut.error is None
                 truncations += 1
                 errors.append(abs(cut.audio_end_ms - heard[cut.item_id]))
-                if errors[-1] > 20:
-                    print("OUTLIER", cut.audio_end_ms, heard[cut.item_id], cut.generated_ms)
         assert result.problems == [], result.problems
     within_20 = sum(e <= 20 for e in errors) / len(errors)
     p90 = sorted(errors)[int(len(errors) * 0.9)]

@@ -69,10 +69,11 @@ async def test_whole_call_protocol(stack: contextlib.AsyncExitStack, http: aioht
     for event in received:
         assert simulate.client_event_problems(event) == [], event["type"]
     assert session.updated_at is not None
+    assert len(session.append_times) == 40
+    assert all(t >= session.updated_at for t in session.append_times)  # held until the session was ready
     after_update = [(t, e["type"]) for t, e in session.received if e["type"] != "session.update"]
     assert all(t >= session.updated_at for t, _ in after_update)
-    greeting_events = [kind for _, kind in after_update if kind != "input_audio_buffer.append"]
-    assert greeting_events == ["conversation.item.create", "response.create"]
+    assert [kind for _, kind in after_update] == ["conversation.item.create", "response.create"]
     system_text = received[[e["type"] for e in received].index("conversation.item.create")]["item"]["content"][0]
     assert "Jordan" in system_text["text"]
     headers = standin.handshake_headers[0]
