@@ -105,8 +105,10 @@ def test_foreign_mark_names_are_ignored(name: str) -> None:
     assert pb.heard_ms("A", now=0.05) == 50
 
 
-def _random_call(rng: random.Random, speech: bytes, turns: int) -> Scenario:
-    """A call whose caller barges in at random points of first and later answers of random length."""
+def _random_call(rng: random.Random, speech: bytes, turns: int, barge_ins: int) -> Scenario:
+    """A call whose caller barges in ``barge_ins`` times, at random points of random first and later
+    answers of random length; in the other turns the caller waits for the answer to end."""
+    barge_turns = set(rng.sample(range(turns), barge_ins))
     assistant, caller = [], []
     for k in range(turns + 1):
         length_ms = rng.randint(900, 4000)
@@ -116,7 +118,7 @@ def _random_call(rng: random.Random, speech: bytes, turns: int) -> Scenario:
                                        speed=rng.uniform(3, 15)))
         if k == turns:
             break
-        if rng.random() < 0.85:
+        if k in barge_turns:
             when = {"after": "assistant_audio", "ms": rng.randint(40, length_ms - 500)}
         else:
             when = {"after": "assistant_done", "delay_ms": rng.randint(100, 400)}
@@ -130,7 +132,7 @@ async def test_randomized_barge_ins_match_what_the_caller_heard() -> None:
     error; no audio of an interrupted item reaches the caller after its clear."""
     rng = random.Random(int(os.environ.get("BARGE_IN_SEED", "20261121")))
     speech = audio.to_ulaw_8k(audio.load_wav(ROOT / "assets" / "caller_search.wav"))[: 8 * 700]
-    scenarios = [_random_call(rng, speech, turns=17) for _ in range(7)]
+    scenarios = [_random_call(rng, speech, turns=19, barge_ins=16) for _ in range(7)]
     # Seven simulated callers, their phones and the stand-ins share this process with the relay; a full
     # collection of their records takes 40-80 ms and, landing between the relay's decision and the
     # phone's clear, would be measured as relay error. Collect before, not during, the calls.
