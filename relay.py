@@ -28,7 +28,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,6 +155,7 @@ class Config:
         """
         problems: list[str] = []
         reader = _EnvReader(env, problems)
+        default = {f.name: f.default for f in fields(cls)}
         api_key = env.get("OPENAI_API_KEY", "").strip()
         if not api_key:
             problems.append("OPENAI_API_KEY is required (your OpenAI API key)")
@@ -171,25 +172,27 @@ class Config:
         public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
         if public_url and urlsplit(public_url).scheme not in ("http", "https"):
             problems.append(f"PUBLIC_URL must start with https:// (or http:// for local tests), got {public_url!r}")
-        realtime_url = reader.text("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
+        realtime_url = reader.text("OPENAI_REALTIME_URL", default["realtime_url"])
         if urlsplit(realtime_url).scheme not in ("ws", "wss"):
             problems.append(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got {realtime_url!r}")
         transcription = reader.text("TRANSCRIPTION_MODEL", "")
         config = cls(
             openai_api_key=api_key,
-            port=reader.integer("PORT", 10000, 1, 65535),
+            port=reader.integer("PORT", default["port"], 1, 65535),
             public_url=public_url,
             realtime_url=realtime_url,
-            realtime_model=reader.text("OPENAI_REALTIME_MODEL", "gpt-realtime"),
-            voice=reader.text("VOICE", "cedar"),
+            realtime_model=reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
+            voice=reader.text("VOICE", default["voice"]),
             instructions=reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
-            vad_type=reader.choice("VAD_TYPE", VadType, VadType.SEMANTIC),
-            vad_eagerness=reader.choice_text("VAD_EAGERNESS", EAGERNESS, "auto"),
-            vad_threshold=reader.number("VAD_THRESHOLD", 0.5, 0.0, 1.0),
-            vad_prefix_padding_ms=reader.integer("VAD_PREFIX_PADDING_MS", 300, 0, 10_000),
-            vad_silence_duration_ms=reader.integer("VAD_SILENCE_DURATION_MS", 500, 0, 10_000),
-            vad_interrupt_response=reader.boolean("VAD_INTERRUPT_RESPONSE", True),
-            noise_reduction=reader.choice("NOISE_REDUCTION", NoiseReduction, NoiseReduction.NEAR_FIELD),
+            vad_type=reader.choice("VAD_TYPE", VadType, default["vad_type"]),
+            vad_eagerness=reader.choice_text("VAD_EAGERNESS", EAGERNESS, default["vad_eagerness"]),
+            vad_threshold=reader.number("VAD_THRESHOLD", default["vad_threshold"], 0.0, 1.0),
+            vad_prefix_padding_ms=reader.integer("VAD_PREFIX_PADDING_MS", default["vad_prefix_padding_ms"], 0, 10_000),
+            vad_silence_duration_ms=reader.integer(
+                "VAD_SILENCE_DURATION_MS", default["vad_silence_duration_ms"], 0, 10_000
+            ),
+            vad_interrupt_response=reader.boolean("VAD_INTERRUPT_RESPONSE", default["vad_interrupt_response"]),
+            noise_reduction=reader.choice("NOISE_REDUCTION", NoiseReduction, default["noise_reduction"]),
             transcription_model=transcription or None,
             twilio_account_sid=reader.text("TWILIO_ACCOUNT_SID", "") or None,
             twilio_auth_token=reader.text("TWILIO_AUTH_TOKEN", "") or None,
