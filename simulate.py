@@ -73,7 +73,9 @@ def _unknown_fields(model: Any, path: str = "$") -> list[str]:
 def warm_up_validators() -> None:
     """Build the pydantic validators now (a few hundred ms) rather than mid-call, then move the
     import-time heap out of the collector's reach: with the openai types loaded a full collection
-    takes ~50 ms, long enough to skew the simulated clocks (``gc.freeze``)."""
+    takes ~50 ms, long enough to skew the simulated clocks (``gc.freeze``). Once per process."""
+    if _CLIENT_EVENT is not None and _SERVER_EVENT is not None:
+        return
     client_event_problems({"type": "response.cancel"})
     server_event_problems({"type": "session.created"})
     gc.freeze()
@@ -365,8 +367,8 @@ class RealtimeSession:
         self.last_item_id: str | None = None
         self.input_bytes = 0
         self.updated_at: float | None = None
-        self._later: list[asyncio.Task[None]] = []
         """When the first session.updated was sent."""
+        self._later: list[asyncio.Task[None]] = []
 
     def _note(self, text: str) -> None:
         if self.timeline is not None:
