@@ -43,6 +43,17 @@ async def _collect_audio(leg: TwilioLeg, nbytes: int, echo_marks: bool = True) -
     return bytes(audio), order
 
 
+async def _greeted_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
+                        seed: int) -> tuple[simulate.RealtimeStandIn, str, TwilioLeg]:
+    """A call in progress: stand-in, relay and Twilio leg, with a 100 ms greeting heard and marked."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, seed))])
+    base = await start_relay(stack, make_config(url))
+    leg = await TwilioLeg.open(http, base)
+    await leg.start()
+    await _collect_audio(leg, 800)
+    return standin, base, leg
+
+
 async def test_whole_call_protocol(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
     """session.update goes first; every event the relay sends is a valid GA client event; caller audio
     held during setup reaches upstream byte for byte; the greeting follows session.updated."""
@@ -100,11 +111,7 @@ async def test_assistant_audio_in_order_with_marks(stack: contextlib.AsyncExitSt
 async def test_realtime_error_keeps_the_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
                                              caplog: pytest.LogCaptureFixture) -> None:
     """A Realtime error event is logged with type, code and message; the call goes on."""
-    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 4))])
-    base = await start_relay(stack, make_config(url))
-    leg = await TwilioLeg.open(http, base)
-    await leg.start()
-    await _collect_audio(leg, 800)
+    standin, _, leg = await _greeted_call(stack, http, seed=4)
     session = standin.sessions[0]
     await session.error("rate_limit_exceeded", "Slow down.", kind="rate_limit_error")
     await until(lambda: "code=rate_limit_exceeded message=Slow down." in caplog.text, what="error log")
@@ -117,11 +124,7 @@ async def test_realtime_error_keeps_the_call(stack: contextlib.AsyncExitStack, h
 
 async def test_upstream_close_ends_the_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
     """When the Realtime service closes the session, the relay hangs up the Twilio stream."""
-    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 6))])
-    base = await start_relay(stack, make_config(url))
-    leg = await TwilioLeg.open(http, base)
-    await leg.start()
-    await _collect_audio(leg, 800)
+    standin, base, leg = await _greeted_call(stack, http, seed=6)
     await standin.sessions[0].ws.close(code=1001, message=b"Your session hit the maximum duration of 60 minutes.")
     assert await leg.closed() == 1000
     async with http.get(base + "/health") as resp:
@@ -132,11 +135,7 @@ async def test_upstream_close_ends_the_call(stack: contextlib.AsyncExitStack, ht
 
 async def test_twilio_stop_closes_upstream(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
     """Twilio's stop closes the Realtime socket."""
-    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 7))])
-    base = await start_relay(stack, make_config(url))
-    leg = await TwilioLeg.open(http, base)
-    await leg.start()
-    await _collect_audio(leg, 800)
+    standin, _, leg = await _greeted_call(stack, http, seed=7)
     await leg.stop()
     await until(lambda: standin.sessions[0].ws.closed, what="upstream closed")
     assert await leg.closed() == 1000
@@ -157,11 +156,7 @@ async def test_unreachable_realtime(stack: contextlib.AsyncExitStack, http: aioh
 async def test_malformed_frames_are_dropped(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
                                             caplog: pytest.LogCaptureFixture) -> None:
     """Non-JSON, binary and payload-less frames are logged once each and the call goes on."""
-    standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, 8))])
-    base = await start_relay(stack, make_config(url))
-    leg = await TwilioLeg.open(http, base)
-    await leg.start()
-    await _collect_audio(leg, 800)
+    standin, _, leg = await _greeted_call(stack, http, seed=8)
     for _ in range(3):
         await leg.ws.send_str("{not json")
         await leg.ws.send_bytes(b"\x00\x01")
