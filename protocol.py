@@ -102,6 +102,48 @@ def realtime_session(
     return session
 
 
+def noise_reduction_update(mode: str | None, event_id: str) -> dict[str, Any]:
+    """Partial ``session.update`` changing only ``audio.input.noise_reduction``.
+
+    GA rejects a ``session.update`` without ``session.type`` (the earlier systems' defect: the
+    switch failed while the tool reported success), so it is always sent. ``event_id`` comes
+    back in ``error.event_id`` if the service refuses the update.
+
+    Args:
+        mode: ``near_field``, ``far_field``, or None for off.
+        event_id: the client event id to correlate a refusal.
+    """
+    return {
+        "type": "session.update",
+        "event_id": event_id,
+        "session": {
+            "type": "realtime",
+            "audio": {"input": {"noise_reduction": {"type": mode} if mode else None}},
+        },
+    }
+
+
+def function_calls(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every ``function_call`` item of a ``response.done``'s ``response``, in output order.
+
+    Only a ``completed`` response's calls are returned: the calls of a cancelled, failed or
+    incomplete response are not to be run (the model was cut off before it finished).
+    """
+    if response.get("status") != "completed":
+        return []
+    output = response.get("output") or ()
+    return [item for item in output if isinstance(item, dict) and item.get("type") == "function_call"]
+
+
+def spoke(response: dict[str, Any]) -> bool:
+    """True when a ``response.done``'s ``response`` holds an assistant audio message."""
+    for item in response.get("output") or ():
+        if isinstance(item, dict) and item.get("type") == "message":
+            if any(isinstance(part, dict) and part.get("type") == "output_audio" for part in item.get("content") or ()):
+                return True
+    return False
+
+
 def response_create(instructions: str | None = None) -> dict[str, Any]:
     """``response.create``, optionally with per-response instructions."""
     if instructions is None:
@@ -205,6 +247,16 @@ class Playback:
         """True while assistant audio is queued at the phone (an echo is still due, or the
         clock estimate has not reached the end of what was sent)."""
         return bool(self._pending_marks) or self.played(now) < self.sent_total
+
+    @property
+    def marks_pending(self) -> bool:
+        """True until the phone has echoed every mark of the current generation (everything
+        sent has been played, or was cleared)."""
+        return bool(self._pending_marks)
+
+    def unplayed_ms(self, now: float) -> int:
+        """Estimated milliseconds of sent audio the phone has not played yet at ``now``."""
+        return (self.sent_total - self.played(now)) // BYTES_PER_MS
 
     def on_audio_sent(self, item_id: str, nbytes: int, now: float) -> str:
         """Account ``nbytes`` µ-law bytes of ``item_id`` just sent to the phone.

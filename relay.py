@@ -18,12 +18,14 @@ Call flow (a maintainer's map):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import gc
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -35,6 +37,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import openai
 import phonenumbers
 from aiohttp import WSCloseCode, WSMsgType, web
 from dotenv import load_dotenv
@@ -43,8 +46,11 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+import audio
 import protocol
+import tools
 from protocol import Playback
+from tools import TOOLS, WELL_KNOWN_SMTP, SmtpSecurity, SmtpServer, ToolContext, ToolError
 
 logger = logging.getLogger("relay")
 
@@ -65,6 +71,15 @@ HELD_AUDIO_FRAMES = 500
 """Caller frames held while the session is being configured: 10 s of 20 ms frames."""
 TWILIO_MAX_MSG_BYTES = 64 * 1024
 """Largest frame accepted from Twilio (a 20 ms media frame is about 300 bytes)."""
+GOODBYE_RESPONSE_TIMEOUT_S = 15.0
+"""After ``end_call``, how long the model has to finish its goodbye before the line closes anyway."""
+GOODBYE_MARGIN_S = 2.0
+"""Safety margin past the goodbye audio's own length for its last mark to come back."""
+MUSIC_LEAD_FRAMES = 3
+"""Music frames sent at once when the music starts: 60 ms queued at the phone absorbs
+network jitter, and the ``clear`` at the end drops it."""
+MIC_CONFIRM_TIMEOUT_S = 4.0
+"""How long the service has to confirm a noise reduction switch with ``session.updated``."""
 
 
 # --- Configuration ------------------------------------------------------------------------
@@ -100,6 +115,8 @@ class CallerGroup(enum.StrEnum):
 
 
 EAGERNESS = ("low", "medium", "high", "auto")
+DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
+_EMAIL = re.compile(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+")
 _E = TypeVar("_E", bound=enum.StrEnum)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -141,6 +158,22 @@ class Config:
     timezone: str | None = None
     """IANA zone for the time-of-day greeting; None: the server's local time."""
     log_level: str = "INFO"
+    tools: tuple[str, ...] = tuple(TOOLS)
+    """Tool names offered to the model (``TOOLS``), in ``tools.TOOLS`` order."""
+    openai_base_url: str = "https://api.openai.com/v1"
+    """REST base URL for the Responses API (web search)."""
+    web_search_model: str = "gpt-5.2"
+    web_search_timeout_s: float = 15.0
+    smtp: SmtpServer | None = None
+    """Where ``send_email`` sends from; None: email is not configured."""
+    primary_to_email: str | None = None
+    secondary_to_email: str | None = None
+    wait_music_file: str | None = str(DEFAULT_WAIT_MUSIC)
+    """16-bit PCM WAV played while a tool runs; None: no music."""
+    wait_music_threshold_ms: int = 500
+    """How long a tool call may run before the music starts."""
+    wait_music_volume: float = 0.12
+    """Gain applied to the music, 0..1."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -176,6 +209,12 @@ class Config:
         if urlsplit(realtime_url).scheme not in ("ws", "wss"):
             problems.append(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got {realtime_url!r}")
         transcription = reader.text("TRANSCRIPTION_MODEL", "")
+        base_url = reader.text("OPENAI_BASE_URL", default["openai_base_url"]).rstrip("/")
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            problems.append(f"OPENAI_BASE_URL must be an http(s):// URL, got {base_url!r}")
+        music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
+        if music_file and music_file.lower() in ("none", "off"):
+            music_file = None
         config = cls(
             openai_api_key=api_key,
             port=reader.integer("PORT", default["port"], 1, 65535),
@@ -204,6 +243,18 @@ class Config:
             default_region=region,
             timezone=timezone,
             log_level=reader.choice_text("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+            tools=reader.tool_names("TOOLS", default["tools"]),
+            openai_base_url=base_url,
+            web_search_model=reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
+            web_search_timeout_s=reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
+            smtp=reader.smtp_server(),
+            primary_to_email=reader.email("PRIMARY_TO_EMAIL"),
+            secondary_to_email=reader.email("SECONDARY_TO_EMAIL"),
+            wait_music_file=music_file,
+            wait_music_threshold_ms=reader.integer(
+                "WAIT_MUSIC_THRESHOLD_MS", default["wait_music_threshold_ms"], 0, 60_000
+            ),
+            wait_music_volume=reader.number("WAIT_MUSIC_VOLUME", default["wait_music_volume"], 0.0, 1.0),
         )
         if problems:
             raise ConfigError("; ".join(problems))
@@ -303,6 +354,58 @@ class _EnvReader:
             return default
         return value
 
+    def tool_names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        if raw.lower() == "none":
+            return ()
+        wanted = {part.strip() for part in raw.split(",") if part.strip()}
+        unknown = sorted(wanted - set(TOOLS))
+        if unknown:
+            self.problems.append(f"{name} has unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOLS)}, or none")
+        return tuple(tool for tool in TOOLS if tool in wanted)
+
+    def email(self, name: str) -> str | None:
+        raw = self.text(name, "")
+        if not raw:
+            return None
+        if not _EMAIL.fullmatch(raw):
+            self.problems.append(f"{name} must be an email address such as name@example.com, got {raw!r}")
+            return None
+        return raw
+
+    def smtp_server(self) -> SmtpServer | None:
+        """``SMTP_*`` and ``SENDER_FROM_EMAIL``: a service id (``gmail``) or an explicit host;
+        explicit ``SMTP_HOST``/``SMTP_PORT``/``SMTP_SECURITY`` override the service's."""
+        service = self.text("SMTP_NODEMAILER_SERVICE_ID", "").lower()
+        known = WELL_KNOWN_SMTP.get(service)
+        if service and known is None:
+            self.problems.append(
+                f"SMTP_NODEMAILER_SERVICE_ID {service!r} is not a known service ({', '.join(WELL_KNOWN_SMTP)}); "
+                "set SMTP_HOST and SMTP_PORT instead"
+            )
+        host = self.text("SMTP_HOST", "") or (known[0] if known else "")
+        security_raw = self.text("SMTP_SECURITY", "")
+        security = self.choice("SMTP_SECURITY", SmtpSecurity, SmtpSecurity.STARTTLS) if security_raw else None
+        port_default = known[1] if known else (465 if security is SmtpSecurity.SSL else 587)
+        port = self.integer("SMTP_PORT", port_default, 1, 65535)
+        if security is None and known and port == known[1]:
+            security = known[2]
+        elif security is None:
+            security = SmtpSecurity.SSL if port == 465 else SmtpSecurity.STARTTLS
+        sender = self.email("SENDER_FROM_EMAIL")
+        if sender is None:
+            return None
+        if not host:
+            self.problems.append("SENDER_FROM_EMAIL is set but neither SMTP_NODEMAILER_SERVICE_ID nor SMTP_HOST is")
+            return None
+        user = self.text("SMTP_USER", "") or None
+        password = self.env.get("SMTP_PASS") or None
+        if user and not password:
+            self.problems.append("SMTP_USER is set but SMTP_PASS is not")
+        return SmtpServer(host, port, security, sender, user, password)
+
     def phone_list(self, name: str, region: str) -> tuple[str, ...]:
         numbers = []
         for raw in self.text(name, "").split(","):
@@ -384,12 +487,22 @@ STATS = web.AppKey("stats", Stats)
 CALLS = web.AppKey("calls", set["Call"])
 VALIDATOR = web.AppKey("validator", RequestValidator | None)
 DRAINING = web.AppKey("draining", asyncio.Event)
+WAIT_MUSIC = web.AppKey("wait_music", tuple[str, ...])
+"""The waiting music as base64 µ-law 20 ms frames (empty: none)."""
+OPENAI_CLIENT = web.AppKey("openai_client", openai.AsyncOpenAI | None)
+"""One REST client (and connection pool) for every call's web searches."""
 
 
 def make_app(config: Config) -> web.Application:
-    """Build the aiohttp application for ``config`` (routes, state, shutdown)."""
+    """Build the aiohttp application for ``config`` (routes, state, shutdown).
+
+    Raises:
+        ConfigError: the waiting music file cannot be used.
+    """
     app = web.Application()
     app[CONFIG] = config
+    app[WAIT_MUSIC] = load_wait_music(config)
+    app.cleanup_ctx.append(_openai_client)
     app[STATS] = Stats()
     app[CALLS] = set()
     app[VALIDATOR] = RequestValidator(config.twilio_auth_token) if config.twilio_auth_token else None
@@ -402,6 +515,49 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/media-stream", media_stream)
     app.on_shutdown.append(_close_calls)
     return app
+
+
+def load_wait_music(config: Config) -> tuple[str, ...]:
+    """Convert ``WAIT_MUSIC_FILE`` once: downmix, resample to 8 kHz, apply
+    ``WAIT_MUSIC_VOLUME``, encode µ-law, split into 20 ms frames (160 bytes), base64.
+
+    Returns:
+        The frames as Twilio ``media.payload`` strings; empty when music is off.
+
+    Raises:
+        ConfigError: naming the variable and file when it is unreadable, not 16-bit PCM WAV,
+            or empty.
+    """
+    if config.wait_music_file is None:
+        return ()
+    path = config.wait_music_file
+    try:
+        ulaw = audio.to_ulaw_8k(audio.load_wav(path), config.wait_music_volume)
+    except OSError as exc:
+        raise ConfigError(f"WAIT_MUSIC_FILE {path!r} cannot be read: {exc.strerror or exc}") from exc
+    except audio.WavError as exc:
+        raise ConfigError(f"WAIT_MUSIC_FILE is not usable: {exc}") from exc
+    if len(ulaw) < audio.FRAME_BYTES:
+        raise ConfigError(f"WAIT_MUSIC_FILE {path!r} holds less than 20 ms of audio")
+    return tuple(base64.b64encode(frame).decode() for frame in audio.frames(ulaw))
+
+
+async def _openai_client(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the Responses API client, when ``gpt_web_search`` is offered."""
+    config = app[CONFIG]
+    client = None
+    if "gpt_web_search" in config.tools:
+        client = openai.AsyncOpenAI(
+            api_key=config.openai_api_key,
+            base_url=config.openai_base_url,
+            max_retries=0,  # the tool's own deadline bounds the whole search
+            timeout=config.web_search_timeout_s,
+        )
+        await tools.warm_up_web_search(config.web_search_model)
+    app[OPENAI_CLIENT] = client
+    yield
+    if client is not None:
+        await client.close()
 
 
 async def _close_calls(app: web.Application) -> None:
@@ -524,7 +680,7 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         logger.warning("rejected media stream: bad X-Twilio-Signature")
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid signature")
         return ws
-    call = Call(ws, config, app[STATS])
+    call = Call(ws, config, app[STATS], app[WAIT_MUSIC], app[OPENAI_CLIENT])
     app[CALLS].add(call)
     try:
         await call.run()
@@ -559,7 +715,14 @@ class Call:
     other is cancelled and both sockets are closed.
     """
 
-    def __init__(self, twilio: web.WebSocketResponse, config: Config, stats: Stats) -> None:
+    def __init__(
+        self,
+        twilio: web.WebSocketResponse,
+        config: Config,
+        stats: Stats,
+        wait_music: tuple[str, ...] = (),
+        openai_client: openai.AsyncOpenAI | None = None,
+    ) -> None:
         self.twilio = twilio
         self.config = config
         self.stats = stats
@@ -578,6 +741,32 @@ class Call:
         self._warned: set[str] = set()
         self._close_code: int | None = None
         self._closing = asyncio.Event()
+        # tools
+        self.tool_context = ToolContext(
+            call=self,
+            smtp=config.smtp,
+            openai_client=openai_client,
+            web_search_model=config.web_search_model,
+            timeouts={"gpt_web_search": config.web_search_timeout_s},
+        )
+        self.answered_calls: set[str] = set()
+        """call_ids already run (each is answered exactly once)."""
+        self.tools_running = 0
+        self._tool_tasks: set[asyncio.Task[None]] = set()
+        self._noise_reduction = config.noise_reduction.value
+        self._noise_reduction_waiters: dict[str, tuple[str, asyncio.Future[None]]] = {}
+        # waiting music
+        self._wait_music = wait_music
+        self._music_task: asyncio.Task[None] | None = None
+        self._music_position = 0
+        self.music_playing = False
+        # hanging up after the goodbye (end_call)
+        self.hangup_reason: str | None = None
+        self._hangup_requested = asyncio.Event()
+        self._goodbye_requested = False
+        self._goodbye_response: str | None = None
+        self._goodbye_done = asyncio.Event()
+        self._playback_changed = asyncio.Event()
 
     # -- lifecycle --
 
@@ -654,17 +843,20 @@ class Call:
             asyncio.create_task(self._pump_twilio(), name="twilio->realtime"),
             asyncio.create_task(self._pump_realtime(), name="realtime->twilio"),
             asyncio.create_task(self._session_watchdog(), name="session watchdog"),
+            asyncio.create_task(self._hang_up_after_goodbye(), name="hang up"),
             asyncio.create_task(self._closing.wait(), name="close request"),
         ]
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in pumps:
+            self._cancel_music()
+            owned = [*pumps, *self._tool_tasks]
+            for task in owned:
                 task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-        finished = done.pop()
-        if finished.get_name() == "close request":
+            await asyncio.gather(*owned, return_exceptions=True)
+        if self._closing.is_set():  # the close also ends the Twilio pump: report the cause
             return "server shutting down"
+        finished = done.pop()
         exc = finished.exception()
         if exc is not None:
             raise exc
@@ -691,6 +883,10 @@ class Call:
                         logger.warning("media stream for a restricted caller refused stream_sid=%s", self.stream_sid)
                         await self.twilio.close(code=WSCloseCode.POLICY_VIOLATION, message=b"restricted")
                         return False
+                    self.tool_context.email_to = {
+                        CallerGroup.PRIMARY: self.config.primary_to_email,
+                        CallerGroup.SECONDARY: self.config.secondary_to_email,
+                    }.get(self.caller.group)
                     return True
         except TimeoutError:
             logger.warning("no twilio start within %.0fs; closing", START_TIMEOUT_S)
@@ -719,6 +915,7 @@ class Call:
             turn_detection=config.turn_detection(),
             noise_reduction=noise,
             transcription_model=config.transcription_model,
+            tools=tools.definitions(config.tools),
         )
 
     # -- Twilio -> Realtime --
@@ -762,6 +959,8 @@ class Call:
                 name = mark.get("name") if isinstance(mark, dict) else None
                 if isinstance(name, str) and self.playback.on_mark(name, time.monotonic()):
                     self.counts.marks_acked += 1
+                    if self.hangup_reason is not None:
+                        self._playback_changed.set()
             elif kind == "stop":
                 return "twilio stop"
             else:
@@ -811,6 +1010,14 @@ class Call:
         return f"realtime closed ({code})"
 
     async def _on_session_updated(self, event: dict[str, Any]) -> None:
+        audio_input = ((event.get("session") or {}).get("audio") or {}).get("input") or {}
+        if "noise_reduction" in audio_input:  # the confirmed state; a tool's switch waits for it
+            noise = audio_input["noise_reduction"]
+            self._noise_reduction = noise.get("type", "off") if isinstance(noise, dict) else "off"
+            for event_id, (mode, confirmed) in list(self._noise_reduction_waiters.items()):
+                if mode == self._noise_reduction and not confirmed.done():
+                    confirmed.set_result(None)
+                    del self._noise_reduction_waiters[event_id]
         if self.session_ready:
             return
         while self.held:  # caller audio held during setup goes first, in order
@@ -829,6 +1036,8 @@ class Call:
         """Assistant audio: forward to Twilio unchanged, then a mark (hot path)."""
         if event["response_id"] in self.interrupted_responses:
             return  # generated after the barge-in: the caller must not hear it
+        if self._music_task is not None:
+            await self._stop_music()  # the first assistant audio ends the waiting music
         payload = event["delta"]
         mark = self.playback.on_audio_sent(event["item_id"], protocol.b64_decoded_len(payload), time.monotonic())
         await self.twilio.send_str(protocol.twilio_media(self.stream_sid, payload))
@@ -840,6 +1049,8 @@ class Call:
 
     async def _on_speech_started(self, event: dict[str, Any]) -> None:
         """Barge-in: the caller spoke while assistant audio is queued at Twilio."""
+        if self._music_task is not None:
+            await self._stop_music()
         now = time.monotonic()
         if not self.playback.is_playing(now):
             return
@@ -852,16 +1063,30 @@ class Call:
                 await self._send_realtime(protocol.response_cancel())
         for cut in cuts:
             await self._send_realtime(protocol.item_truncate(cut.item_id, cut.audio_end_ms))
+        self._playback_changed.set()  # cleared: nothing is left to play (a goodbye included)
         logger.debug("barge-in stream_sid=%s truncations=%s", self.stream_sid, cuts)
 
     async def _on_response_created(self, event: dict[str, Any]) -> None:
         self.active_response = event["response"]["id"]
+        if self._goodbye_requested and self._goodbye_response is None and self.create_in_flight:
+            self._goodbye_response = self.active_response
         self.create_in_flight = False
         self.counts.responses += 1
 
     async def _on_response_done(self, event: dict[str, Any]) -> None:
+        response = event["response"]
         self.active_response = None
-        self.interrupted_responses.discard(event["response"]["id"])
+        self.interrupted_responses.discard(response["id"])
+        if response["id"] == self._goodbye_response:
+            self._goodbye_done.set()
+        calls = [item for item in protocol.function_calls(response) if item.get("call_id") not in self.answered_calls]
+        if calls:
+            self.answered_calls.update(str(item.get("call_id")) for item in calls)
+            task = asyncio.create_task(self._run_tools(calls, protocol.spoke(response)), name="tools")
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tools_done)
+        elif self.tools_running == 0 and self._music_task is not None:
+            await self._stop_music()  # the answer after the tools came without audio
         if self.response_wanted and not self.create_in_flight:
             self.response_wanted = False
             await self._request_response()
@@ -870,6 +1095,9 @@ class Call:
         error = event.get("error") or {}
         code = error.get("code")
         self.counts.realtime_errors += 1
+        waiter = self._noise_reduction_waiters.pop(str(error.get("event_id")), None)
+        if waiter is not None and not waiter[1].done():
+            waiter[1].set_exception(ToolError(f"the service refused the switch: {error.get('message')}"))
         if code == "response_cancel_not_active":
             logger.debug("response.cancel with no active response (harmless)")
             return
@@ -893,6 +1121,161 @@ class Call:
             return
         self.create_in_flight = True
         await self._send_realtime(protocol.response_create())
+
+    # -- tools --
+
+    async def _run_tools(self, calls: list[dict[str, Any]], spoke: bool) -> None:
+        """Answer every function call of one response, then ask for exactly one response.
+
+        The calls run concurrently; each gets a ``function_call_output`` (an error output
+        when it fails), and only then is ``response.create`` sent (or queued while another
+        response is active). After ``end_call`` that response is the goodbye, unless the
+        response that called it had already spoken (that was the goodbye).
+        """
+        self.tools_running += 1
+        if self._wait_music and self._music_task is None:
+            self._music_task = asyncio.create_task(self._play_wait_music(), name="wait music")
+        try:
+            outputs = await asyncio.gather(*(self._call_tool(item) for item in calls))
+        finally:
+            self.tools_running -= 1
+            if self.tools_running == 0 and not self.music_playing and self._music_task is not None:
+                self._cancel_music()  # done within the threshold: no music at all
+        for call_id, output in outputs:
+            if call_id:
+                await self._send_realtime(protocol.function_call_output(call_id, json.dumps(output, ensure_ascii=False)))
+        if self.hangup_reason is not None:
+            if self._goodbye_requested or self._goodbye_done.is_set():
+                return  # the goodbye is already under way: no more answers
+            if spoke:
+                self._goodbye_done.set()  # "Goodbye!" came with the end_call itself
+                return
+            self._goodbye_requested = True
+        await self._request_response()
+
+    async def _call_tool(self, item: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+        if not isinstance(call_id, str) or not call_id:
+            self._warn_once("call_id", "function_call without a call_id cannot be answered")
+            return None, {}
+        started = time.monotonic()
+        output = await tools.run_tool(
+            str(name), arguments if isinstance(arguments, str) else "", self.tool_context, self.config.tools
+        )
+        logger.info(
+            "tool %s ok=%s in %.0f ms stream_sid=%s%s",
+            name,
+            output.get("ok"),
+            (time.monotonic() - started) * 1000,
+            self.stream_sid,
+            "" if output.get("ok") else f" error={output.get('error')}",
+        )
+        return call_id, output
+
+    def _tools_done(self, task: asyncio.Task[None]) -> None:
+        self._tool_tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, EndCall):  # EndCall: the realtime pump ends the call too
+            logger.error("tool answers failed stream_sid=%s", self.stream_sid, exc_info=exc)
+
+    # CallControl (what tools.py may ask of this call)
+
+    @property
+    def noise_reduction(self) -> str:
+        """The noise reduction the Realtime service has confirmed (near_field, far_field, off)."""
+        return self._noise_reduction
+
+    def end_call(self, reason: str) -> None:
+        """Hang up once the goodbye has played (``_hang_up_after_goodbye``)."""
+        if self.hangup_reason is None:
+            self.hangup_reason = reason
+            self._hangup_requested.set()
+            logger.info("end_call stream_sid=%s reason=%s", self.stream_sid, reason)
+
+    async def switch_noise_reduction(self, mode: str) -> None:
+        """Partial ``session.update`` of ``audio.input.noise_reduction``; returns when
+        ``session.updated`` shows ``mode``. Raises ToolError on refusal or no confirmation."""
+        event_id = f"event_nr_{len(self._noise_reduction_waiters)}_{time.monotonic_ns()}"
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._noise_reduction_waiters[event_id] = (mode, confirmed)
+        try:
+            await self._send_realtime(protocol.noise_reduction_update(mode, event_id))
+            async with asyncio.timeout(MIC_CONFIRM_TIMEOUT_S):
+                await confirmed
+        except TimeoutError:
+            raise ToolError(f"the service did not confirm the switch within {MIC_CONFIRM_TIMEOUT_S:g} s") from None
+        finally:
+            self._noise_reduction_waiters.pop(event_id, None)
+
+    # -- waiting music --
+
+    async def _play_wait_music(self) -> None:
+        """After ``WAIT_MUSIC_THRESHOLD_MS``, once no assistant audio is queued at the phone:
+        ``MUSIC_LEAD_FRAMES`` frames at once (a jitter cushion), then one 20 ms frame per
+        period on the monotonic clock. Frames carry no mark: music is not an assistant item.
+        Runs until cancelled (safe to cancel)."""
+        await asyncio.sleep(self.config.wait_music_threshold_ms / 1000)
+        frames = self._wait_music
+        pacer = audio.FramePacer()
+        while True:
+            if not self.playback.is_playing(time.monotonic()):
+                count = 1
+                if not self.music_playing:
+                    self.music_playing = True
+                    count = MUSIC_LEAD_FRAMES
+                    logger.debug("wait music started stream_sid=%s", self.stream_sid)
+                for _ in range(count):
+                    payload = frames[self._music_position]
+                    self._music_position = (self._music_position + 1) % len(frames)
+                    await self.twilio.send_str(protocol.twilio_media(self.stream_sid, payload))
+            await pacer.wait()
+
+    def _cancel_music(self) -> bool:
+        """Stop sending music; True when some had been sent."""
+        was_playing = self.music_playing
+        if self._music_task is not None:
+            self._music_task.cancel()
+            self._music_task = None
+        self.music_playing = False
+        return was_playing
+
+    async def _stop_music(self) -> None:
+        """Stop the music and drop what is still queued at the phone (``clear``). Music only
+        plays while no assistant audio is queued, so the clear discards music alone."""
+        if self._cancel_music():
+            await self.twilio.send_str(protocol.twilio_clear(self.stream_sid))
+            logger.debug("wait music stopped stream_sid=%s", self.stream_sid)
+
+    # -- hanging up --
+
+    async def _hang_up_after_goodbye(self) -> str:
+        """After ``end_call``: wait for the goodbye to be generated, then for the phone to
+        echo its last mark (every byte played, or cleared by a barge-in), then end the call.
+
+        The safety deadline is measured from the goodbye audio (what is still unplayed, plus
+        ``GOODBYE_MARGIN_S``), not from the tool call.
+        """
+        await self._hangup_requested.wait()
+        try:
+            async with asyncio.timeout(GOODBYE_RESPONSE_TIMEOUT_S):
+                await self._goodbye_done.wait()
+        except TimeoutError:
+            logger.warning(
+                "no goodbye within %.0f s of end_call stream_sid=%s", GOODBYE_RESPONSE_TIMEOUT_S, self.stream_sid
+            )
+        deadline_s = self.playback.unplayed_ms(time.monotonic()) / 1000 + GOODBYE_MARGIN_S
+        try:
+            async with asyncio.timeout(deadline_s):
+                while self.playback.marks_pending:
+                    self._playback_changed.clear()
+                    await self._playback_changed.wait()
+        except TimeoutError:
+            logger.warning(
+                "goodbye marks not echoed within %.1f s; hanging up stream_sid=%s", deadline_s, self.stream_sid
+            )
+        return f"end_call: {self.hangup_reason}"
 
     # -- sending --
 

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -34,6 +35,7 @@ from typing import Annotated, Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from openai.types.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from twilio.request_validator import RequestValidator
 
@@ -203,7 +205,8 @@ class AssistantTurn:
 
     ulaw: bytes = b""
     transcript: str = ""
-    function_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    function_calls: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
+    """(name, arguments) after the audio, in order; a str is sent as the arguments verbatim."""
     delta_ms: tuple[int, int] = (40, 240)
     """Range of random audio delta sizes (ms of audio per ``response.output_audio.delta``)."""
     speed: float = 8.0
@@ -225,6 +228,19 @@ class CallerTurn:
 
 
 @dataclass(slots=True)
+class WebSearchScript:
+    """How the Responses stand-in (``POST /v1/responses``) answers a web search."""
+
+    answer: str = "It is sunny in Paris today, around 18 degrees ([Météo-France](https://meteofrance.com/paris))."
+    source_url: str | None = "https://meteofrance.com/paris"
+    """Cited as a ``url_citation`` annotation; None: no citation."""
+    delay_ms: int = 0
+    """How long the search takes."""
+    status: int = 200
+    """HTTP status; anything else answers an API error body."""
+
+
+@dataclass(slots=True)
 class Scenario:
     """A whole scripted call."""
 
@@ -234,6 +250,9 @@ class Scenario:
     caller: list[CallerTurn] = field(default_factory=list)
     hangup: dict[str, Any] = field(default_factory=lambda: {"after": "assistant_done", "delay_ms": 800})
     expect_barge_ins: int | None = None
+    expect_wait_music: bool = False
+    """The caller must hear waiting music at some point."""
+    web_search: WebSearchScript = field(default_factory=WebSearchScript)
     max_duration_s: float = 120.0
 
 
@@ -268,6 +287,7 @@ def scenario_from_dict(data: dict[str, Any], base: Path) -> Scenario:
             CallerTurn(ulaw=_load_ulaw(turn["audio"], base), text=turn.get("text", ""), when=turn["when"])
             for turn in data.get("caller", [])
         ]
+        web_search = WebSearchScript(**data.get("web_search", {}))
     except (KeyError, TypeError, OSError, audio.WavError) as exc:
         raise ValueError(f"bad scenario: {exc}") from exc
     return Scenario(
@@ -277,6 +297,8 @@ def scenario_from_dict(data: dict[str, Any], base: Path) -> Scenario:
         caller=caller,
         hangup=data.get("hangup", {"after": "assistant_done", "delay_ms": 800}),
         expect_barge_ins=data.get("expect_barge_ins"),
+        expect_wait_music=bool(data.get("expect_wait_music", False)),
+        web_search=web_search,
         max_duration_s=float(data.get("max_duration_s", 120.0)),
     )
 
@@ -641,10 +663,10 @@ class RealtimeSession:
         return done_item
 
     async def _function_call(
-        self, response_id: str, index: int, name: str, arguments: dict[str, Any]
+        self, response_id: str, index: int, name: str, arguments: dict[str, Any] | str
     ) -> dict[str, Any]:
         item_id, call_id = _new_id("item"), _new_id("call")
-        args = json.dumps(arguments)
+        args = arguments if isinstance(arguments, str) else json.dumps(arguments)
         item = {
             "id": item_id,
             "type": "function_call",
@@ -676,12 +698,46 @@ class RealtimeSession:
         return done_item
 
 
+@dataclass(slots=True)
+class ResponsesRequest:
+    """One ``POST /v1/responses`` the stand-in received."""
+
+    at: float
+    """Arrival, monotonic seconds."""
+    body: dict[str, Any]
+    problems: list[str]
+    """Why the body is not a valid ``responses.create`` request ([] when it is)."""
+
+
+@functools.cache
+def _responses_request_adapter() -> TypeAdapter[Any]:
+    from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
+
+    return TypeAdapter(ResponseCreateParamsNonStreaming)
+
+
+def responses_request_problems(body: Any) -> list[str]:
+    """Why ``body`` is not a valid non-streaming ``responses.create`` body with a forced web
+    search ([] when it is), checked against the ``openai`` package's own request type."""
+    try:
+        _responses_request_adapter().validate_python(body)
+    except ValidationError as exc:
+        return [f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()][:5]
+    problems = []
+    if not any(tool.get("type") == "web_search" for tool in body.get("tools") or ()):
+        problems.append("tools has no web_search tool")
+    if body.get("tool_choice") != "required":
+        problems.append("tool_choice is not 'required'")
+    return problems
+
+
 class RealtimeStandIn:
-    """A loopback server speaking the OpenAI Realtime GA protocol (``/v1/realtime``).
+    """A loopback server speaking the OpenAI Realtime GA protocol (``/v1/realtime``) and the
+    Responses API for web searches (``POST /v1/responses``).
 
     Responses come from ``script`` in order (one ``AssistantTurn`` per response; a short
     beep-free silence when the script runs out). Every received event is recorded on its
-    ``RealtimeSession`` in ``sessions``.
+    ``RealtimeSession`` in ``sessions``; every web search in ``responses_requests``.
     """
 
     def __init__(
@@ -689,8 +745,11 @@ class RealtimeStandIn:
         script: list[AssistantTurn] | Callable[[RealtimeSession], AssistantTurn] | None = None,
         timeline: Timeline | None = None,
         seed: int | None = None,
+        web_search: WebSearchScript | None = None,
     ) -> None:
         self.script = script if script is not None else []
+        self.web_search = web_search or WebSearchScript()
+        self.responses_requests: list[ResponsesRequest] = []
         self.timeline = timeline
         self.rng = random.Random(seed)
         self.sessions: list[RealtimeSession] = []
@@ -732,7 +791,60 @@ class RealtimeStandIn:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/realtime", self._realtime)
+        app.router.add_post("/v1/responses", self._responses)
         return app
+
+    async def _responses(self, request: web.Request) -> web.Response:
+        """``POST /v1/responses``: a web search answered from ``self.web_search``."""
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return _api_error(401, "invalid_request_error", "You didn't provide an API key.")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _api_error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
+        problems = responses_request_problems(body)
+        self.responses_requests.append(ResponsesRequest(time.monotonic(), body, problems))
+        query = body.get("input") if isinstance(body, dict) else None
+        if self.timeline is not None:
+            self.timeline.add("responses", f"web search {str(query)[:60]!r}")
+        if problems:
+            return _api_error(400, "invalid_request_error", "Invalid request: " + "; ".join(problems))
+        script = self.web_search
+        await asyncio.sleep(script.delay_ms / 1000)
+        if script.status != 200:
+            return _api_error(script.status, "server_error", "The server had an error processing your request.")
+        annotations = []
+        if script.source_url:
+            annotations.append(
+                {"type": "url_citation", "url": script.source_url, "title": "source", "start_index": 0,
+                 "end_index": len(script.answer)}
+            )
+        response = {
+            "id": _new_id("resp"),
+            "object": "response",
+            "created_at": time.time(),
+            "status": "completed",
+            "model": body.get("model"),
+            "instructions": body.get("instructions"),
+            "output": [
+                {"type": "web_search_call", "id": _new_id("ws"), "status": "completed",
+                 "action": {"type": "search", "query": str(query)}},
+                {"type": "message", "id": _new_id("msg"), "status": "completed", "role": "assistant",
+                 "content": [{"type": "output_text", "text": script.answer, "annotations": annotations}]},
+            ],
+            "parallel_tool_calls": True,
+            "tool_choice": body.get("tool_choice"),
+            "tools": body.get("tools"),
+            "error": None,
+            "incomplete_details": None,
+            "metadata": {},
+            "temperature": 1.0,
+            "top_p": 1.0,
+        }
+        Response.model_validate(response)  # the stand-in must speak the protocol it stands in for
+        if self.timeline is not None:
+            self.timeline.add("responses", f"answer after {script.delay_ms} ms")
+        return web.json_response(response)
 
     async def _realtime(self, request: web.Request) -> web.WebSocketResponse:
         self.handshake_headers.append(dict(request.headers))
@@ -874,6 +986,8 @@ class Caller:
         self.mouth: deque[bytes] = deque()
         self.marks_echoed = 0
         self.barge_ins: list[BargeIn] = []
+        self.music_clears = 0
+        """Clears that dropped waiting music only."""
         self.late_frames: list[tuple[float, str]] = []
         """Audio of an interrupted item that reached the phone after its clear (must stay empty)."""
         self.cut_items: set[str] = set()
@@ -1030,13 +1144,14 @@ class Caller:
                 if tag is not None and tag[0] in self.cut_items:
                     self.late_frames.append((now, tag[0]))
                 was_playing = self.playback.playing(now)
+                previous = self.playback.chunks[-1].tag if self.playback.chunks else None
                 self.playback.enqueue_media(now, base64.b64decode(payload), tag)
-                if not was_playing:
-                    self.timeline.add(
-                        "caller",
-                        "hears assistant audio" + (f" (item {tag[0][-6:]})" if tag else ""),
-                        at=max(now, self.playback.chunks[-1].start),
-                    )
+                if not was_playing or (previous is None) != (tag is None):
+                    if tag is None and self.resolve is not None:  # not the assistant's: waiting music
+                        heard = "hears waiting music"
+                    else:
+                        heard = "hears assistant audio" + (f" (item {tag[0][-6:]})" if tag else "")
+                    self.timeline.add("caller", heard, at=max(now, self.playback.chunks[-1].start))
             elif kind == "mark":
                 for name in self.playback.enqueue_mark(now, event["mark"]["name"]):
                     await self._echo(name)
@@ -1049,6 +1164,10 @@ class Caller:
                 heard = self.playback.heard_bytes_by_item(now).get(item, 0) if item else 0
                 for name in self.playback.clear(now):
                     await self._echo(name)
+                if current is not None and current.tag is None and self.resolve is not None:
+                    self.music_clears += 1  # the end of waiting music, not a barge-in
+                    self.timeline.add("twilio", "clear (waiting music)")
+                    continue
                 if item:
                     self.cut_items.add(item)
                 self.barge_ins.append(BargeIn(now, item, heard / BYTES_PER_MS))
@@ -1130,6 +1249,9 @@ class Caller:
             self.mouth.extend(audio.frames(turn.ulaw))
             await self._mouth_empty.wait()
             since = time.monotonic()
+        if self.scenario.hangup.get("by") == "assistant":
+            self.timeline.add("caller", "waits for the assistant to hang up")
+            await asyncio.Event().wait()  # the call ends when the relay closes the stream
         await self._wait_for(self.scenario.hangup, since)
         self.hung_up_by = "caller"
         self.timeline.add("caller", "hangs up")
@@ -1180,9 +1302,11 @@ async def realtime_standin(
     script: list[AssistantTurn] | Callable[[RealtimeSession], AssistantTurn] | None = None,
     timeline: Timeline | None = None,
     seed: int | None = None,
+    web_search: WebSearchScript | None = None,
 ) -> AsyncIterator[tuple[RealtimeStandIn, str]]:
-    """Serve a Realtime stand-in on loopback; yields it and its ``ws://…/v1/realtime`` URL."""
-    standin = RealtimeStandIn(script, timeline, seed)
+    """Serve a Realtime stand-in on loopback; yields it and its ``ws://…/v1/realtime`` URL
+    (``rest_base_url`` of it is the Responses API base)."""
+    standin = RealtimeStandIn(script, timeline, seed, web_search)
     runner = web.AppRunner(standin.app(), handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -1192,6 +1316,16 @@ async def realtime_standin(
         yield standin, f"ws://{host}:{port}/v1/realtime"
     finally:
         await runner.cleanup()
+
+
+def _api_error(status: int, kind: str, message: str) -> web.Response:
+    """An OpenAI REST error body."""
+    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status)
+
+
+def rest_base_url(realtime_url: str) -> str:
+    """The stand-in's REST base (``http://host:port/v1``) from its ``ws://…/v1/realtime`` URL."""
+    return "http" + realtime_url.removeprefix("ws").removesuffix("/realtime")
 
 
 def free_port() -> int:
@@ -1210,6 +1344,7 @@ def relay_config(realtime_url: str, port: int, scenario: Scenario, auth_token: s
         "port": port,
         "public_url": f"http://127.0.0.1:{port}",
         "realtime_url": realtime_url,
+        "openai_base_url": rest_base_url(realtime_url),
         "twilio_auth_token": auth_token,
         "primary_numbers": (scenario.caller_number,),
         "primary_first_name": scenario.caller_name,
@@ -1233,8 +1368,25 @@ def check_call(caller: Caller, standin: RealtimeStandIn | None, scenario: Scenar
         problems.append(
             f"expected {scenario.expect_barge_ins} barge-in(s), the caller's phone got {len(caller.barge_ins)} clear(s)"
         )
-    if not any(c.played_bytes(caller.ended_at or time.monotonic()) for c in caller.playback.chunks):
+    ended = caller.ended_at or time.monotonic()
+    if not any(c.played_bytes(ended) for c in caller.playback.chunks):
         problems.append("the caller heard no assistant audio")
+    if scenario.expect_wait_music and not any(c.tag is None and c.played_bytes(ended) for c in caller.playback.chunks):
+        problems.append("the caller heard no waiting music")
+    if scenario.hangup.get("by") == "assistant":
+        if caller.hung_up_by != "relay":
+            problems.append("the assistant did not hang up")
+        elif caller.close_code != 1000:
+            problems.append(f"the relay hung up with close code {caller.close_code}, not 1000")
+        last = next((c.tag[0] for c in reversed(caller.playback.chunks) if c.tag is not None), None)
+        if standin is not None and last is not None and last not in caller.cut_items:
+            heard = caller.playback.heard_bytes_by_item(ended).get(last, 0)
+            generated = max((s.generated.get(last, 0) for s in standin.sessions), default=0)
+            if heard < generated:
+                problems.append(
+                    f"the line closed after {heard / BYTES_PER_MS:.0f} of {generated / BYTES_PER_MS:.0f} ms "
+                    "of the goodbye"
+                )
     if standin is not None:
         for session in standin.sessions:
             for event, why in session.invalid:
@@ -1262,7 +1414,7 @@ async def simulate_call(
             import relay
 
             standin, realtime_url = await stack.enter_async_context(
-                realtime_standin(scenario.assistant, timeline, seed)
+                realtime_standin(scenario.assistant, timeline, seed, scenario.web_search)
             )
             auth_token = auth_token or secrets.token_hex(16)
             port = free_port()
