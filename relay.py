@@ -398,7 +398,8 @@ class _EnvReader:
         if sender is None:
             return None
         if not host:
-            self.problems.append("SENDER_FROM_EMAIL is set but neither SMTP_NODEMAILER_SERVICE_ID nor SMTP_HOST is")
+            if not service:  # an unknown service id was reported above
+                self.problems.append("SENDER_FROM_EMAIL is set but neither SMTP_NODEMAILER_SERVICE_ID nor SMTP_HOST is")
             return None
         user = self.text("SMTP_USER", "") or None
         password = self.env.get("SMTP_PASS") or None
@@ -1143,7 +1144,8 @@ class Call:
                 self._cancel_music()  # done within the threshold: no music at all
         for call_id, output in outputs:
             if call_id:
-                await self._send_realtime(protocol.function_call_output(call_id, json.dumps(output, ensure_ascii=False)))
+                text = json.dumps(output, ensure_ascii=False)
+                await self._send_realtime(protocol.function_call_output(call_id, text))
         if self.hangup_reason is not None:
             if self._goodbye_requested or self._goodbye_done.is_set():
                 return  # the goodbye is already under way: no more answers
@@ -1343,6 +1345,7 @@ def main() -> None:
     load_dotenv(Path.cwd() / ".env")  # the working directory's .env; real env vars win
     try:
         config = Config.from_env(os.environ)
+        app = make_app(config)
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -1358,7 +1361,6 @@ def main() -> None:
         urlsplit(config.realtime_url).netloc,
         config.realtime_model,
     )
-    app = make_app(config)
     # Modules and config live for the whole process: keep them out of full collections, which
     # otherwise stall every live call's audio for ~10 ms (gc docs: gc.freeze).
     gc.freeze()

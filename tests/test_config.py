@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT
 
 from relay import Config, ConfigError, NoiseReduction, VadType, startup_warnings, to_e164
+from tools import SmtpSecurity
 
 KEY = {"OPENAI_API_KEY": "sk-test"}
 
@@ -55,6 +56,26 @@ def test_secrets_stay_out_of_repr() -> None:
                      "OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got 'https://x'", id="realtime-url"),
         pytest.param({**KEY, "TIMEZONE": "Mars/Olympus"},
                      "TIMEZONE must be an IANA zone such as Europe/Paris, got 'Mars/Olympus'", id="timezone"),
+        pytest.param({**KEY, "TOOLS": "end_call,fly"},
+                     "TOOLS has unknown tool(s) fly; known: end_call, update_mic_distance, send_email, "
+                     "gpt_web_search, or none", id="tools"),
+        pytest.param({**KEY, "SMTP_NODEMAILER_SERVICE_ID": "pigeon", "SENDER_FROM_EMAIL": "a@example.com"},
+                     "SMTP_NODEMAILER_SERVICE_ID 'pigeon' is not a known service (gmail, googlemail, proton, "
+                     "protonmail, outlook, hotmail, outlook365, yahoo, icloud, zoho, fastmail, aol, gmx, yandex, "
+                     "sendgrid, mailgun, ses); set SMTP_HOST and SMTP_PORT instead", id="smtp-service"),
+        pytest.param({**KEY, "SENDER_FROM_EMAIL": "a@example.com"},
+                     "SENDER_FROM_EMAIL is set but neither SMTP_NODEMAILER_SERVICE_ID nor SMTP_HOST is",
+                     id="smtp-host"),
+        pytest.param({**KEY, "PRIMARY_TO_EMAIL": "jordan"},
+                     "PRIMARY_TO_EMAIL must be an email address such as name@example.com, got 'jordan'", id="email"),
+        pytest.param({**KEY, "SMTP_SECURITY": "tls"}, "SMTP_SECURITY must be one of ssl, starttls, none, got 'tls'",
+                     id="smtp-security"),
+        pytest.param({**KEY, "WAIT_MUSIC_VOLUME": "1.5"}, "WAIT_MUSIC_VOLUME must be a number from 0 to 1, got '1.5'",
+                     id="music-volume"),
+        pytest.param({**KEY, "WAIT_MUSIC_THRESHOLD_MS": "-1"},
+                     "WAIT_MUSIC_THRESHOLD_MS must be a whole number from 0 to 60000, got '-1'", id="music-threshold"),
+        pytest.param({**KEY, "OPENAI_BASE_URL": "api.openai.com"},
+                     "OPENAI_BASE_URL must be an http(s):// URL, got 'api.openai.com'", id="base-url"),
     ],
 )
 def test_malformed_values_are_named(env: dict[str, str], message: str) -> None:
@@ -115,6 +136,60 @@ def test_startup_warning_for_empty_allowlists() -> None:
     notes = startup_warnings(Config.from_env({**KEY, "TWILIO_AUTH_TOKEN": "t"}))
     assert notes == ["PRIMARY_USER_PHONE_NUMBERS and SECONDARY_USER_PHONE_NUMBERS are empty: every caller is "
                      "refused (set ALLOW_ALL_CALLERS=true to let anyone in)"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "Gmail"}, ("smtp.gmail.com", 465, SmtpSecurity.SSL), id="gmail"),
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "protonmail"}, ("smtp.protonmail.ch", 587, SmtpSecurity.STARTTLS),
+                     id="protonmail"),
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "outlook"}, ("smtp-mail.outlook.com", 587, SmtpSecurity.STARTTLS),
+                     id="outlook"),
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "yahoo"}, ("smtp.mail.yahoo.com", 465, SmtpSecurity.SSL),
+                     id="yahoo"),
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "icloud"}, ("smtp.mail.me.com", 587, SmtpSecurity.STARTTLS),
+                     id="icloud"),
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "zoho"}, ("smtp.zoho.com", 465, SmtpSecurity.SSL), id="zoho"),
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "gmail", "SMTP_PORT": "587"},
+                     ("smtp.gmail.com", 587, SmtpSecurity.STARTTLS), id="service-port-override"),
+        pytest.param({"SMTP_NODEMAILER_SERVICE_ID": "gmail", "SMTP_HOST": "mail.internal", "SMTP_SECURITY": "none",
+                      "SMTP_PORT": "25"}, ("mail.internal", 25, SmtpSecurity.NONE), id="explicit-override"),
+        pytest.param({"SMTP_HOST": "smtp.example.com"}, ("smtp.example.com", 587, SmtpSecurity.STARTTLS),
+                     id="host-only"),
+        pytest.param({"SMTP_HOST": "smtp.example.com", "SMTP_PORT": "465"}, ("smtp.example.com", 465, SmtpSecurity.SSL),
+                     id="host-465"),
+    ],
+)
+def test_smtp_server_from_service_id_or_host(env: dict[str, str], expected: tuple[str, int, SmtpSecurity]) -> None:
+    """Well-known service ids map to host, port and TLS; explicit SMTP_HOST/PORT/SECURITY override them."""
+    config = Config.from_env({**KEY, "SENDER_FROM_EMAIL": "assistant@example.com", "SMTP_USER": "u",
+                              "SMTP_PASS": "p", **env})
+    assert config.smtp is not None
+    assert (config.smtp.host, config.smtp.port, config.smtp.security) == expected
+    assert config.smtp.sender == "assistant@example.com" and "'p'" not in repr(config)
+
+
+def test_tools_selection() -> None:
+    """TOOLS picks the offered tools (default all four, in registry order); none offers none."""
+    assert Config.from_env(KEY).tools == ("end_call", "update_mic_distance", "send_email", "gpt_web_search")
+    assert Config.from_env({**KEY, "TOOLS": "gpt_web_search, end_call"}).tools == ("end_call", "gpt_web_search")
+    assert Config.from_env({**KEY, "TOOLS": "none"}).tools == ()
+
+
+def test_process_exits_on_bad_music_file(tmp_path: os.PathLike[str]) -> None:
+    """A WAIT_MUSIC_FILE that is not a 16-bit PCM WAV is a startup error naming the variable and the file."""
+    bad = os.path.join(tmp_path, "music.wav")
+    with open(bad, "wb") as handle:
+        handle.write(b"ID3 this is an mp3")
+    result = _run_relay({"OPENAI_API_KEY": "sk-x", "WAIT_MUSIC_FILE": bad}, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == f"relay: configuration error: WAIT_MUSIC_FILE is not usable: {bad}: not a RIFF/WAVE file\n"
+    missing = os.path.join(tmp_path, "nowhere.wav")
+    result = _run_relay({"OPENAI_API_KEY": "sk-x", "WAIT_MUSIC_FILE": missing}, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (f"relay: configuration error: WAIT_MUSIC_FILE '{missing}' cannot be read: "
+                             "No such file or directory\n")
 
 
 def _run_relay(env: dict[str, str], tmp_path: os.PathLike[str]) -> subprocess.CompletedProcess[str]:
