@@ -273,7 +273,7 @@ SPEECH_INSTRUCTIONS = (
 )
 
 _MARKDOWN_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()]|\([^)]*\))*\)")
-_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)[^\s()<>\[\]]*[^\s()<>\[\].,;:!?'\"]", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_#`>]+|^\s*[-•]\s+", re.MULTILINE)
 _EMPTY_BRACKETS = re.compile(r"\(\s*\)|\[\s*\]")
 
