@@ -376,6 +376,8 @@ class RealtimeSession:
         """Arrival time of each ``input_audio_buffer.append`` (the audio is in ``input_audio``).
         Keeping the events themselves would fill the heap and make GC pauses skew timing."""
         self.sent: list[dict[str, Any]] = []
+        self.done_at: dict[str, float] = {}
+        """When each completed ``response.done`` was sent, by response id."""
         """Every server event except audio deltas (too many to keep)."""
         self.invalid: list[tuple[dict[str, Any], list[str]]] = []
         self.errors: list[dict[str, Any]] = []
@@ -610,6 +612,7 @@ class RealtimeSession:
                     },
                 }
             )
+            self.done_at[response_id] = time.monotonic()
             self._note(f"response.done {response_id[-6:]} completed")
         except asyncio.CancelledError:
             self.active, self.active_id = None, None

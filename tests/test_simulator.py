@@ -188,7 +188,8 @@ async def test_standin_rejects_beta_header(stack: contextlib.AsyncExitStack) -> 
 
 
 def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
-    """`python simulate.py` holds the built-in call: timeline with a barge-in, a stereo WAV with both voices."""
+    """`python simulate.py` holds the built-in call: a barge-in, a web search with waiting music, the assistant
+    hanging up after its goodbye; a timeline and a stereo WAV with both voices."""
     out = tmp_path / "call.wav"
     result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--out", str(out)], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
@@ -198,6 +199,11 @@ def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
     assert "barge-ins: 1" in result.stdout
     assert any("clear: caller heard" in line for line in lines)
     assert any("truncate" in line and "audio_end_ms=" in line for line in lines)
+    assert any("function_call gpt_web_search" in line for line in lines)
+    assert any("caller   hears waiting music" in line for line in lines)
+    assert any("clear (waiting music)" in line for line in lines)
+    assert any("function_call end_call" in line for line in lines)
+    assert lines[-5].endswith("twilio   relay closed the stream (code 1000)")
     pcm = audio.load_wav(out)
     assert pcm.channels == 2 and pcm.rate_hz == 8000
     import audioop
