@@ -1231,7 +1231,10 @@ class Call:
                 for _ in range(count):
                     payload = frames[self._music_position]
                     self._music_position = (self._music_position + 1) % len(frames)
-                    await self.twilio.send_str(protocol.twilio_media(self.stream_sid, payload))
+                    try:
+                        await self.twilio.send_str(protocol.twilio_media(self.stream_sid, payload))
+                    except ConnectionResetError:
+                        return  # the caller hung up; the Twilio pump ends the call
             await pacer.wait()
 
     def _cancel_music(self) -> bool:
