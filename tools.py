@@ -144,6 +144,10 @@ class ToolContext:
     mic: MicState = field(default_factory=MicState)
     now: Callable[[], float] = time.monotonic
 
+    def deadline_s(self, name: str) -> float:
+        """Seconds tool ``name`` may run: its ``timeouts`` override, else the registry's."""
+        return self.timeouts.get(name, TOOLS[name].timeout_s)
+
 
 Handler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any]]]
 
@@ -223,9 +227,8 @@ async def send_email(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     if ctx.smtp is None or not ctx.email_to:
         return {"sent": False, "error": "email is not configured for this caller"}
     message = build_email(ctx.smtp.sender, ctx.email_to, subject, body_html)
-    deadline = ctx.timeouts.get("send_email", TOOLS["send_email"].timeout_s)
     try:  # smtplib blocks: run it on a worker thread so the calls' audio keeps flowing
-        await asyncio.to_thread(_smtp_send, ctx.smtp, message, deadline)
+        await asyncio.to_thread(_smtp_send, ctx.smtp, message, ctx.deadline_s("send_email"))
     except smtplib.SMTPAuthenticationError as exc:
         logger.warning("send_email: SMTP login refused by %s (code %s)", ctx.smtp.host, exc.smtp_code)
         raise ToolError("the email could not be sent: the mail server refused the login") from exc
@@ -495,7 +498,7 @@ async def run_tool(name: str, arguments: str, ctx: ToolContext, enabled: tuple[s
         return {"ok": False, "error": f"arguments are not valid JSON ({exc.msg})"}
     if not isinstance(args, dict):
         return {"ok": False, "error": "arguments must be a JSON object"}
-    timeout_s = ctx.timeouts.get(name, tool.timeout_s)
+    timeout_s = ctx.deadline_s(name)
     try:
         async with asyncio.timeout(timeout_s):
             result = await tool.handler(args, ctx)
