@@ -72,6 +72,11 @@ def _unknown_fields(model: Any, path: str = "$") -> list[str]:
     return out
 
 
+def _problems(exc: ValidationError) -> list[str]:
+    """One ``"<path>: <error type>"`` line per pydantic error."""
+    return [f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()]
+
+
 def warm_up_validators() -> None:
     """Build the pydantic validators now (a few hundred ms) rather than mid-call, then move the
     import-time heap out of the collector's reach: with the openai types loaded a full collection
@@ -98,7 +103,7 @@ def client_event_problems(event: dict[str, Any]) -> list[str]:
     try:
         model = _CLIENT_EVENT.validate_python(event)
     except ValidationError as exc:
-        return [f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()]
+        return _problems(exc)
     return [f"unknown field {name}" for name in _unknown_fields(model)]
 
 
@@ -112,7 +117,7 @@ def server_event_problems(event: dict[str, Any]) -> list[str]:
     try:
         model = _SERVER_EVENT.validate_python(event)
     except ValidationError as exc:
-        return [f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()]
+        return _problems(exc)
     return [f"unknown field {name}" for name in _unknown_fields(model)]
 
 
@@ -376,9 +381,9 @@ class RealtimeSession:
         """Arrival time of each ``input_audio_buffer.append`` (the audio is in ``input_audio``).
         Keeping the events themselves would fill the heap and make GC pauses skew timing."""
         self.sent: list[dict[str, Any]] = []
+        """Every server event except audio deltas (too many to keep)."""
         self.done_at: dict[str, float] = {}
         """When each completed ``response.done`` was sent, by response id."""
-        """Every server event except audio deltas (too many to keep)."""
         self.invalid: list[tuple[dict[str, Any], list[str]]] = []
         self.errors: list[dict[str, Any]] = []
         self.truncates: list[Truncate] = []
@@ -725,7 +730,7 @@ def responses_request_problems(body: Any) -> list[str]:
     try:
         _responses_request_adapter().validate_python(body)
     except ValidationError as exc:
-        return [f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()][:5]
+        return _problems(exc)[:5]
     problems = []
     if not any(tool.get("type") == "web_search" for tool in body.get("tools") or ()):
         problems.append("tools has no web_search tool")
