@@ -165,6 +165,16 @@ def _downmix(samples: bytes, channels: int) -> bytes:
     return struct.pack(f"<{count}h", *mixed)
 
 
+def interleave(left: bytes, right: bytes) -> bytes:
+    """Two mono 16-bit PCM signals of equal length as one interleaved stereo signal (L, R, L, R...)."""
+    return audioop.add(audioop.tostereo(left, 2, 1, 0), audioop.tostereo(right, 2, 0, 1), 2)
+
+
+def channel(stereo: bytes, index: int) -> bytes:
+    """One channel (0: left, 1: right) of interleaved stereo 16-bit PCM, as mono."""
+    return audioop.tomono(stereo, 2, 1 - index, index)
+
+
 def write_wav(pcm: bytes, rate_hz: int = SAMPLE_RATE_HZ, channels: int = 1) -> bytes:
     """Build a 16-bit PCM WAV file from interleaved little-endian samples."""
     buf = io.BytesIO()

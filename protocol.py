@@ -1,10 +1,12 @@
-"""Sans-I/O core: Twilio Media Streams and OpenAI Realtime messages, and playback accounting.
+"""Sans-I/O OpenAI Realtime (GA): client event builders, server event parsers, the phone events
+every telephony dialect yields, and playback accounting.
 
-Nothing here touches a socket or a clock: callers pass ``now`` (monotonic seconds) in, and
-get strings and dicts out. The wire names of both protocols are written here once.
+Nothing here touches a socket or a clock: callers pass ``now`` (monotonic seconds) in, and get
+strings, dicts and small typed objects out. The Realtime protocol's wire names are written here
+once; each phone network's are in its own dialect module (``phone_twilio.py``).
 
-Sources: Twilio Media Streams "WebSocket Messages" docs; the ``openai`` package's
-``openai.types.realtime`` event models (GA interface).
+Sources: the ``openai`` package's ``openai.types.realtime`` event models (GA interface);
+protocols.md in the project's shared docs, sections C3-C5.
 """
 
 from __future__ import annotations
@@ -16,41 +18,68 @@ from typing import Any
 
 from audio import BYTES_PER_MS, SAMPLE_RATE_HZ
 
-# --- Twilio Media Streams -------------------------------------------------------------
+# --- Phone leg events (what every telephony dialect yields) ---------------------------------
 
 
-def twilio_media(stream_sid: str, payload: str) -> str:
-    """Outbound ``media`` message.
+@dataclass(frozen=True, slots=True)
+class PhoneStart:
+    """The phone stream has started (Twilio ``start``; Plivo ``start``)."""
 
-    Args:
-        stream_sid: the ``streamSid`` from Twilio's ``start``.
-        payload: base64 µ-law 8 kHz audio, any length, no file header (Twilio docs:
-            "The audio can be of any size").
-    """
-    return json.dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}})
-
-
-def twilio_mark(stream_sid: str, name: str) -> str:
-    """Outbound ``mark``: Twilio echoes it when the audio sent before it has played, at once
-    if nothing is buffered, or immediately on ``clear`` (then it means discarded)."""
-    return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+    stream_sid: str
+    """The stream's id (Twilio ``streamSid``, Plivo ``streamId``)."""
+    call_sid: str
+    """The call's id (Twilio ``callSid``, Plivo ``callId``); "" when the network sent none."""
+    custom_parameters: dict[str, str]
+    """What the webhook answer attached to the stream (TwiML ``<Parameter>``s)."""
 
 
-def twilio_clear(stream_sid: str) -> str:
-    """Outbound ``clear``: drops all audio buffered at Twilio and echoes every pending mark."""
-    return json.dumps({"event": "clear", "streamSid": stream_sid})
+@dataclass(frozen=True, slots=True)
+class PhoneAudio:
+    """One frame of caller audio: base64 µ-law 8 kHz, usually 20 ms (160 bytes, 216 characters)."""
+
+    payload: str
 
 
-def b64_decoded_len(payload: str) -> int:
-    """Bytes encoded by a padded base64 string, without decoding it (µ-law: 8 bytes per ms)."""
-    return len(payload) * 3 // 4 - payload[-2:].count("=")
+@dataclass(frozen=True, slots=True)
+class PhoneMarkPlayed:
+    """The phone reached a mark the relay sent after some audio (Twilio ``mark`` echo, Plivo
+    ``playedStream``). Twilio also echoes marks discarded by a ``clear``; ``Playback`` tells them
+    apart by generation."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneDtmf:
+    """The caller pressed a key (``0``-``9``, ``*``, ``#``, ``A``-``D``)."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneStop:
+    """The phone network ended the stream (Twilio ``stop``): the caller hung up."""
+
+
+PhoneEvent = PhoneStart | PhoneAudio | PhoneMarkPlayed | PhoneDtmf | PhoneStop
+
+
+class MalformedFrame(ValueError):
+    """A phone frame a dialect cannot use. ``kind`` groups it for one warning per kind and call;
+    ``message`` says what was dropped."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
 
 
 # --- OpenAI Realtime (GA) client events ------------------------------------------------
 
 
 def input_audio_append(payload: str) -> str:
-    """``input_audio_buffer.append`` carrying a Twilio ``media.payload`` unchanged (µ-law)."""
+    """``input_audio_buffer.append`` carrying the phone's base64 µ-law payload unchanged (the hot
+    path: a JSON string, built without a dict)."""
     return json.dumps({"type": "input_audio_buffer.append", "audio": payload})
 
 
@@ -123,27 +152,6 @@ def noise_reduction_update(mode: str | None, event_id: str) -> dict[str, Any]:
     }
 
 
-def function_calls(response: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every ``function_call`` item of a ``response.done``'s ``response``, in output order.
-
-    Only a ``completed`` response's calls are returned: the calls of a cancelled, failed or
-    incomplete response are not to be run (the model was cut off before it finished).
-    """
-    if response.get("status") != "completed":
-        return []
-    output = response.get("output") or ()
-    return [item for item in output if isinstance(item, dict) and item.get("type") == "function_call"]
-
-
-def spoke(response: dict[str, Any]) -> bool:
-    """True when a ``response.done``'s ``response`` holds an assistant audio message."""
-    for item in response.get("output") or ():
-        if isinstance(item, dict) and item.get("type") == "message":
-            if any(isinstance(part, dict) and part.get("type") == "output_audio" for part in item.get("content") or ()):
-                return True
-    return False
-
-
 def response_create(instructions: str | None = None) -> dict[str, Any]:
     """``response.create``, optionally with per-response instructions."""
     if instructions is None:
@@ -187,6 +195,230 @@ def function_call_output(call_id: str, output: str) -> dict[str, Any]:
     }
 
 
+# --- OpenAI Realtime (GA) server events -----------------------------------------------------
+
+
+class MalformedEvent(ValueError):
+    """A server event the relay cannot use: not JSON, not an object, or a known type whose fields
+    are missing or of the wrong type. ``kind`` is the event type (or ``json``), for one warning
+    per kind."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    """``session.updated``: the service applied a ``session.update``."""
+
+    noise_reduction: str | None
+    """``audio.input.noise_reduction.type`` now in force (``off`` when null); None when the event
+    does not say."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    """``response.output_audio.delta``: assistant audio, base64 µ-law when the session's output
+    format is ``audio/pcmu`` (8 bytes per ms)."""
+
+    response_id: str
+    item_id: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    """``response.output_audio.done``: no more audio for ``item_id`` (sent for cancelled
+    responses too)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """``input_audio_buffer.speech_started``: the service's VAD heard the caller start speaking."""
+
+    item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    """``response.created``: a response is now active (one at a time per conversation)."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """A ``function_call`` output item of a completed response."""
+
+    call_id: str | None
+    """None when the service sent none (such a call cannot be answered)."""
+    name: str
+    arguments: str
+    """The arguments as the model wrote them: a JSON string, not yet parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """``response.done``: the active response ended."""
+
+    response_id: str
+    status: str
+    """``completed``, ``cancelled``, ``failed`` or ``incomplete``."""
+    function_calls: tuple[FunctionCall, ...]
+    """Every ``function_call`` item in output order; empty unless ``completed`` (the calls of a
+    response cut off before it finished are not to be run)."""
+    spoke: bool
+    """The response holds an assistant audio message."""
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeError:
+    """``error``: most leave the session usable (protocols.md C6)."""
+
+    type: str | None
+    code: str | None
+    message: str | None
+    event_id: str | None
+    """The client event that caused it, when the service says."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent:
+    """A server event the bridge does not act on (logged at DEBUG)."""
+
+    type: str
+
+
+ServerEvent = (
+    SessionUpdated
+    | AudioDelta
+    | AudioDone
+    | SpeechStarted
+    | ResponseCreated
+    | ResponseDone
+    | RealtimeError
+    | OtherEvent
+)
+
+
+def b64_decoded_len(payload: str) -> int:
+    """Bytes encoded by a padded base64 string, without decoding it (µ-law: 8 bytes per ms)."""
+    return len(payload) * 3 // 4 - payload[-2:].count("=")
+
+
+def _text(event: dict[str, Any], key: str, kind: str) -> str:
+    value = event.get(key)
+    if type(value) is not str:
+        raise MalformedEvent(kind, f"{key} is not a string")
+    return value
+
+
+def _optional_text(event: dict[str, Any], key: str) -> str | None:
+    value = event.get(key)
+    return value if type(value) is str else None
+
+
+def _object(event: dict[str, Any], key: str, kind: str) -> dict[str, Any]:
+    value = event.get(key)
+    if type(value) is not dict:
+        raise MalformedEvent(kind, f"{key} is not an object")
+    return value
+
+
+def _audio_delta(event: dict[str, Any]) -> AudioDelta:
+    # The hot path (tens of deltas per second per call): three type checks, no helper calls.
+    response_id, item_id, payload = event.get("response_id"), event.get("item_id"), event.get("delta")
+    if type(response_id) is str and type(item_id) is str and type(payload) is str:
+        return AudioDelta(response_id, item_id, payload)
+    raise MalformedEvent("response.output_audio.delta", "response_id, item_id or delta is not a string")
+
+
+def _session_updated(event: dict[str, Any]) -> SessionUpdated:
+    kind = "session.updated"
+    audio = _object(event, "session", kind).get("audio")
+    audio_input = audio.get("input") if type(audio) is dict else None
+    if type(audio_input) is not dict or "noise_reduction" not in audio_input:
+        return SessionUpdated(None)
+    noise = audio_input["noise_reduction"]
+    mode = noise.get("type") if type(noise) is dict else None
+    return SessionUpdated(mode if type(mode) is str else "off")
+
+
+def _response_done(event: dict[str, Any]) -> ResponseDone:
+    kind = "response.done"
+    response = _object(event, "response", kind)
+    status = _text(response, "status", kind)
+    output = response.get("output") or []
+    if type(output) is not list:
+        raise MalformedEvent(kind, "response.output is not a list")
+    calls, spoke = [], False
+    for item in output:
+        if type(item) is not dict:
+            raise MalformedEvent(kind, "an output item is not an object")
+        if item.get("type") == "function_call":
+            name, arguments = item.get("name"), item.get("arguments")
+            calls.append(FunctionCall(_optional_text(item, "call_id") or None, str(name or ""),
+                                      arguments if type(arguments) is str else ""))
+        elif item.get("type") == "message":
+            content = item.get("content") or ()
+            spoke = spoke or any(type(part) is dict and part.get("type") == "output_audio" for part in content)
+    return ResponseDone(_text(response, "id", kind), status, tuple(calls) if status == "completed" else (), spoke)
+
+
+def _error(event: dict[str, Any]) -> RealtimeError:
+    error = event.get("error")
+    if type(error) is not dict:
+        error = {}
+    return RealtimeError(
+        _optional_text(error, "type"),
+        _optional_text(error, "code"),
+        _optional_text(error, "message"),
+        _optional_text(error, "event_id"),
+    )
+
+
+_PARSERS: dict[str, Any] = {
+    "response.output_audio.delta": _audio_delta,
+    "response.output_audio.done": lambda e: AudioDone(_text(e, "item_id", "response.output_audio.done")),
+    "session.updated": _session_updated,
+    "input_audio_buffer.speech_started": lambda e: SpeechStarted(_optional_text(e, "item_id")),
+    "response.created": lambda e: ResponseCreated(_text(_object(e, "response", "response.created"), "id",
+                                                        "response.created")),
+    "response.done": _response_done,
+    "error": _error,
+}
+
+
+def parse_server_event(raw: str | bytes) -> ServerEvent:
+    """One Realtime server event as a small typed object; checks only what the relay reads.
+
+    Args:
+        raw: one websocket text frame from the Realtime service.
+
+    Returns:
+        The typed event, or ``OtherEvent`` for a type the relay does not act on.
+
+    Raises:
+        MalformedEvent: not JSON (nesting too deep included), not an object, or a known type
+            with a field the relay needs missing or of the wrong type.
+    """
+    try:
+        event = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise MalformedEvent("json", "not JSON") from None
+    if type(event) is not dict:
+        raise MalformedEvent("json", "not a JSON object")
+    kind = event.get("type")
+    parser = _PARSERS.get(kind) if type(kind) is str else None
+    if parser is None:
+        return OtherEvent(str(kind))
+    result: ServerEvent = parser(event)
+    return result
+
+
 # --- Playback accounting ----------------------------------------------------------------
 
 
@@ -198,6 +430,11 @@ class _ItemAudio:
     """µ-law bytes of this item sent to the phone."""
     closed: bool = False
     """The model finished this item's audio (``response.output_audio.done``)."""
+
+    def heard_ms(self, played: int) -> int:
+        """Milliseconds of this item heard when the stream has played up to offset ``played``,
+        clamped to what was sent for it."""
+        return min(max(played - self.start, 0), self.sent) // BYTES_PER_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +457,9 @@ class Playback:
     anchored at the last echo or at the moment audio was sent into an empty queue, and
     never past what was sent. ``clear`` starts a new generation, so the echoes Twilio sends
     for the cleared marks (Twilio docs: marks are echoed on clear) never count as played.
+
+    Plivo's checkpoints are marks by another name (``playedStream`` answers one once the audio
+    before it has played; none is answered after ``clearAudio``).
 
     Each item records the offset of its first byte, so later responses are measured from
     their own start, never from the first response's.
@@ -306,7 +546,7 @@ class Playback:
         item = self._items.get(item_id)
         if item is None:
             return 0
-        return min(max(self.played(now) - item.start, 0), item.sent) // BYTES_PER_MS
+        return item.heard_ms(self.played(now))
 
     def barge_in(self, now: float) -> list[Truncation]:
         """The phone's queue is being cleared at ``now``: close the generation.
@@ -318,7 +558,7 @@ class Playback:
         """
         played = self.played(now)
         cuts = [
-            Truncation(item_id, min(max(played - item.start, 0), item.sent) // BYTES_PER_MS)
+            Truncation(item_id, item.heard_ms(played))
             for item_id, item in self._items.items()
             if item.start + item.sent > played or not item.closed
         ]

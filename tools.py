@@ -1,8 +1,8 @@
 """Tools the assistant can call: one registry of name -> (JSON schema, async handler).
 
-The bridge (``relay.Call``) never imports a tool by name. It loads ``definitions(names)`` into
+The bridge (``bridge.Call``) never imports a tool by name. It loads ``definitions(names)`` into
 the Realtime session, and for each ``function_call`` item it receives it awaits
-``run_tool(name, arguments, ctx)``, which always returns the output to send back (errors
+``run_tool(name, arguments, ctx, enabled)``, which always returns the output to send back (errors
 included) and never raises. A handler gets what it needs through ``ToolContext``: the
 call it may act on (``CallControl``), the caller's email recipient, the SMTP server, the
 shared OpenAI client.
@@ -46,14 +46,14 @@ class ToolError(Exception):
 
 
 class CallControl(Protocol):
-    """The call a tool runs in (``relay.Call`` implements it)."""
+    """The call a tool runs in (``bridge.Call`` implements it)."""
 
     @property
     def noise_reduction(self) -> str:
         """The input noise reduction the service has confirmed: near_field, far_field or off."""
         ...
 
-    def end_call(self, reason: str) -> None:
+    def hang_up_after_goodbye(self, reason: str) -> None:
         """Hang up once the assistant's goodbye has been played to the caller."""
         ...
 
@@ -186,7 +186,7 @@ def _text(args: dict[str, Any], name: str, *, required: bool = True, max_len: in
 async def end_call(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Hang up after the goodbye: the line closes once the caller has heard it all."""
     reason = _text(args, "reason", required=False, max_len=500) or "the caller said goodbye"
-    ctx.call.end_call(reason)
+    ctx.call.hang_up_after_goodbye(reason)
     return {"status": "ending", "instruction": "Say one brief goodbye now; the line closes when it has played."}
 
 

@@ -9,12 +9,14 @@ import random
 import statistics
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 import audio
 import simulate
 from protocol import Playback, Truncation
-from simulate import AssistantTurn, CallerTurn, Scenario
+from simulate import Scenario
+from standin_openai import AssistantTurn
+from standin_phone import CallerTurn
 
 
 def test_heard_position_from_clock_and_acks() -> None:

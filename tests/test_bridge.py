@@ -14,11 +14,11 @@ import time
 
 import aiohttp
 import pytest
-from conftest import ROOT, TwilioLeg, make_config, start_relay, start_standin, until
+from support import ROOT, TwilioLeg, make_config, start_relay, start_standin, until
 
-import relay
 import simulate
-from simulate import AssistantTurn
+from config import VadType
+from standin_openai import AssistantTurn, RealtimeSession, RealtimeStandIn, client_event_problems
 
 
 def _noise(n: int, seed: int) -> bytes:
@@ -44,7 +44,7 @@ async def _collect_audio(leg: TwilioLeg, nbytes: int, echo_marks: bool = True) -
 
 
 async def _greeted_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
-                        seed: int) -> tuple[simulate.RealtimeStandIn, str, TwilioLeg]:
+                        seed: int) -> tuple[RealtimeStandIn, str, TwilioLeg]:
     """A call in progress: stand-in, relay and Twilio leg, with a 100 ms greeting heard and marked."""
     standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, seed))])
     base = await start_relay(stack, make_config(url))
@@ -60,7 +60,7 @@ async def test_whole_call_protocol(stack: contextlib.AsyncExitStack, http: aioht
     greeting = _noise(4000, seed=1)
     standin, url = await start_standin(stack, [AssistantTurn(ulaw=greeting, transcript="Hello Jordan")])
     standin.session_updated_delay_s = 0.3
-    base = await start_relay(stack, make_config(url, vad_type=relay.VadType.NONE))
+    base = await start_relay(stack, make_config(url, vad_type=VadType.NONE))
     leg = await TwilioLeg.open(http, base)
     await leg.start()
     sent = _noise(160 * 40, seed=2)
@@ -78,7 +78,7 @@ async def test_whole_call_protocol(stack: contextlib.AsyncExitStack, http: aioht
     assert received[0]["session"]["audio"]["output"] == {"format": {"type": "audio/pcmu"}, "voice": "cedar"}
     assert session.invalid == [] and session.errors == []
     for event in received:
-        assert simulate.client_event_problems(event) == [], event["type"]
+        assert client_event_problems(event) == [], event["type"]
     assert session.updated_at is not None
     assert len(session.append_times) == 40
     assert all(t >= session.updated_at for t in session.append_times)  # held until the session was ready
@@ -175,12 +175,12 @@ async def test_concurrent_calls_are_isolated(stack: contextlib.AsyncExitStack, h
     """Two calls at once: each hears only its own session's audio, each session gets only its caller's."""
     answers: dict[int, bytes] = {}
 
-    def script(session: simulate.RealtimeSession) -> AssistantTurn:
+    def script(session: RealtimeSession) -> AssistantTurn:
         answers[id(session)] = _noise(4000, seed=len(answers) + 20)
         return AssistantTurn(ulaw=answers[id(session)])
 
     standin, url = await start_standin(stack, script)
-    config = make_config(url, secondary_numbers=("+14155550111",), vad_type=relay.VadType.NONE)
+    config = make_config(url, secondary_numbers=("+14155550111",), vad_type=VadType.NONE)
     base = await start_relay(stack, config)
     legs = [await TwilioLeg.open(http, base), await TwilioLeg.open(http, base)]
     await legs[0].start()

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
-from relay import Config, ConfigError, NoiseReduction, VadType, startup_warnings, to_e164
+from config import Config, ConfigError, NoiseReduction, VadType, startup_warnings, to_e164
 from tools import SmtpSecurity
 
 KEY = {"OPENAI_API_KEY": "sk-test"}

@@ -7,9 +7,9 @@ import re
 import xml.etree.ElementTree as ET
 
 import aiohttp
-from conftest import CALLER, TwilioLeg, make_config, start_relay
+from support import CALLER, TwilioLeg, make_config, start_relay
 
-import simulate
+from standin_phone import twilio_signature
 
 PUBLIC = "https://relay.example.com"
 
@@ -93,7 +93,7 @@ async def test_webhook_signature(stack: contextlib.AsyncExitStack, http: aiohttp
     """With TWILIO_AUTH_TOKEN set, an unsigned or tampered webhook gets 403; a signed one TwiML."""
     base = await start_relay(stack, make_config(public_url=PUBLIC, twilio_auth_token="tok"))
     form = {"From": CALLER, "CallSid": "CA1"}
-    signature = simulate.twilio_signature("tok", PUBLIC + "/incoming-call", form)
+    signature = twilio_signature("tok", PUBLIC + "/incoming-call", form)
     async with http.post(base + "/incoming-call", data=form) as resp:
         assert resp.status == 403
     async with http.post(base + "/incoming-call", data={**form, "From": "+12125550123"},

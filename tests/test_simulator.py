@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ROOT, start_standin
+from support import ROOT, start_standin
 
 import audio
-import simulate
-from simulate import AssistantTurn, PhonePlayback, Vad
+from standin_openai import AssistantTurn, Vad, server_event_problems
+from standin_phone import PhonePlayback
 
 CALLER_WAVS = ["caller_question", "caller_interrupt", "caller_goodbye", "caller_search"]
 
@@ -175,7 +175,7 @@ async def test_standin_vad_turn_and_server_events_valid(stack: contextlib.AsyncE
     session = standin.sessions[0]
     assert session.sent, "nothing recorded"
     for event in session.sent:
-        assert simulate.server_event_problems(event) == [], event
+        assert server_event_problems(event) == [], event
 
 
 async def test_standin_rejects_beta_header(stack: contextlib.AsyncExitStack) -> None:
@@ -206,8 +206,6 @@ def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
     assert lines[-5].endswith("twilio   relay closed the stream (code 1000)")
     pcm = audio.load_wav(out)
     assert pcm.channels == 2 and pcm.rate_hz == 8000
-    import audioop
-
-    left, right = audioop.tomono(pcm.samples, 2, 1, 0), audioop.tomono(pcm.samples, 2, 0, 1)
+    left, right = audio.channel(pcm.samples, 0), audio.channel(pcm.samples, 1)
     assert audio.rms_dbfs(left) > -45 and audio.rms_dbfs(right) > -45  # both voices are in it
     assert pcm.duration_ms > 15000

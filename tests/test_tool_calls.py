@@ -8,16 +8,13 @@ import itertools
 import json
 from typing import Any
 
-from test_tools import smtp_server, smtp_settings
+from support import smtp_server, smtp_settings, speech
 
-import audio
 import simulate
 from audio import SAMPLE_RATE_HZ
-from simulate import AssistantTurn, CallerTurn, CallResult, PlayedChunk, Scenario, WebSearchScript
-
-
-def speech(name: str) -> bytes:
-    return audio.to_ulaw_8k(audio.load_wav(simulate.ASSETS / f"{name}.wav"))
+from simulate import CallResult, Scenario
+from standin_openai import AssistantTurn, WebSearchScript, client_event_problems
+from standin_phone import CallerTurn, PlayedChunk
 
 
 def music_chunks(result: CallResult) -> list[PlayedChunk]:
@@ -150,7 +147,7 @@ async def test_mic_switch_is_a_valid_partial_session_update_and_debounced() -> N
     updates = [e for _, e in client_events(result, "session.update")]
     assert len(updates) == 2
     assert updates[1]["session"] == {"type": "realtime", "audio": {"input": {"noise_reduction": {"type": "far_field"}}}}
-    assert simulate.client_event_problems(updates[1]) == []
+    assert client_event_problems(updates[1]) == []
     assert session.session["audio"]["input"]["noise_reduction"] == {"type": "far_field"}
     assert session.session["audio"]["output"]["voice"] == "cedar"  # the partial update left the rest alone
     applied, ignored = outputs_by_name(result)["update_mic_distance"]

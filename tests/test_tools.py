@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
-from conftest import start_standin
+from support import smtp_server, smtp_settings, start_standin
 
 import simulate
 import tools
-from tools import SmtpSecurity, SmtpServer, ToolContext, ToolError
+from standin_openai import client_event_problems, rest_base_url
+from tools import ToolContext, ToolError
 
 ALL = tuple(tools.TOOLS)
 
@@ -37,7 +32,7 @@ class PhoneCall:
     def noise_reduction(self) -> str:
         return self.mode
 
-    def end_call(self, reason: str) -> None:
+    def hang_up_after_goodbye(self, reason: str) -> None:
         self.ended.append(reason)
 
     async def switch_noise_reduction(self, mode: str) -> None:
@@ -51,7 +46,7 @@ def test_session_tools_validate_against_openai_types() -> None:
     """The four tool definitions form a session.update the openai package accepts, with no unknown field."""
     event = {"type": "session.update", "session": {"type": "realtime", "tools": tools.definitions(ALL),
                                                    "tool_choice": "auto"}}
-    assert simulate.client_event_problems(event) == []
+    assert client_event_problems(event) == []
     assert [tool["name"] for tool in event["session"]["tools"]] == list(ALL)
 
 
@@ -85,7 +80,7 @@ async def test_tool_past_its_deadline_gets_an_error_output() -> None:
 async def test_unexpected_exception_is_an_error_output(caplog: pytest.LogCaptureFixture) -> None:
     """A bug in a handler is logged with its traceback and the model hears a plain error."""
     class Broken(PhoneCall):
-        def end_call(self, reason: str) -> None:
+        def hang_up_after_goodbye(self, reason: str) -> None:
             raise RuntimeError("boom")
 
     output = await tools.run_tool("end_call", "{}", ToolContext(call=Broken()), ALL)
@@ -147,7 +142,7 @@ def test_answers_are_made_for_speech(text: str, spoken: str) -> None:
 async def test_web_search_through_the_responses_standin(stack: contextlib.AsyncExitStack) -> None:
     """gpt_web_search forces the web_search tool, passes the location, and returns a speakable answer."""
     standin, url = await start_standin(stack)
-    client = openai.AsyncOpenAI(api_key="sk-test", base_url=simulate.rest_base_url(url), max_retries=0)
+    client = openai.AsyncOpenAI(api_key="sk-test", base_url=rest_base_url(url), max_retries=0)
     stack.push_async_callback(client.close)
     ctx = ToolContext(call=PhoneCall(), openai_client=client, web_search_model="gpt-5.2")
     args = {"query": "weather in Paris today", "user_location": {"city": "Paris", "country": "FR", "zip": 1}}
@@ -166,7 +161,7 @@ async def test_web_search_through_the_responses_standin(stack: contextlib.AsyncE
 async def test_web_search_timeout_and_api_error(stack: contextlib.AsyncExitStack) -> None:
     """A slow search ends at its deadline and a failing one reports the HTTP status: both as error outputs."""
     standin, url = await start_standin(stack)
-    client = openai.AsyncOpenAI(api_key="sk-test", base_url=simulate.rest_base_url(url), max_retries=0)
+    client = openai.AsyncOpenAI(api_key="sk-test", base_url=rest_base_url(url), max_retries=0)
     stack.push_async_callback(client.close)
     ctx = ToolContext(call=PhoneCall(), openai_client=client, timeouts={"gpt_web_search": 0.2})
     standin.web_search.delay_ms = 2000
@@ -175,50 +170,6 @@ async def test_web_search_timeout_and_api_error(stack: contextlib.AsyncExitStack
     standin.web_search.delay_ms, standin.web_search.status = 0, 500
     failed = await tools.run_tool("gpt_web_search", '{"query": "news"}', ctx, ALL)
     assert failed == {"ok": False, "error": "the web search failed (HTTP 500)"}
-
-
-# --- Email over a real SMTP server on loopback --------------------------------------------------
-
-
-class Mailbox:
-    """An aiosmtpd handler that keeps every message it accepts (optionally after a delay)."""
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-        self.messages: list[tuple[str, list[str], email.message.EmailMessage]] = []
-        self.logins: list[tuple[str, str]] = []
-        self.received = threading.Event()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd hook
-        await asyncio.sleep(self.delay_s)  # runs on the server's own thread and loop
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
-        self.received.set()
-        return "250 Message accepted for delivery"
-
-    def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
-        if isinstance(auth_data, LoginPassword):
-            self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
-            return AuthResult(success=auth_data.password == b"app-password")
-        return AuthResult(success=False)
-
-
-@contextlib.contextmanager
-def smtp_server(delay_s: float = 0.0) -> Iterator[tuple[Mailbox, int]]:
-    """A real SMTP server (aiosmtpd) on loopback with AUTH LOGIN/PLAIN over plain TCP."""
-    mailbox = Mailbox(delay_s)
-    port = simulate.free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port, authenticator=mailbox.authenticate,
-                            auth_require_tls=False)
-    controller.start()
-    try:
-        yield mailbox, port
-    finally:
-        controller.stop()
-
-
-def smtp_settings(port: int, password: str = "app-password") -> SmtpServer:
-    return SmtpServer("127.0.0.1", port, SmtpSecurity.NONE, "assistant@example.com", "assistant", password)
 
 
 async def test_send_email_is_html_only_with_the_assistant_header() -> None:

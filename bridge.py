@@ -1,0 +1,974 @@
+"""The call bridge: one phone call between a phone leg and one OpenAI Realtime session.
+
+The bridge knows the Realtime protocol (through ``protocol``) and the ``PhoneLeg`` interface,
+and nothing of any phone network's wire format. A call's flow (``Call.run``):
+
+1. Wait for the phone's start; look the caller up again (a restricted one is refused, 1008).
+2. Open the Realtime websocket and send ``session.update`` before anything else; caller audio
+   is held until ``session.updated``, then the assistant greets the caller by name.
+3. Pump both ways: caller audio upstream unchanged; assistant audio to the phone, a mark after
+   each delta (``protocol.Playback`` turns mark echoes into what the caller heard).
+4. Barge-in (``_on_speech_started``): clear the phone's queue, truncate what was not heard.
+5. One response at a time (``ResponseSlot``); function calls answered by ``ToolRunner`` with
+   ``WaitingMusic`` filling a slow tool's silence; ``end_call`` hangs up once the ``Goodbye``
+   has played.
+6. Whichever side ends first, the call's tasks are cancelled and awaited, both sockets closed.
+
+Observers (the console, metrics) get ``CallEvent``s through one hook; the bridge imports none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, MutableMapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import openai
+from aiohttp import WSCloseCode
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+import audio
+import protocol
+import tools
+from config import AllowedCaller, Config, ConfigError, NoiseReduction, find_caller, mask_number
+from protocol import (
+    AudioDelta,
+    AudioDone,
+    FunctionCall,
+    MalformedEvent,
+    PhoneAudio,
+    PhoneDtmf,
+    PhoneEvent,
+    PhoneMarkPlayed,
+    PhoneStart,
+    PhoneStop,
+    Playback,
+    RealtimeError,
+    ResponseCreated,
+    ResponseDone,
+    SessionUpdated,
+    SpeechStarted,
+)
+from tools import ToolContext, ToolError
+
+logger = logging.getLogger("bridge")
+
+START_TIMEOUT_S = 10.0
+"""How long the phone has to send its start after the websocket opens."""
+UPSTREAM_CONNECT_TIMEOUT_S = 10.0
+"""How long opening the Realtime websocket may take."""
+SESSION_TIMEOUT_S = 10.0
+"""How long the Realtime service has to answer ``session.update`` with ``session.updated``."""
+HELD_AUDIO_FRAMES = 500
+"""Caller frames held while the session is being configured: 10 s of 20 ms frames."""
+GOODBYE_RESPONSE_TIMEOUT_S = 15.0
+"""After ``end_call``, how long the model has to finish its goodbye before the line closes anyway."""
+GOODBYE_MARGIN_S = 2.0
+"""Safety margin past the goodbye audio's own length for its last mark to come back."""
+MUSIC_LEAD_FRAMES = 3
+"""Music frames sent at once when the music starts: 60 ms queued at the phone absorbs network
+jitter, and the ``clear`` at the end drops it."""
+MIC_CONFIRM_TIMEOUT_S = 4.0
+"""How long the service has to confirm a noise reduction switch with ``session.updated``."""
+
+
+# --- What the bridge needs of a phone network ---------------------------------------------------
+
+
+class PhoneLeg(Protocol):
+    """One phone call's media websocket, in the bridge's terms (``phone_twilio.TwilioLeg``).
+
+    Modelled on livekit's transport-neutral ``AudioOutput`` and pipecat's one serializer per
+    dialect: the leg parses and builds its network's messages; the bridge never sees them.
+    """
+
+    network: str
+    """The phone network's name for logs and reasons (``twilio``)."""
+
+    def __aiter__(self) -> AsyncIterator[PhoneEvent]:
+        """Phone events in arrival order until the socket closes; unusable frames are dropped by
+        the leg with one warning per kind."""
+        ...
+
+    async def send_audio(self, payload: str) -> None:
+        """Queue base64 µ-law 8 kHz audio (any length) for playback in the order sent."""
+        ...
+
+    async def send_mark(self, name: str) -> None:
+        """Send a mark the phone reports back (``PhoneMarkPlayed``) when the audio before it has played."""
+        ...
+
+    async def clear(self) -> None:
+        """Drop every byte of audio queued at the phone."""
+        ...
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the media socket with a websocket close ``code``; this hangs up the call."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """True once the socket is closed by either side."""
+        ...
+
+
+# --- Call events (one hook for observers) -------------------------------------------------------
+
+
+class CallEventKind(enum.StrEnum):
+    """What a ``CallEvent`` reports."""
+
+    STARTED = "call.started"
+    """data: ``network``, ``caller`` (masked), ``group``, ``call_sid``."""
+    ENDED = "call.ended"
+    """data: ``reason``, ``failed``, ``duration_s``, ``counts``."""
+    BARGE_IN = "barge_in"
+    """data: ``truncations``: ``[{"item_id", "audio_end_ms"}]``."""
+    TOOL_STARTED = "tool.started"
+    """data: ``name``, ``call_id``, ``arguments`` (the model's JSON string)."""
+    TOOL_FINISHED = "tool.finished"
+    """data: ``name``, ``call_id``, ``ok``, ``duration_ms``, ``error`` (None when ok)."""
+    MUSIC_STARTED = "music.started"
+    MUSIC_STOPPED = "music.stopped"
+    DTMF = "dtmf"
+    """data: ``digit``."""
+    REALTIME_ERROR = "realtime.error"
+    """data: ``type``, ``code``, ``message``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """Something that happened in one call, for observers (console, metrics)."""
+
+    kind: CallEventKind
+    stream_sid: str
+    at: float
+    """Wall-clock time, seconds since the epoch."""
+    data: dict[str, Any]
+
+
+CallEventHook = Callable[[CallEvent], None]
+"""Receives every event of a call. It must not block (put into a bounded queue and return);
+an exception it raises is logged once per call and never reaches the call."""
+
+
+@dataclass(slots=True)
+class Stats:
+    """Process-wide call counters (``/health``)."""
+
+    started: float = field(default_factory=time.monotonic)
+    active: int = 0
+    total: int = 0
+    errors: int = 0
+    """Calls that ended on a failure: Realtime unreachable, unconfigured or closed abnormally, or a
+    bug in the relay."""
+
+
+@dataclass(slots=True)
+class CallCounts:
+    """Per-call counters for the end-of-call log line."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    marks_acked: int = 0
+    barge_ins: int = 0
+    responses: int = 0
+    realtime_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    """How a call ended."""
+
+    reason: str
+    failed: bool
+    """Counted in ``Stats.errors``."""
+    duration_s: float
+
+
+class HangUp(Exception):
+    """Ends the call from inside one of its tasks; the message is the end reason."""
+
+
+class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The bridge's logger for one call: every line ends with ``stream_sid=...``, and records
+    carry ``stream_sid`` and ``call_sid`` as attributes for structured log formats."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        kwargs["extra"] = self.extra
+        return f"{msg} stream_sid={self.extra['stream_sid'] or '-'}", kwargs
+
+
+# --- The response slot ----------------------------------------------------------------------
+
+
+class ResponseSlot:
+    """One response at a time: the service refuses a second ``response.create`` while one is
+    active (``conversation_already_has_active_response``), so a wanted response waits.
+
+    Sans-I/O: the methods say whether to send ``response.create`` now; the call sends it.
+    """
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+        """The active response's id."""
+        self.create_in_flight = False
+        """A ``response.create`` was sent and its ``response.created`` has not come yet."""
+        self.wanted = False
+        """A response was asked for while the slot was taken."""
+        self.interrupted: set[str] = set()
+        """Responses cut by a barge-in: their remaining audio must not reach the caller."""
+
+    def request(self) -> bool:
+        """A response is wanted. True: send ``response.create`` now; False: it is queued."""
+        if self.active is not None or self.create_in_flight:
+            self.wanted = True
+            return False
+        self.create_in_flight = True
+        return True
+
+    def on_created(self, response_id: str) -> bool:
+        """``response.created``. Returns True when it answers the relay's ``response.create``
+        (False: the service's VAD started it)."""
+        ours = self.create_in_flight
+        self.active, self.create_in_flight = response_id, False
+        return ours
+
+    def on_done(self, response_id: str) -> bool:
+        """``response.done``. True: send the queued ``response.create`` now."""
+        self.active = None
+        self.interrupted.discard(response_id)
+        if self.wanted and not self.create_in_flight:
+            self.wanted, self.create_in_flight = False, True
+            return True
+        return False
+
+    def on_refused(self) -> None:
+        """The service refused the ``response.create`` in flight: a VAD response won the race.
+        Ask again once that one is done."""
+        if self.create_in_flight:
+            self.create_in_flight, self.wanted = False, True
+
+    def interrupt(self) -> str | None:
+        """A barge-in cut the active response; returns its id (None when none is active)."""
+        if self.active is not None:
+            self.interrupted.add(self.active)
+        return self.active
+
+
+# --- The goodbye ----------------------------------------------------------------------------
+
+
+class GoodbyeState(enum.StrEnum):
+    """Where a call is on its way to hanging up after ``end_call``."""
+
+    NONE = "none"
+    """The model has not called ``end_call``."""
+    REQUESTED = "requested"
+    """``end_call`` ran; the function calls of its response are being answered."""
+    ASKED = "asked"
+    """The relay asked the model for its goodbye (``response.create`` sent or queued)."""
+    SPEAKING = "speaking"
+    """The goodbye response is being generated."""
+    SPOKEN = "spoken"
+    """The goodbye is generated (or was spoken with ``end_call``): hang up once it has played."""
+
+
+class Goodbye:
+    """The goodbye after ``end_call``: an explicit state and one event that wakes the waiter on
+    every state change and every movement of the phone's playback."""
+
+    def __init__(self) -> None:
+        self.state = GoodbyeState.NONE
+        self.reason: str | None = None
+        self.response_id: str | None = None
+        self._changed = asyncio.Event()
+
+    def request(self, reason: str) -> bool:
+        """``end_call`` ran. False when a goodbye was already under way (nothing changes)."""
+        if self.state is not GoodbyeState.NONE:
+            return False
+        self.reason = reason
+        self._enter(GoodbyeState.REQUESTED)
+        return True
+
+    def after_tools(self, spoke: bool) -> bool:
+        """A response's function calls are answered. True: ask the model for a response (its
+        next answer, or the goodbye itself).
+
+        Args:
+            spoke: the response that made the calls already held assistant audio; after
+                ``end_call`` that audio was the goodbye ("Goodbye!" then the call).
+        """
+        if self.state is GoodbyeState.NONE:
+            return True
+        if self.state is GoodbyeState.REQUESTED:
+            self._enter(GoodbyeState.SPOKEN if spoke else GoodbyeState.ASKED)
+            return not spoke
+        return False  # the goodbye is already under way: no more answers
+
+    def on_response_created(self, response_id: str, ours: bool) -> None:
+        if self.state is GoodbyeState.ASKED and ours:
+            self.response_id = response_id
+            self._enter(GoodbyeState.SPEAKING)
+
+    def on_response_done(self, response_id: str) -> None:
+        if self.state is GoodbyeState.SPEAKING and response_id == self.response_id:
+            self._enter(GoodbyeState.SPOKEN)
+
+    def playback_moved(self) -> None:
+        """A mark was echoed or the queue cleared: wake the waiter to look again."""
+        self._changed.set()
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """Return once ``done()`` is true, looking again at each change. Safe to cancel."""
+        while not done():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _enter(self, state: GoodbyeState) -> None:
+        self.state = state
+        self._changed.set()
+
+
+# --- Waiting music --------------------------------------------------------------------------
+
+
+def load_wait_music(config: Config) -> tuple[str, ...]:
+    """Convert ``WAIT_MUSIC_FILE`` once: downmix, resample to 8 kHz, apply
+    ``WAIT_MUSIC_VOLUME``, encode µ-law, split into 20 ms frames (160 bytes), base64.
+
+    Returns:
+        The frames as base64 µ-law payloads; empty when music is off.
+
+    Raises:
+        ConfigError: naming the variable and file when it is unreadable, not 16-bit PCM WAV,
+            or shorter than one frame.
+    """
+    if config.wait_music_file is None:
+        return ()
+    path = config.wait_music_file
+    try:
+        ulaw = audio.to_ulaw_8k(audio.load_wav(path), config.wait_music_volume)
+    except OSError as exc:
+        raise ConfigError(f"WAIT_MUSIC_FILE {path!r} cannot be read: {exc.strerror or exc}") from exc
+    except audio.WavError as exc:
+        raise ConfigError(f"WAIT_MUSIC_FILE is not usable: {exc}") from exc
+    if len(ulaw) < audio.FRAME_BYTES:
+        raise ConfigError(f"WAIT_MUSIC_FILE {path!r} holds less than 20 ms of audio")
+    return tuple(base64.b64encode(frame).decode() for frame in audio.frames(ulaw))
+
+
+class WaitingMusic:
+    """Music while a tool runs: after the threshold, once the assistant's own audio has played,
+    ``MUSIC_LEAD_FRAMES`` frames at once (a jitter cushion), then one 20 ms frame per period on
+    the monotonic clock. Frames carry no marks: music is not an assistant item, so it never
+    enters truncation. Overlapping tool calls share one stream.
+    """
+
+    def __init__(
+        self,
+        frames: tuple[str, ...],
+        threshold_s: float,
+        phone: PhoneLeg,
+        playback: Playback,
+        on_change: Callable[[bool], None],
+    ) -> None:
+        self._frames = frames
+        self._threshold_s = threshold_s
+        self._phone = phone
+        self._playback = playback
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._position = 0
+        self.playing = False
+        """Some music has been sent since the last start."""
+
+    @property
+    def active(self) -> bool:
+        """Started and not stopped (waiting for the threshold, or playing)."""
+        return self._task is not None
+
+    def start(self) -> None:
+        """Begin the wait for the threshold (no-op when music is off or already started)."""
+        if self._frames and self._task is None:
+            self._task = asyncio.create_task(self._play(), name="wait music")
+
+    async def stop(self) -> None:
+        """Stop, and drop what is still queued at the phone when any music was sent. Music
+        plays only while no assistant audio is queued, so the clear discards music alone."""
+        if await self.cancel():
+            await self._phone.clear()
+
+    async def cancel(self) -> bool:
+        """Stop sending, with no clear (cleanup; tools done within the threshold). The task is
+        cancelled and awaited. Returns True when some music had been sent."""
+        task, self._task = self._task, None
+        was_playing, self.playing = self.playing, False
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("wait music failed", exc_info=task.exception())
+        if was_playing:
+            self._on_change(False)
+        return was_playing
+
+    async def _play(self) -> None:
+        await asyncio.sleep(self._threshold_s)
+        frames = self._frames
+        pacer = audio.FramePacer()
+        while True:
+            if not self._playback.is_playing(time.monotonic()):
+                count = 1
+                if not self.playing:
+                    self.playing = True
+                    count = MUSIC_LEAD_FRAMES
+                    self._on_change(True)
+                for _ in range(count):
+                    payload = frames[self._position]
+                    self._position = (self._position + 1) % len(frames)
+                    try:
+                        await self._phone.send_audio(payload)
+                    except ConnectionResetError:
+                        return  # the caller hung up; the phone pump ends the call
+            await pacer.wait()
+
+
+# --- Tool calls -----------------------------------------------------------------------------
+
+
+class ToolRunner:
+    """Runs the model's function calls: each ``call_id`` once, a response's calls concurrently,
+    every task owned (``close`` cancels and awaits them)."""
+
+    def __init__(
+        self,
+        context: ToolContext,
+        enabled: tuple[str, ...],
+        log: CallLog,
+        publish: Callable[..., None],
+    ) -> None:
+        self.context = context
+        self.enabled = enabled
+        self.answered_call_ids: set[str] = set()
+        """Function ``call_id``s already run (each is answered exactly once)."""
+        self.batches_running = 0
+        """Responses whose function calls are being run."""
+        self._log = log
+        self._publish = publish
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned = False
+
+    def new_calls(self, calls: Iterable[FunctionCall]) -> list[FunctionCall]:
+        """The calls not run before; from now on they count as answered."""
+        fresh = [call for call in calls if call.call_id is None or call.call_id not in self.answered_call_ids]
+        self.answered_call_ids.update(call.call_id for call in fresh if call.call_id is not None)
+        return fresh
+
+    def spawn(self, batch: Coroutine[Any, Any, None]) -> None:
+        """Run one response's answering coroutine as an owned task."""
+        task = asyncio.create_task(batch, name="tool calls")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def run(self, calls: list[FunctionCall]) -> list[tuple[str, dict[str, Any]]]:
+        """Run ``calls`` concurrently; never raises (each failure is an error output).
+
+        Returns:
+            ``(call_id, output)`` for each call that can be answered, in call order (a call
+            without a ``call_id`` is logged once and skipped).
+        """
+        answerable = [call for call in calls if call.call_id is not None]
+        if len(answerable) < len(calls) and not self._warned:
+            self._warned = True
+            self._log.warning("function_call without a call_id cannot be answered")
+        self.batches_running += 1
+        try:
+            return list(await asyncio.gather(*(self._run_one(call) for call in answerable)))
+        finally:
+            self.batches_running -= 1
+
+    async def close(self) -> None:
+        """Cancel every tool task and wait for them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_one(self, call: FunctionCall) -> tuple[str, dict[str, Any]]:
+        assert call.call_id is not None
+        self._publish(CallEventKind.TOOL_STARTED, name=call.name, call_id=call.call_id, arguments=call.arguments)
+        started = time.monotonic()
+        output = await tools.run_tool(call.name, call.arguments, self.context, self.enabled)
+        duration_ms = (time.monotonic() - started) * 1000
+        ok = bool(output.get("ok"))
+        error = None if ok else output.get("error")
+        self._log.info("tool %s ok=%s in %.0f ms%s", call.name, ok, duration_ms, f" error={error}" if error else "")
+        self._publish(
+            CallEventKind.TOOL_FINISHED, name=call.name, call_id=call.call_id, ok=ok, duration_ms=duration_ms,
+            error=error,
+        )
+        return call.call_id, output
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, HangUp):  # HangUp: the Realtime pump ends the call too
+            self._log.error("tool answers failed", exc_info=exc)
+
+
+# --- The call -------------------------------------------------------------------------------
+
+
+class Call:
+    """One phone call bridged to one Realtime session.
+
+    ``run`` owns every task of the call (the phone pump, the Realtime pump, the session
+    watchdog, the goodbye, and through ``ToolRunner`` and ``WaitingMusic`` the tool and music
+    tasks): when the first ends, the rest are cancelled and awaited and both sockets closed.
+    It implements ``tools.CallControl`` for the tools.
+    """
+
+    def __init__(
+        self,
+        phone: PhoneLeg,
+        config: Config,
+        stats: Stats,
+        *,
+        wait_music: tuple[str, ...] = (),
+        openai_client: openai.AsyncOpenAI | None = None,
+        on_event: CallEventHook | None = None,
+    ) -> None:
+        self.phone = phone
+        self.config = config
+        self.stats = stats
+        self.realtime: ClientConnection | None = None
+        self.stream_sid = ""
+        self.call_sid = ""
+        self.caller: AllowedCaller | None = None
+        self.playback = Playback()
+        self.counts = CallCounts()
+        self.session_ready = False
+        self.held: deque[str] = deque(maxlen=HELD_AUDIO_FRAMES)
+        """Caller audio (base64 µ-law) received before ``session.updated``."""
+        self.slot = ResponseSlot()
+        self.goodbye = Goodbye()
+        self.log = CallLog(logger, {"stream_sid": "", "call_sid": ""})
+        context = ToolContext(
+            call=self,
+            smtp=config.smtp,
+            openai_client=openai_client,
+            web_search_model=config.web_search_model,
+            timeouts={"gpt_web_search": config.web_search_timeout_s},
+        )
+        self.tools = ToolRunner(context, config.tools, self.log, self._publish)
+        self.music = WaitingMusic(
+            wait_music, config.wait_music_threshold_ms / 1000, phone, self.playback, self._on_music
+        )
+        self._noise_reduction = config.noise_reduction.value
+        self._noise_reduction_waiters: dict[str, tuple[str, asyncio.Future[None]]] = {}
+        self._on_event = on_event
+        self._failed = False
+        self._warned: set[str] = set()
+        self._close_code: int | None = None
+        self._closing = asyncio.Event()
+
+    # -- lifecycle --
+
+    async def run(self) -> CallEnd:
+        """Serve the call until either side ends. Never raises (errors are logged)."""
+        started = time.monotonic()
+        reason = "unknown"
+        self.stats.active += 1
+        self.stats.total += 1
+        try:
+            reason = await self._run()
+        except HangUp as end:
+            reason = str(end)
+        except Exception:
+            self._failed = True
+            reason = "internal error"
+            self.log.exception("call failed")
+        finally:
+            self.stats.active -= 1
+            self.stats.errors += self._failed
+            await self._close_sockets()
+        end = CallEnd(reason, self._failed, time.monotonic() - started)
+        if self.stream_sid:
+            c = self.counts
+            self.log.info(
+                "call ended call_sid=%s duration=%.1fs reason=%s frames_in=%d frames_out=%d marks_acked=%d "
+                "responses=%d barge_ins=%d realtime_errors=%d",
+                self.call_sid, end.duration_s, reason, c.frames_in, c.frames_out, c.marks_acked, c.responses,
+                c.barge_ins, c.realtime_errors,
+            )
+            self._publish(CallEventKind.ENDED, reason=reason, failed=end.failed, duration_s=end.duration_s,
+                          counts=asdict(c))
+        return end
+
+    async def close(self, code: int, reason: str) -> None:
+        """End the call from outside (shutdown): close the phone socket with ``code``."""
+        self._close_code = code
+        self._closing.set()
+        await self.phone.close(code, reason)
+
+    async def _run(self) -> str:
+        start = await self._await_start()
+        if start is None:
+            return f"no start from {self.phone.network}"
+        self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
+        self.log.extra.update(stream_sid=start.stream_sid, call_sid=start.call_sid)  # type: ignore[union-attr]
+        self.caller = find_caller(self.config, start.custom_parameters.get("caller_number"))
+        if self.caller is None:
+            self.log.warning("media stream for a restricted caller refused")
+            await self.phone.close(WSCloseCode.POLICY_VIOLATION, "restricted")
+            return "restricted caller"
+        self.tools.context.email_to = self.config.email_for(self.caller.group)
+        self.log.info(
+            "call started call_sid=%s network=%s caller=%s group=%s",
+            self.call_sid, self.phone.network, mask_number(self.caller.number), self.caller.group,
+        )
+        self._publish(CallEventKind.STARTED, network=self.phone.network, caller=mask_number(self.caller.number),
+                      group=str(self.caller.group), call_sid=self.call_sid)
+        try:
+            self.realtime = await asyncio.wait_for(
+                connect(
+                    self.config.realtime_connect_url(),
+                    additional_headers={"Authorization": f"Bearer {self.config.openai_api_key}"},
+                    max_size=2**24,
+                    compression=None,
+                    open_timeout=None,
+                ),
+                UPSTREAM_CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            self._failed = True
+            self._close_code = WSCloseCode.INTERNAL_ERROR
+            self.log.error("realtime connect failed: %s", _describe(exc))
+            return "realtime unavailable"
+        await self._send_realtime(protocol.session_update(self._session()))
+        tasks = [
+            asyncio.create_task(self._pump_phone(), name="phone->realtime"),
+            asyncio.create_task(self._pump_realtime(), name="realtime->phone"),
+            asyncio.create_task(self._session_watchdog(), name="session watchdog"),
+            asyncio.create_task(self._hang_up_after_goodbye(), name="hang up"),
+            asyncio.create_task(self._closing.wait(), name="close request"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, self.tools.close(), return_exceptions=True)
+            await self.music.cancel()
+        if self._closing.is_set():  # the close also ends the phone pump: report the cause
+            return "server shutting down"
+        finished = done.pop()
+        exc = finished.exception()
+        if exc is not None:
+            raise exc
+        return str(finished.result())
+
+    async def _await_start(self) -> PhoneStart | None:
+        """Read phone events until the start (anything before it is ignored); None on timeout or close."""
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                async for event in self.phone:
+                    if type(event) is PhoneStart:
+                        return event
+        except TimeoutError:
+            logger.warning("no %s start within %.0fs; closing", self.phone.network, START_TIMEOUT_S)
+        return None
+
+    async def _session_watchdog(self) -> str:
+        await asyncio.sleep(SESSION_TIMEOUT_S)
+        if self.session_ready:
+            await asyncio.Event().wait()  # done: idle until cancelled
+        self._failed = True
+        self.log.error("no session.updated within %.0fs", SESSION_TIMEOUT_S)
+        raise HangUp("realtime session not configured")
+
+    async def _close_sockets(self) -> None:
+        if self.realtime is not None:
+            await self.realtime.close()
+        if not self.phone.closed:
+            await self.phone.close(self._close_code or WSCloseCode.OK)
+
+    def _session(self) -> dict[str, Any]:
+        config = self.config
+        noise = None if config.noise_reduction is NoiseReduction.OFF else config.noise_reduction.value
+        return protocol.realtime_session(
+            instructions=config.instructions,
+            voice=config.voice,
+            turn_detection=config.turn_detection(),
+            noise_reduction=noise,
+            transcription_model=config.transcription_model,
+            tools=tools.definitions(config.tools),
+        )
+
+    # -- phone -> Realtime --
+
+    async def _pump_phone(self) -> str:
+        """Forward caller audio and account mark echoes until the phone stops or closes."""
+        append = protocol.input_audio_append
+        async for event in self.phone:
+            if type(event) is PhoneAudio:  # the hot path: 50 a second
+                self.counts.frames_in += 1
+                if self.session_ready:
+                    await self._send_realtime_text(append(event.payload))
+                else:
+                    self.held.append(event.payload)
+            elif type(event) is PhoneMarkPlayed:
+                if self.playback.on_mark(event.name, time.monotonic()):
+                    self.counts.marks_acked += 1
+                    self.goodbye.playback_moved()
+            elif type(event) is PhoneStop:
+                return f"{self.phone.network} stop"
+            elif type(event) is PhoneDtmf:
+                self.log.debug("dtmf %s", event.digit)
+                self._publish(CallEventKind.DTMF, digit=event.digit)
+            else:
+                self.log.debug("%s %s ignored after start", self.phone.network, type(event).__name__)
+        return f"{self.phone.network} closed"
+
+    # -- Realtime -> phone --
+
+    async def _pump_realtime(self) -> str:
+        """Dispatch Realtime server events until the service closes the socket."""
+        assert self.realtime is not None
+        handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
+            AudioDelta: self._on_audio_delta,
+            AudioDone: self._on_audio_done,
+            SessionUpdated: self._on_session_updated,
+            SpeechStarted: self._on_speech_started,
+            ResponseCreated: self._on_response_created,
+            ResponseDone: self._on_response_done,
+            RealtimeError: self._on_error,
+        }
+        try:
+            async for raw in self.realtime:
+                try:
+                    event = protocol.parse_server_event(raw)
+                except MalformedEvent as exc:
+                    self._warn_once(f"realtime-{exc.kind}", f"malformed realtime event ignored ({exc})")
+                    continue
+                handler = handlers.get(type(event))
+                if handler is None:
+                    self.log.debug("realtime %s", getattr(event, "type", type(event).__name__))
+                else:
+                    await handler(event)
+        except ConnectionClosed:
+            pass
+        code = self.realtime.close_code
+        if code != 1000:
+            self._failed = True
+            self.log.error("realtime closed the session code=%s reason=%s", code, self.realtime.close_reason or "-")
+        return f"realtime closed ({code})"
+
+    async def _on_session_updated(self, event: SessionUpdated) -> None:
+        if event.noise_reduction is not None:  # the confirmed state; a tool's switch waits for it
+            self._noise_reduction = event.noise_reduction
+            for event_id, (mode, confirmed) in list(self._noise_reduction_waiters.items()):
+                if mode == self._noise_reduction and not confirmed.done():
+                    confirmed.set_result(None)
+                    del self._noise_reduction_waiters[event_id]
+        if self.session_ready:
+            return
+        while self.held:  # caller audio held during setup goes first, in order
+            await self._send_realtime_text(protocol.input_audio_append(self.held.popleft()))
+        self.session_ready = True
+        name = self.caller.first_name if self.caller else "there"
+        await self._send_realtime(
+            protocol.system_message(
+                f"The caller, whose first name is {name}, has just been connected. Greet them "
+                "by name in one short sentence and ask how you can help."
+            )
+        )
+        await self._request_response()
+
+    async def _on_audio_delta(self, event: AudioDelta) -> None:
+        """Assistant audio: forward to the phone unchanged, then a mark (the hot path)."""
+        if event.response_id in self.slot.interrupted:
+            return  # generated after the barge-in: the caller must not hear it
+        if self.music.active:
+            await self.music.stop()  # the first assistant audio ends the waiting music
+        payload = event.payload
+        mark = self.playback.on_audio_sent(event.item_id, protocol.b64_decoded_len(payload), time.monotonic())
+        await self.phone.send_audio(payload)
+        await self.phone.send_mark(mark)
+        self.counts.frames_out += 1
+
+    async def _on_audio_done(self, event: AudioDone) -> None:
+        self.playback.close_item(event.item_id)
+
+    async def _on_speech_started(self, event: SpeechStarted) -> None:
+        """Barge-in: the caller spoke while assistant audio is queued at the phone."""
+        if self.music.active:
+            await self.music.stop()
+        now = time.monotonic()
+        if not self.playback.is_playing(now):
+            return
+        await self.phone.clear()
+        cuts = self.playback.barge_in(now)
+        self.counts.barge_ins += 1
+        if self.slot.interrupt() is not None and not self.config.vad_interrupt_response:
+            await self._send_realtime(protocol.response_cancel())
+        for cut in cuts:
+            await self._send_realtime(protocol.item_truncate(cut.item_id, cut.audio_end_ms))
+        self.goodbye.playback_moved()  # cleared: nothing is left to play (a goodbye included)
+        self.log.debug("barge-in truncations=%s", cuts)
+        self._publish(CallEventKind.BARGE_IN, truncations=[asdict(cut) for cut in cuts])
+
+    async def _on_response_created(self, event: ResponseCreated) -> None:
+        ours = self.slot.on_created(event.response_id)
+        self.goodbye.on_response_created(event.response_id, ours)
+        self.counts.responses += 1
+
+    async def _on_response_done(self, event: ResponseDone) -> None:
+        send_queued = self.slot.on_done(event.response_id)
+        self.goodbye.on_response_done(event.response_id)
+        calls = self.tools.new_calls(event.function_calls)
+        if calls:
+            self.tools.spawn(self._answer_calls(calls, event.spoke))
+        elif self.tools.batches_running == 0 and self.music.active:
+            await self.music.stop()  # the answer after the tools came without audio
+        if send_queued:
+            await self._send_realtime(protocol.response_create())
+
+    async def _on_error(self, event: RealtimeError) -> None:
+        self.counts.realtime_errors += 1
+        waiter = self._noise_reduction_waiters.pop(str(event.event_id), None)
+        if waiter is not None and not waiter[1].done():
+            waiter[1].set_exception(ToolError(f"the service refused the switch: {event.message}"))
+        if event.code == "response_cancel_not_active":
+            self.log.debug("response.cancel with no active response (harmless)")
+            return
+        if event.code == "conversation_already_has_active_response":
+            self.slot.on_refused()
+        self.log.warning("realtime error type=%s code=%s message=%s", event.type, event.code, event.message)
+        self._publish(CallEventKind.REALTIME_ERROR, type=event.type, code=event.code, message=event.message)
+
+    async def _request_response(self) -> None:
+        """``response.create`` now, or once the active response is done (``ResponseSlot``)."""
+        if self.slot.request():
+            await self._send_realtime(protocol.response_create())
+
+    # -- tool calls --
+
+    async def _answer_calls(self, calls: list[FunctionCall], spoke: bool) -> None:
+        """Answer every function call of one response, then ask for exactly one response.
+
+        The calls run concurrently, with waiting music past the threshold; each gets a
+        ``function_call_output`` (an error output when it fails), and only then is
+        ``response.create`` sent (or queued while another response is active). After
+        ``end_call`` that response is the goodbye, unless the response that called it had
+        already spoken (that was the goodbye).
+        """
+        self.music.start()
+        outputs = await self.tools.run(calls)
+        if self.tools.batches_running == 0 and not self.music.playing:
+            await self.music.cancel()  # done within the threshold: no music at all
+        for call_id, output in outputs:
+            text = json.dumps(output, ensure_ascii=False)
+            await self._send_realtime(protocol.function_call_output(call_id, text))
+        if self.goodbye.after_tools(spoke):
+            await self._request_response()
+
+    # CallControl (what tools.py may ask of this call)
+
+    @property
+    def noise_reduction(self) -> str:
+        """The noise reduction the Realtime service has confirmed (near_field, far_field, off)."""
+        return self._noise_reduction
+
+    def hang_up_after_goodbye(self, reason: str) -> None:
+        """Hang up once the goodbye has played (``_hang_up_after_goodbye``)."""
+        if self.goodbye.request(reason):
+            self.log.info("end_call reason=%s", reason)
+
+    async def switch_noise_reduction(self, mode: str) -> None:
+        """Partial ``session.update`` of ``audio.input.noise_reduction``; returns when
+        ``session.updated`` shows ``mode``. Raises ToolError on refusal or no confirmation."""
+        event_id = f"event_nr_{len(self._noise_reduction_waiters)}_{time.monotonic_ns()}"
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._noise_reduction_waiters[event_id] = (mode, confirmed)
+        try:
+            await self._send_realtime(protocol.noise_reduction_update(mode, event_id))
+            async with asyncio.timeout(MIC_CONFIRM_TIMEOUT_S):
+                await confirmed
+        except TimeoutError:
+            raise ToolError(f"the service did not confirm the switch within {MIC_CONFIRM_TIMEOUT_S:g} s") from None
+        finally:
+            self._noise_reduction_waiters.pop(event_id, None)
+
+    # -- hanging up --
+
+    async def _hang_up_after_goodbye(self) -> str:
+        """After ``end_call``: wait for the goodbye to be generated, then for the phone to
+        report its last mark (every byte played, or cleared by a barge-in), then end the call.
+
+        The safety deadline is measured from the goodbye audio (what is still unplayed, plus
+        ``GOODBYE_MARGIN_S``), not from the tool call.
+        """
+        goodbye = self.goodbye
+        await goodbye.wait_until(lambda: goodbye.state is not GoodbyeState.NONE)
+        try:
+            async with asyncio.timeout(GOODBYE_RESPONSE_TIMEOUT_S):
+                await goodbye.wait_until(lambda: goodbye.state is GoodbyeState.SPOKEN)
+        except TimeoutError:
+            self.log.warning("no goodbye within %.0f s of end_call", GOODBYE_RESPONSE_TIMEOUT_S)
+        deadline_s = self.playback.unplayed_ms(time.monotonic()) / 1000 + GOODBYE_MARGIN_S
+        try:
+            async with asyncio.timeout(deadline_s):
+                await goodbye.wait_until(lambda: not self.playback.marks_pending)
+        except TimeoutError:
+            self.log.warning("goodbye marks not echoed within %.1f s; hanging up", deadline_s)
+        return f"end_call: {goodbye.reason}"
+
+    # -- sending and telling --
+
+    async def _send_realtime(self, event: dict[str, Any]) -> None:
+        await self._send_realtime_text(json.dumps(event))
+
+    async def _send_realtime_text(self, text: str) -> None:
+        assert self.realtime is not None
+        try:
+            await self.realtime.send(text)
+        except ConnectionClosed:
+            raise HangUp("realtime closed") from None
+
+    def _on_music(self, playing: bool) -> None:
+        self.log.debug("wait music %s", "started" if playing else "stopped")
+        self._publish(CallEventKind.MUSIC_STARTED if playing else CallEventKind.MUSIC_STOPPED)
+
+    def _publish(self, kind: CallEventKind, **data: Any) -> None:
+        """Hand one event to the hook; nothing is built when no one listens."""
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(CallEvent(kind, self.stream_sid, time.time(), data))
+        except Exception:
+            if "hook" not in self._warned:
+                self._warned.add("hook")
+                self.log.exception("call event hook failed on %s", kind)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log.warning("%s", message)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

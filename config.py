@@ -1,0 +1,467 @@
+"""Configuration: ``Config`` from the environment, caller lookup by E.164 number, what callers hear
+first, and the warnings an operator sees at startup.
+
+Nothing here touches a socket. ``Config.from_env`` reports every missing or malformed variable in
+one ``ConfigError``; tests build ``Config(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+
+from tools import TOOLS, WELL_KNOWN_SMTP, SmtpSecurity, SmtpServer
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly, capable voice assistant on a phone call. Speak naturally and keep "
+    "answers short (one to three sentences) unless the caller asks for more; the caller "
+    "cannot see anything, so never read out URLs, markdown or lists of symbols. If you are "
+    "interrupted, stop and listen. Answer in the caller's language."
+)
+
+
+class ConfigError(Exception):
+    """One or more environment variables are missing or malformed; the message names them."""
+
+
+class VadType(enum.StrEnum):
+    """Realtime turn detection types (``audio.input.turn_detection.type``)."""
+
+    SEMANTIC = "semantic_vad"
+    SERVER = "server_vad"
+    NONE = "none"
+
+
+class NoiseReduction(enum.StrEnum):
+    """Realtime input noise reduction (``audio.input.noise_reduction.type``)."""
+
+    NEAR_FIELD = "near_field"
+    FAR_FIELD = "far_field"
+    OFF = "off"
+
+
+class CallerGroup(enum.StrEnum):
+    """Which allowlist a caller is on."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+    ANYONE = "anyone"
+    """Not listed, but let in by ``ALLOW_ALL_CALLERS``."""
+
+
+EAGERNESS = ("low", "medium", "high", "auto")
+DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
+_EMAIL = re.compile(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+")
+_E = TypeVar("_E", bound=enum.StrEnum)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the relay reads from the environment, validated once at startup.
+
+    Build with ``Config.from_env(os.environ)``; tests build it directly.
+    """
+
+    openai_api_key: str = field(repr=False)
+    port: int = 10000
+    public_url: str | None = None
+    """Public origin Twilio uses (``https://relay.example.com``); None: the Host header."""
+    realtime_url: str = "wss://api.openai.com/v1/realtime"
+    realtime_model: str = "gpt-realtime"
+    voice: str = "cedar"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    vad_type: VadType = VadType.SEMANTIC
+    vad_eagerness: str = "auto"
+    vad_threshold: float = 0.5
+    vad_prefix_padding_ms: int = 300
+    vad_silence_duration_ms: int = 500
+    vad_interrupt_response: bool = True
+    noise_reduction: NoiseReduction = NoiseReduction.NEAR_FIELD
+    transcription_model: str | None = None
+    twilio_account_sid: str | None = field(default=None, repr=False)
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    primary_numbers: tuple[str, ...] = ()
+    """E.164 numbers of the primary caller group."""
+    secondary_numbers: tuple[str, ...] = ()
+    primary_first_name: str | None = None
+    secondary_first_name: str | None = None
+    allow_all_callers: bool = False
+    default_region: str = "US"
+    """ISO country used to read numbers written without a leading +."""
+    timezone: str | None = None
+    """IANA zone for the time-of-day greeting; None: the server's local time."""
+    log_level: str = "INFO"
+    tools: tuple[str, ...] = tuple(TOOLS)
+    """Tool names offered to the model (``TOOLS``), in ``tools.TOOLS`` order."""
+    openai_base_url: str = "https://api.openai.com/v1"
+    """REST base URL for the Responses API (web search)."""
+    web_search_model: str = "gpt-5.2"
+    web_search_timeout_s: float = 15.0
+    smtp: SmtpServer | None = None
+    """Where ``send_email`` sends from; None: email is not configured."""
+    primary_to_email: str | None = None
+    secondary_to_email: str | None = None
+    wait_music_file: str | None = str(DEFAULT_WAIT_MUSIC)
+    """16-bit PCM WAV played while a tool runs; None: no music."""
+    wait_music_threshold_ms: int = 500
+    """How long a tool call may run before the music starts."""
+    wait_music_volume: float = 0.12
+    """Gain applied to the music, 0..1."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """Read and validate the configuration.
+
+        Args:
+            env: the environment (``os.environ`` after python-dotenv loaded ``.env``).
+
+        Raises:
+            ConfigError: naming every missing or malformed variable and what is allowed,
+                in one line.
+        """
+        problems: list[str] = []
+        reader = _EnvReader(env, problems)
+        default = {f.name: f.default for f in fields(cls)}
+        api_key = env.get("OPENAI_API_KEY", "").strip()
+        if not api_key:
+            problems.append("OPENAI_API_KEY is required (your OpenAI API key)")
+        region = reader.text("DEFAULT_REGION", "US").upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            problems.append(f"DEFAULT_REGION must be an ISO country code such as US or GB, got {region!r}")
+            region = "US"
+        timezone = reader.text("TIMEZONE", "") or None
+        if timezone:
+            try:
+                ZoneInfo(timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                problems.append(f"TIMEZONE must be an IANA zone such as Europe/Paris, got {timezone!r}")
+        public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
+        if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+            problems.append(f"PUBLIC_URL must start with https:// (or http:// for local tests), got {public_url!r}")
+        realtime_url = reader.text("OPENAI_REALTIME_URL", default["realtime_url"])
+        if urlsplit(realtime_url).scheme not in ("ws", "wss"):
+            problems.append(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got {realtime_url!r}")
+        transcription = reader.text("TRANSCRIPTION_MODEL", "")
+        base_url = reader.text("OPENAI_BASE_URL", default["openai_base_url"]).rstrip("/")
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            problems.append(f"OPENAI_BASE_URL must be an http(s):// URL, got {base_url!r}")
+        music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
+        if music_file and music_file.lower() in ("none", "off"):
+            music_file = None
+        config = cls(
+            openai_api_key=api_key,
+            port=reader.integer("PORT", default["port"], 1, 65535),
+            public_url=public_url,
+            realtime_url=realtime_url,
+            realtime_model=reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
+            voice=reader.text("VOICE", default["voice"]),
+            instructions=reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
+            vad_type=reader.choice("VAD_TYPE", VadType, default["vad_type"]),
+            vad_eagerness=reader.choice_text("VAD_EAGERNESS", EAGERNESS, default["vad_eagerness"]),
+            vad_threshold=reader.number("VAD_THRESHOLD", default["vad_threshold"], 0.0, 1.0),
+            vad_prefix_padding_ms=reader.integer("VAD_PREFIX_PADDING_MS", default["vad_prefix_padding_ms"], 0, 10_000),
+            vad_silence_duration_ms=reader.integer(
+                "VAD_SILENCE_DURATION_MS", default["vad_silence_duration_ms"], 0, 10_000
+            ),
+            vad_interrupt_response=reader.boolean("VAD_INTERRUPT_RESPONSE", default["vad_interrupt_response"]),
+            noise_reduction=reader.choice("NOISE_REDUCTION", NoiseReduction, default["noise_reduction"]),
+            transcription_model=transcription or None,
+            twilio_account_sid=reader.text("TWILIO_ACCOUNT_SID", "") or None,
+            twilio_auth_token=reader.text("TWILIO_AUTH_TOKEN", "") or None,
+            primary_numbers=reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
+            secondary_numbers=reader.phone_list("SECONDARY_USER_PHONE_NUMBERS", region),
+            primary_first_name=reader.text("PRIMARY_USER_FIRST_NAME", "") or None,
+            secondary_first_name=reader.text("SECONDARY_USER_FIRST_NAME", "") or None,
+            allow_all_callers=reader.boolean("ALLOW_ALL_CALLERS", False),
+            default_region=region,
+            timezone=timezone,
+            log_level=reader.choice_text("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+            tools=reader.tool_names("TOOLS", default["tools"]),
+            openai_base_url=base_url,
+            web_search_model=reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
+            web_search_timeout_s=reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
+            smtp=reader.smtp_server(),
+            primary_to_email=reader.email("PRIMARY_TO_EMAIL"),
+            secondary_to_email=reader.email("SECONDARY_TO_EMAIL"),
+            wait_music_file=music_file,
+            wait_music_threshold_ms=reader.integer(
+                "WAIT_MUSIC_THRESHOLD_MS", default["wait_music_threshold_ms"], 0, 60_000
+            ),
+            wait_music_volume=reader.number("WAIT_MUSIC_VOLUME", default["wait_music_volume"], 0.0, 1.0),
+        )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return config
+
+    def turn_detection(self) -> dict[str, Any] | None:
+        """The ``audio.input.turn_detection`` object for ``session.update`` (None: VAD off)."""
+        if self.vad_type is VadType.NONE:
+            return None
+        common = {"create_response": True, "interrupt_response": self.vad_interrupt_response}
+        if self.vad_type is VadType.SEMANTIC:
+            return {"type": "semantic_vad", "eagerness": self.vad_eagerness, **common}
+        return {
+            "type": "server_vad",
+            "threshold": self.vad_threshold,
+            "prefix_padding_ms": self.vad_prefix_padding_ms,
+            "silence_duration_ms": self.vad_silence_duration_ms,
+            **common,
+        }
+
+    def email_for(self, group: CallerGroup) -> str | None:
+        """The ``send_email`` recipient for a caller group (``*_TO_EMAIL``); None for a group
+        with none, and for callers let in by ``ALLOW_ALL_CALLERS``."""
+        if group is CallerGroup.PRIMARY:
+            return self.primary_to_email
+        if group is CallerGroup.SECONDARY:
+            return self.secondary_to_email
+        return None
+
+    def realtime_connect_url(self) -> str:
+        """``OPENAI_REALTIME_URL`` with ``model`` added to its query unless already there."""
+        parts = urlsplit(self.realtime_url)
+        query = parse_qsl(parts.query)
+        if not any(key == "model" for key, _ in query):
+            query.append(("model", self.realtime_model))
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class _EnvReader:
+    """Reads typed values, collecting problems instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str], problems: list[str]) -> None:
+        self.env = env
+        self.problems = problems
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name)
+        return default if value is None or not value.strip() else value.strip()
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+            return default
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
+            return default
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name)
+        if raw is None or not raw.strip():  # blank means "use the default", as for text
+            return default
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        self.problems.append(f"{name} must be true or false, got {raw!r}")
+        return default
+
+    def choice(self, name: str, kind: type[_E], default: _E) -> _E:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            return kind(raw.lower())
+        except ValueError:
+            allowed = ", ".join(member.value for member in kind)
+            self.problems.append(f"{name} must be one of {allowed}, got {raw!r}")
+            return default
+
+    def choice_text(self, name: str, allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
+        raw = self.text(name, "")
+        value = raw.upper() if upper else raw.lower()
+        if not raw:
+            return default
+        if value not in allowed:
+            self.problems.append(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+            return default
+        return value
+
+    def tool_names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        if raw.lower() == "none":
+            return ()
+        wanted = {part.strip() for part in raw.split(",") if part.strip()}
+        unknown = sorted(wanted - set(TOOLS))
+        if unknown:
+            self.problems.append(f"{name} has unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOLS)}, or none")
+        return tuple(tool for tool in TOOLS if tool in wanted)
+
+    def email(self, name: str) -> str | None:
+        raw = self.text(name, "")
+        if not raw:
+            return None
+        if not _EMAIL.fullmatch(raw):
+            self.problems.append(f"{name} must be an email address such as name@example.com, got {raw!r}")
+            return None
+        return raw
+
+    def smtp_server(self) -> SmtpServer | None:
+        """``SMTP_*`` and ``SENDER_FROM_EMAIL``: a service id (``gmail``) or an explicit host;
+        explicit ``SMTP_HOST``/``SMTP_PORT``/``SMTP_SECURITY`` override the service's."""
+        service = self.text("SMTP_NODEMAILER_SERVICE_ID", "").lower()
+        known = WELL_KNOWN_SMTP.get(service)
+        if service and known is None:
+            self.problems.append(
+                f"SMTP_NODEMAILER_SERVICE_ID {service!r} is not a known service ({', '.join(WELL_KNOWN_SMTP)}); "
+                "set SMTP_HOST and SMTP_PORT instead"
+            )
+        host = self.text("SMTP_HOST", "") or (known[0] if known else "")
+        security_raw = self.text("SMTP_SECURITY", "")
+        security = self.choice("SMTP_SECURITY", SmtpSecurity, SmtpSecurity.STARTTLS) if security_raw else None
+        port_default = known[1] if known else (465 if security is SmtpSecurity.SSL else 587)
+        port = self.integer("SMTP_PORT", port_default, 1, 65535)
+        if security is None and known and port == known[1]:
+            security = known[2]
+        elif security is None:
+            security = SmtpSecurity.SSL if port == 465 else SmtpSecurity.STARTTLS
+        sender = self.email("SENDER_FROM_EMAIL")
+        if sender is None:
+            return None
+        if not host:
+            if not service:  # an unknown service id was reported above
+                self.problems.append("SENDER_FROM_EMAIL is set but neither SMTP_NODEMAILER_SERVICE_ID nor SMTP_HOST is")
+            return None
+        user = self.text("SMTP_USER", "") or None
+        password = self.env.get("SMTP_PASS") or None
+        if user and not password:
+            self.problems.append("SMTP_USER is set but SMTP_PASS is not")
+        return SmtpServer(host, port, security, sender, user, password)
+
+    def phone_list(self, name: str, region: str) -> tuple[str, ...]:
+        numbers = []
+        for raw in self.text(name, "").split(","):
+            if not raw.strip():
+                continue
+            number = to_e164(raw, region)
+            if number is None:
+                self.problems.append(f"{name} has {raw.strip()!r}, which is not a valid phone number")
+            else:
+                numbers.append(number)
+        return tuple(numbers)
+
+
+def to_e164(raw: str, region: str = "US") -> str | None:
+    """Normalise a phone number to E.164 (``+14155550100``) with libphonenumber rules.
+
+    Args:
+        raw: a number as dialled or written (``+44 20 7946 0958``, ``(415) 555-0100``).
+        region: ISO country assumed when ``raw`` has no leading ``+``.
+
+    Returns:
+        The E.164 string, or None when ``raw`` is not a valid number (e.g. ``anonymous``).
+    """
+    try:
+        parsed = phonenumbers.parse(raw.strip(), region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask_number(number: str) -> str:
+    """A phone number fit for logs: the last four digits only (``+*******0100``)."""
+    return number[:1] + "*" * max(len(number) - 5, 0) + number[-4:] if len(number) > 4 else "****"
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedCaller:
+    """A caller the allowlists let in."""
+
+    number: str
+    """E.164."""
+    group: CallerGroup
+    first_name: str
+    """The group's first name, or "legend" when unset."""
+
+
+def find_caller(config: Config, raw_number: str | None) -> AllowedCaller | None:
+    """The allowed caller for a number, or None when the line is restricted for it.
+
+    Args:
+        config: the allowlists, names and ``DEFAULT_REGION``.
+        raw_number: the number as the phone network reports it (any format; None or
+            ``anonymous`` match no list).
+
+    With both allowlists empty everyone is refused unless ``ALLOW_ALL_CALLERS`` is set.
+    """
+    number = to_e164(raw_number or "", config.default_region)
+    if number is not None and number in config.primary_numbers:
+        return AllowedCaller(number, CallerGroup.PRIMARY, config.primary_first_name or "legend")
+    if number is not None and number in config.secondary_numbers:
+        return AllowedCaller(number, CallerGroup.SECONDARY, config.secondary_first_name or "legend")
+    if config.allow_all_callers:
+        return AllowedCaller(number or (raw_number or "unknown"), CallerGroup.ANYONE, "legend")
+    return None
+
+
+
+RESTRICTED_MESSAGE = "Sorry, this line is restricted. Goodbye."
+"""What a caller on neither allowlist hears before the hang-up."""
+
+
+def greeting_for(when: datetime) -> str:
+    """ "Good morning" (before 12:00), "Good afternoon" (before 18:00) or "Good evening"."""
+    if when.hour < 12:
+        return "Good morning"
+    return "Good afternoon" if when.hour < 18 else "Good evening"
+
+
+def welcome_message(config: Config, caller: AllowedCaller, now: datetime | None = None) -> str:
+    """What an allowed caller hears before the assistant: ``"Good afternoon, Jordan. Connecting you
+    to your assistant."`` in ``TIMEZONE`` (the server's local time when unset)."""
+    if now is None:
+        now = datetime.now(ZoneInfo(config.timezone) if config.timezone else None)
+    return f"{greeting_for(now)}, {caller.first_name}. Connecting you to your assistant."
+
+
+def startup_warnings(config: Config) -> list[str]:
+    """What an operator should know before taking calls, one sentence each."""
+    notes = []
+    if not config.primary_numbers and not config.secondary_numbers and not config.allow_all_callers:
+        notes.append(
+            "PRIMARY_USER_PHONE_NUMBERS and SECONDARY_USER_PHONE_NUMBERS are empty: every caller "
+            "is refused (set ALLOW_ALL_CALLERS=true to let anyone in)"
+        )
+    if config.allow_all_callers:
+        notes.append("ALLOW_ALL_CALLERS=true: any caller reaches the assistant")
+    if not config.twilio_auth_token:
+        notes.append(
+            "TWILIO_AUTH_TOKEN is not set: webhook and media-stream signatures are not checked, "
+            "so anyone who finds this server can open a call"
+        )
+    return notes
+

@@ -1,0 +1,155 @@
+"""Helpers shared by the tests: the relay and the stand-ins on loopback, a raw Twilio-like leg,
+a real SMTP server, and polling with a deadline. (Fixtures are in conftest.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+import audio
+import relay
+import simulate
+import standin_openai
+from config import Config
+from standin_phone import TwilioMessages
+from tools import SmtpSecurity, SmtpServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CALLER = simulate.DEFAULT_CALLER
+SECRET_KEY = "sk-test-" + "k" * 24
+"""The fake OpenAI key the tests configure; it must never appear in a log."""
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` every 5 ms until truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def make_config(realtime_url: str = "ws://127.0.0.1:9/v1/realtime", **overrides: Any) -> Config:
+    """A relay Config for tests: ``simulate.relay_config`` (one primary caller, server VAD) with the
+    fake key."""
+    return simulate.relay_config(realtime_url, **{"openai_api_key": SECRET_KEY, **overrides})
+
+
+def speech(name: str) -> bytes:
+    """An utterance from ``assets/`` as 8 kHz µ-law."""
+    return audio.to_ulaw_8k(audio.load_wav(ROOT / "assets" / f"{name}.wav"))
+
+
+class TwilioLeg:
+    """A raw Media Streams client: what Twilio sends and receives, frame by frame."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.messages = TwilioMessages()
+        self.stream_sid = self.messages.stream_sid
+
+    @classmethod
+    async def open(cls, http: aiohttp.ClientSession, base_url: str, path: str = "/media-stream",
+                   headers: dict[str, str] | None = None) -> TwilioLeg:
+        ws = await http.ws_connect(base_url.replace("http://", "ws://") + path, headers=headers or {})
+        return cls(ws)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """Send any JSON object as it is (malformed frames included)."""
+        await self.ws.send_str(json.dumps(event))
+
+    async def start(self, caller: str = CALLER) -> None:
+        await self.ws.send_str(self.messages.connected())
+        await self.ws.send_str(self.messages.start({"caller_number": caller}))
+
+    async def media(self, ulaw: bytes) -> None:
+        await self.ws.send_str(self.messages.media(ulaw))
+
+    async def mark(self, name: str) -> None:
+        await self.ws.send_str(self.messages.mark(name))
+
+    async def stop(self) -> None:
+        await self.ws.send_str(self.messages.stop())
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next JSON message from the relay, or None when the relay closed the socket."""
+        msg = await asyncio.wait_for(self.ws.receive(), timeout)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            return None
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        return json.loads(msg.data)
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Read until the relay closes; returns the close code."""
+        async with asyncio.timeout(timeout):
+            while await self.recv(timeout) is not None:
+                pass
+        return self.ws.close_code
+
+
+async def start_standin(stack: contextlib.AsyncExitStack, script: Any = None,
+                        seed: int | None = 1) -> tuple[standin_openai.RealtimeStandIn, str]:
+    return await stack.enter_async_context(standin_openai.realtime_standin(script, seed=seed))
+
+
+async def start_relay(stack: contextlib.AsyncExitStack, config: Config) -> str:
+    return await stack.enter_async_context(relay.serving(config))
+
+
+# --- Email over a real SMTP server on loopback --------------------------------------------------
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it accepts (optionally after a delay)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.messages: list[tuple[str, list[str], email.message.EmailMessage]] = []
+        self.logins: list[tuple[str, str]] = []
+        self.received = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd hook
+        await asyncio.sleep(self.delay_s)  # runs on the server's own thread and loop
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
+        self.received.set()
+        return "250 Message accepted for delivery"
+
+    def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
+            return AuthResult(success=auth_data.password == b"app-password")
+        return AuthResult(success=False)
+
+
+@contextlib.contextmanager
+def smtp_server(delay_s: float = 0.0) -> Iterator[tuple[Mailbox, int]]:
+    """A real SMTP server (aiosmtpd) on loopback with AUTH LOGIN/PLAIN over plain TCP."""
+    mailbox = Mailbox(delay_s)
+    port = simulate.free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port, authenticator=mailbox.authenticate,
+                            auth_require_tls=False)
+    controller.start()
+    try:
+        yield mailbox, port
+    finally:
+        controller.stop()
+
+
+def smtp_settings(port: int, password: str = "app-password") -> SmtpServer:
+    return SmtpServer("127.0.0.1", port, SmtpSecurity.NONE, "assistant@example.com", "assistant", password)
