@@ -20,25 +20,24 @@ Observers (the console, metrics) get ``CallEvent``s through one hook; the bridge
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import openai
 from aiohttp import WSCloseCode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-import audio
 import protocol
 import tools
-from config import AllowedCaller, Config, ConfigError, NoiseReduction, find_caller, mask_number
+from config import AllowedCaller, Config, NoiseReduction, find_caller, mask_number
+from music import WaitingMusic
 from protocol import (
     AudioDelta,
     AudioDone,
@@ -46,7 +45,7 @@ from protocol import (
     MalformedEvent,
     PhoneAudio,
     PhoneDtmf,
-    PhoneEvent,
+    PhoneLeg,
     PhoneMarkPlayed,
     PhoneStart,
     PhoneStop,
@@ -54,6 +53,7 @@ from protocol import (
     RealtimeError,
     ResponseCreated,
     ResponseDone,
+    ResponseSlot,
     SessionUpdated,
     SpeechStarted,
 )
@@ -73,51 +73,8 @@ GOODBYE_RESPONSE_TIMEOUT_S = 15.0
 """After ``end_call``, how long the model has to finish its goodbye before the line closes anyway."""
 GOODBYE_MARGIN_S = 2.0
 """Safety margin past the goodbye audio's own length for its last mark to come back."""
-MUSIC_LEAD_FRAMES = 3
-"""Music frames sent at once when the music starts: 60 ms queued at the phone absorbs network
-jitter, and the ``clear`` at the end drops it."""
 MIC_CONFIRM_TIMEOUT_S = 4.0
 """How long the service has to confirm a noise reduction switch with ``session.updated``."""
-
-
-# --- What the bridge needs of a phone network ---------------------------------------------------
-
-
-class PhoneLeg(Protocol):
-    """One phone call's media websocket, in the bridge's terms (``phone_twilio.TwilioLeg``).
-
-    Modelled on livekit's transport-neutral ``AudioOutput`` and pipecat's one serializer per
-    dialect: the leg parses and builds its network's messages; the bridge never sees them.
-    """
-
-    network: str
-    """The phone network's name for logs and reasons (``twilio``)."""
-
-    def __aiter__(self) -> AsyncIterator[PhoneEvent]:
-        """Phone events in arrival order until the socket closes; unusable frames are dropped by
-        the leg with one warning per kind."""
-        ...
-
-    async def send_audio(self, payload: str) -> None:
-        """Queue base64 µ-law 8 kHz audio (any length) for playback in the order sent."""
-        ...
-
-    async def send_mark(self, name: str) -> None:
-        """Send a mark the phone reports back (``PhoneMarkPlayed``) when the audio before it has played."""
-        ...
-
-    async def clear(self) -> None:
-        """Drop every byte of audio queued at the phone."""
-        ...
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """Close the media socket with a websocket close ``code``; this hangs up the call."""
-        ...
-
-    @property
-    def closed(self) -> bool:
-        """True once the socket is closed by either side."""
-        ...
 
 
 # --- Call events (one hook for observers) -------------------------------------------------------
@@ -208,63 +165,6 @@ class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"{msg} stream_sid={self.extra['stream_sid'] or '-'}", kwargs
 
 
-# --- The response slot ----------------------------------------------------------------------
-
-
-class ResponseSlot:
-    """One response at a time: the service refuses a second ``response.create`` while one is
-    active (``conversation_already_has_active_response``), so a wanted response waits.
-
-    Sans-I/O: the methods say whether to send ``response.create`` now; the call sends it.
-    """
-
-    def __init__(self) -> None:
-        self.active: str | None = None
-        """The active response's id."""
-        self.create_in_flight = False
-        """A ``response.create`` was sent and its ``response.created`` has not come yet."""
-        self.wanted = False
-        """A response was asked for while the slot was taken."""
-        self.interrupted: set[str] = set()
-        """Responses cut by a barge-in: their remaining audio must not reach the caller."""
-
-    def request(self) -> bool:
-        """A response is wanted. True: send ``response.create`` now; False: it is queued."""
-        if self.active is not None or self.create_in_flight:
-            self.wanted = True
-            return False
-        self.create_in_flight = True
-        return True
-
-    def on_created(self, response_id: str) -> bool:
-        """``response.created``. Returns True when it answers the relay's ``response.create``
-        (False: the service's VAD started it)."""
-        ours = self.create_in_flight
-        self.active, self.create_in_flight = response_id, False
-        return ours
-
-    def on_done(self, response_id: str) -> bool:
-        """``response.done``. True: send the queued ``response.create`` now."""
-        self.active = None
-        self.interrupted.discard(response_id)
-        if self.wanted and not self.create_in_flight:
-            self.wanted, self.create_in_flight = False, True
-            return True
-        return False
-
-    def on_refused(self) -> None:
-        """The service refused the ``response.create`` in flight: a VAD response won the race.
-        Ask again once that one is done."""
-        if self.create_in_flight:
-            self.create_in_flight, self.wanted = False, True
-
-    def interrupt(self) -> str | None:
-        """A barge-in cut the active response; returns its id (None when none is active)."""
-        if self.active is not None:
-            self.interrupted.add(self.active)
-        return self.active
-
-
 # --- The goodbye ----------------------------------------------------------------------------
 
 
@@ -338,110 +238,6 @@ class Goodbye:
     def _enter(self, state: GoodbyeState) -> None:
         self.state = state
         self._changed.set()
-
-
-# --- Waiting music --------------------------------------------------------------------------
-
-
-def load_wait_music(config: Config) -> tuple[str, ...]:
-    """Convert ``WAIT_MUSIC_FILE`` once: downmix, resample to 8 kHz, apply
-    ``WAIT_MUSIC_VOLUME``, encode µ-law, split into 20 ms frames (160 bytes), base64.
-
-    Returns:
-        The frames as base64 µ-law payloads; empty when music is off.
-
-    Raises:
-        ConfigError: naming the variable and file when it is unreadable, not 16-bit PCM WAV,
-            or shorter than one frame.
-    """
-    if config.wait_music_file is None:
-        return ()
-    path = config.wait_music_file
-    try:
-        ulaw = audio.to_ulaw_8k(audio.load_wav(path), config.wait_music_volume)
-    except OSError as exc:
-        raise ConfigError(f"WAIT_MUSIC_FILE {path!r} cannot be read: {exc.strerror or exc}") from exc
-    except audio.WavError as exc:
-        raise ConfigError(f"WAIT_MUSIC_FILE is not usable: {exc}") from exc
-    if len(ulaw) < audio.FRAME_BYTES:
-        raise ConfigError(f"WAIT_MUSIC_FILE {path!r} holds less than 20 ms of audio")
-    return tuple(base64.b64encode(frame).decode() for frame in audio.frames(ulaw))
-
-
-class WaitingMusic:
-    """Music while a tool runs: after the threshold, once the assistant's own audio has played,
-    ``MUSIC_LEAD_FRAMES`` frames at once (a jitter cushion), then one 20 ms frame per period on
-    the monotonic clock. Frames carry no marks: music is not an assistant item, so it never
-    enters truncation. Overlapping tool calls share one stream.
-    """
-
-    def __init__(
-        self,
-        frames: tuple[str, ...],
-        threshold_s: float,
-        phone: PhoneLeg,
-        playback: Playback,
-        on_change: Callable[[bool], None],
-    ) -> None:
-        self._frames = frames
-        self._threshold_s = threshold_s
-        self._phone = phone
-        self._playback = playback
-        self._on_change = on_change
-        self._task: asyncio.Task[None] | None = None
-        self._position = 0
-        self.playing = False
-        """Some music has been sent since the last start."""
-
-    @property
-    def active(self) -> bool:
-        """Started and not stopped (waiting for the threshold, or playing)."""
-        return self._task is not None
-
-    def start(self) -> None:
-        """Begin the wait for the threshold (no-op when music is off or already started)."""
-        if self._frames and self._task is None:
-            self._task = asyncio.create_task(self._play(), name="wait music")
-
-    async def stop(self) -> None:
-        """Stop, and drop what is still queued at the phone when any music was sent. Music
-        plays only while no assistant audio is queued, so the clear discards music alone."""
-        if await self.cancel():
-            await self._phone.clear()
-
-    async def cancel(self) -> bool:
-        """Stop sending, with no clear (cleanup; tools done within the threshold). The task is
-        cancelled and awaited. Returns True when some music had been sent."""
-        task, self._task = self._task, None
-        was_playing, self.playing = self.playing, False
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is not None:
-                logger.error("wait music failed", exc_info=task.exception())
-        if was_playing:
-            self._on_change(False)
-        return was_playing
-
-    async def _play(self) -> None:
-        await asyncio.sleep(self._threshold_s)
-        frames = self._frames
-        pacer = audio.FramePacer()
-        while True:
-            if not self._playback.is_playing(time.monotonic()):
-                count = 1
-                if not self.playing:
-                    self.playing = True
-                    count = MUSIC_LEAD_FRAMES
-                    self._on_change(True)
-                for _ in range(count):
-                    payload = frames[self._position]
-                    self._position = (self._position + 1) % len(frames)
-                    try:
-                        await self._phone.send_audio(payload)
-                    except ConnectionResetError:
-                        return  # the caller hung up; the phone pump ends the call
-            await pacer.wait()
 
 
 # --- Tool calls -----------------------------------------------------------------------------

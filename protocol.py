@@ -1,5 +1,5 @@
-"""Sans-I/O OpenAI Realtime (GA): client event builders, server event parsers, the phone events
-every telephony dialect yields, and playback accounting.
+"""Sans-I/O OpenAI Realtime (GA): client event builders, server event parsers, the response slot,
+playback accounting, and the phone leg interface every telephony dialect implements.
 
 Nothing here touches a socket or a clock: callers pass ``now`` (monotonic seconds) in, and get
 strings, dicts and small typed objects out. The Realtime protocol's wire names are written here
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from audio import BYTES_PER_MS, SAMPLE_RATE_HZ
 
@@ -72,6 +73,46 @@ class MalformedFrame(ValueError):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+# --- The phone leg (what every dialect offers the bridge) ----------------------------------
+
+
+class PhoneLeg(Protocol):
+    """One phone call's media websocket, in the bridge's terms (``phone_twilio.TwilioLeg``).
+
+    Modelled on livekit's transport-neutral ``AudioOutput`` and pipecat's one serializer per
+    dialect: the leg parses and builds its network's messages; the bridge never sees them.
+    """
+
+    network: str
+    """The phone network's name for logs and reasons (``twilio``)."""
+
+    def __aiter__(self) -> AsyncIterator[PhoneEvent]:
+        """Phone events in arrival order until the socket closes; unusable frames are dropped by
+        the leg with one warning per kind."""
+        ...
+
+    async def send_audio(self, payload: str) -> None:
+        """Queue base64 µ-law 8 kHz audio (any length) for playback in the order sent."""
+        ...
+
+    async def send_mark(self, name: str) -> None:
+        """Send a mark the phone reports back (``PhoneMarkPlayed``) when the audio before it has played."""
+        ...
+
+    async def clear(self) -> None:
+        """Drop every byte of audio queued at the phone."""
+        ...
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the media socket with a websocket close ``code``; this hangs up the call."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """True once the socket is closed by either side."""
+        ...
 
 
 # --- OpenAI Realtime (GA) client events ------------------------------------------------
@@ -417,6 +458,63 @@ def parse_server_event(raw: str | bytes) -> ServerEvent:
         return OtherEvent(str(kind))
     result: ServerEvent = parser(event)
     return result
+
+
+# --- One response at a time ------------------------------------------------------------
+
+
+class ResponseSlot:
+    """One response at a time: the service refuses a second ``response.create`` while one is
+    active (``conversation_already_has_active_response``), so a wanted response waits.
+
+    Sans-I/O: the methods say whether to send ``response.create`` now; the call sends it.
+    """
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+        """The active response's id."""
+        self.create_in_flight = False
+        """A ``response.create`` was sent and its ``response.created`` has not come yet."""
+        self.wanted = False
+        """A response was asked for while the slot was taken."""
+        self.interrupted: set[str] = set()
+        """Responses cut by a barge-in: their remaining audio must not reach the caller."""
+
+    def request(self) -> bool:
+        """A response is wanted. True: send ``response.create`` now; False: it is queued."""
+        if self.active is not None or self.create_in_flight:
+            self.wanted = True
+            return False
+        self.create_in_flight = True
+        return True
+
+    def on_created(self, response_id: str) -> bool:
+        """``response.created``. Returns True when it answers the relay's ``response.create``
+        (False: the service's VAD started it)."""
+        ours = self.create_in_flight
+        self.active, self.create_in_flight = response_id, False
+        return ours
+
+    def on_done(self, response_id: str) -> bool:
+        """``response.done``. True: send the queued ``response.create`` now."""
+        self.active = None
+        self.interrupted.discard(response_id)
+        if self.wanted and not self.create_in_flight:
+            self.wanted, self.create_in_flight = False, True
+            return True
+        return False
+
+    def on_refused(self) -> None:
+        """The service refused the ``response.create`` in flight: a VAD response won the race.
+        Ask again once that one is done."""
+        if self.create_in_flight:
+            self.create_in_flight, self.wanted = False, True
+
+    def interrupt(self) -> str | None:
+        """A barge-in cut the active response; returns its id (None when none is active)."""
+        if self.active is not None:
+            self.interrupted.add(self.active)
+        return self.active
 
 
 # --- Playback accounting ----------------------------------------------------------------

@@ -33,8 +33,9 @@ from dotenv import load_dotenv
 
 import phone_twilio
 import tools
-from bridge import Call, Stats, load_wait_music
+from bridge import Call, Stats
 from config import RESTRICTED_MESSAGE, Config, ConfigError, find_caller, mask_number, startup_warnings, welcome_message
+from music import load_wait_music
 from phone_twilio import Signatures, TwilioLeg
 
 logger = logging.getLogger("relay")

@@ -11,7 +11,7 @@ import pytest
 from support import make_config
 
 import audio
-import bridge
+import music
 from config import ConfigError
 
 _SEG_END = (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)
@@ -117,15 +117,15 @@ def test_wait_music_converted_once_into_frames(tmp_path: Path) -> None:
     """WAIT_MUSIC_FILE becomes 20 ms base64 µ-law frames with WAIT_MUSIC_VOLUME applied."""
     path = tmp_path / "music.wav"
     path.write_bytes(_extensible_wav(_tone(16000, 2, 1000), 16000, 2))
-    frames = bridge.load_wait_music(make_config(wait_music_file=str(path), wait_music_volume=0.12))
+    frames = music.load_wait_music(make_config(wait_music_file=str(path), wait_music_volume=0.12))
     assert len(frames) == 50
     ulaw = b"".join(base64.b64decode(frame) for frame in frames)
     assert len(ulaw) == 50 * audio.FRAME_BYTES
-    loud = bridge.load_wait_music(make_config(wait_music_file=str(path), wait_music_volume=1.0))
+    loud = music.load_wait_music(make_config(wait_music_file=str(path), wait_music_volume=1.0))
     quiet_db = audio.rms_dbfs(audio.ulaw_to_pcm16(ulaw))
     loud_db = audio.rms_dbfs(audio.ulaw_to_pcm16(b"".join(base64.b64decode(f) for f in loud)))
     assert abs((quiet_db - loud_db) - 20 * math.log10(0.12)) < 0.5
-    assert bridge.load_wait_music(make_config(wait_music_file=None)) == ()
+    assert music.load_wait_music(make_config(wait_music_file=None)) == ()
 
 
 def test_empty_wait_music_is_a_config_error(tmp_path: Path) -> None:
@@ -133,5 +133,5 @@ def test_empty_wait_music_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.wav"
     path.write_bytes(audio.write_wav(b"", 8000, 1))
     with pytest.raises(ConfigError) as info:
-        bridge.load_wait_music(make_config(wait_music_file=str(path)))
+        music.load_wait_music(make_config(wait_music_file=str(path)))
     assert str(info.value) == f"WAIT_MUSIC_FILE {str(path)!r} holds less than 20 ms of audio"

@@ -210,3 +210,13 @@ def test_process_exits_on_bad_port(tmp_path: os.PathLike[str]) -> None:
     result = _run_relay({"OPENAI_API_KEY": "sk-x", "PORT": "ten"}, tmp_path)
     assert result.returncode == 1
     assert result.stderr == "relay: configuration error: PORT must be a whole number from 1 to 65535, got 'ten'\n"
+
+
+def test_blank_means_default_for_every_kind() -> None:
+    """A variable set but blank (`VAD_INTERRUPT_RESPONSE=`) keeps its default, booleans included."""
+    blank = {name: "" for name in ("VAD_INTERRUPT_RESPONSE", "ALLOW_ALL_CALLERS", "PORT", "VAD_THRESHOLD",
+                                   "VOICE", "VAD_TYPE", "TOOLS")}
+    config = Config.from_env({**KEY, **blank})
+    assert config == Config.from_env(KEY)
+    assert config.vad_interrupt_response is True and config.allow_all_callers is False
+    assert Config.from_env({**KEY, "VAD_INTERRUPT_RESPONSE": " false "}).vad_interrupt_response is False

@@ -1,0 +1,156 @@
+"""The bridge through an in-memory phone leg: no phone network, no websocket on the phone side."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+
+from support import make_config, speech, start_standin, until
+
+import audio
+from bridge import Call, CallEvent, CallEventKind, Stats
+from protocol import PhoneAudio, PhoneEvent, PhoneStart, PhoneStop
+from standin_openai import AssistantTurn, client_event_problems
+
+
+class MemoryLeg:
+    """The smallest phone leg: events come from a queue, whatever the bridge sends is recorded."""
+
+    network = "memory"
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[PhoneEvent | None] = asyncio.Queue()
+        self.sent: list[tuple[str, str]] = []
+        """("audio", base64 payload), ("mark", name) or ("clear", "") in the order sent."""
+        self.close_code: int | None = None
+
+    def __aiter__(self) -> MemoryLeg:
+        return self
+
+    async def __anext__(self) -> PhoneEvent:
+        event = await self.inbox.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def send_audio(self, payload: str) -> None:
+        self.sent.append(("audio", payload))
+
+    async def send_mark(self, name: str) -> None:
+        self.sent.append(("mark", name))
+
+    async def clear(self) -> None:
+        self.sent.append(("clear", ""))
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.inbox.put_nowait(None)
+
+    @property
+    def closed(self) -> bool:
+        return self.close_code is not None
+
+    def say(self, ulaw: bytes) -> None:
+        """Caller audio, 20 ms frames, faster than real time (the service's VAD reads the audio, not the clock)."""
+        for frame in audio.frames(ulaw):
+            self.inbox.put_nowait(PhoneAudio(base64.b64encode(frame).decode()))
+
+    def heard(self) -> bytes:
+        """Every byte of audio sent to the phone, in order."""
+        return b"".join(base64.b64decode(payload) for kind, payload in self.sent if kind == "audio")
+
+
+async def _hang_up(leg: MemoryLeg, running: asyncio.Task[object]) -> None:
+    """Whatever the test did, the call ends and its task is awaited."""
+    leg.inbox.put_nowait(None)
+    await asyncio.wait_for(running, 10)
+
+
+async def test_greeting_barge_in_and_tool_call_without_a_phone_network(stack: contextlib.AsyncExitStack) -> None:
+    """A call through the bridge alone: the greeting reaches the leg with a mark after each delta, the caller's
+    barge-in clears the leg and truncates the greeting, a tool call is answered and the answer spoken, and the
+    hook hears it all in order."""
+    greeting = bytes(range(0, 0x7F)) * 126  # 2 s, no µ-law silence byte
+    answer = bytes(range(1, 0x7F)) * 16
+    turns = [AssistantTurn(ulaw=greeting, transcript="Hello Jordan"),
+             AssistantTurn(function_calls=[("update_mic_distance", {"mode": "far_field", "reason": "speaker"})]),
+             AssistantTurn(ulaw=answer, transcript="Switched.")]
+    standin, url = await start_standin(stack, turns)
+    events: list[CallEvent] = []
+    leg = MemoryLeg()
+    stats = Stats()
+    call = Call(leg, make_config(url, tools=("update_mic_distance",)), stats, on_event=events.append)
+    running = asyncio.create_task(call.run())
+    stack.push_async_callback(_hang_up, leg, running)
+    leg.inbox.put_nowait(PhoneStart("MEM-1", "CALL-1", {"caller_number": "+1 415 555 0100"}))
+
+    await until(lambda: leg.sent, what="greeting audio at the leg")
+    leg.say(speech("caller_interrupt") + audio.ULAW_SILENCE * 8000)
+    await until(lambda: leg.heard().endswith(answer), what="the answer after the tool call")
+
+    [session] = standin.sessions
+    # The greeting: session.update first, the caller's name, audio unchanged with a mark after each delta.
+    received = [event for _, event in session.received]
+    assert received[0]["type"] == "session.update"
+    assert "Jordan" in received[1]["item"]["content"][0]["text"]
+    assert all(client_event_problems(event) == [] for event in received)
+    kinds = [kind for kind, _ in leg.sent]
+    first_clear = kinds.index("clear")
+    assert kinds[:first_clear] == ["audio", "mark"] * (first_clear // 2)
+    assert greeting.startswith(leg.heard()[: len(leg.heard()) - len(answer)])
+    # The barge-in: one clear, and the greeting truncated where the bridge says the caller was.
+    [truncate] = session.truncates
+    greeting_item = next(iter(session.generated))
+    assert (truncate.item_id, truncate.error) == (greeting_item, None)
+    assert 0 < truncate.audio_end_ms <= truncate.generated_ms
+    [barge_in] = [e for e in events if e.kind is CallEventKind.BARGE_IN]
+    assert barge_in.data == {"truncations": [{"item_id": greeting_item, "audio_end_ms": truncate.audio_end_ms}]}
+    # The tool call: answered once, applied, then one response.create that brought the answer.
+    [output] = session.function_outputs
+    result = json.loads(output["output"])
+    assert (result["ok"], result["status"], result["mode"]) == (True, "applied", "far_field")
+    assert session.session["audio"]["input"]["noise_reduction"] == {"type": "far_field"}
+    assert kinds.count("clear") == 1 and kinds[-2:] == ["audio", "mark"]
+    assert [e.kind for e in events] == [CallEventKind.STARTED, CallEventKind.BARGE_IN, CallEventKind.TOOL_STARTED,
+                                        CallEventKind.TOOL_FINISHED]
+    assert events[0].data == {"network": "memory", "caller": "+*******0100", "group": "primary", "call_sid": "CALL-1"}
+    assert events[3].data["ok"] is True and events[3].data["name"] == "update_mic_distance"
+    assert {e.stream_sid for e in events} == {"MEM-1"}
+
+    leg.inbox.put_nowait(PhoneStop())
+    end = await asyncio.wait_for(running, 5)
+    assert (end.reason, end.failed) == ("memory stop", False)
+    assert events[-1].kind is CallEventKind.ENDED and events[-1].data["reason"] == "memory stop"
+    assert events[-1].data["counts"]["barge_ins"] == 1
+    assert leg.close_code == 1000 and (stats.active, stats.total, stats.errors) == (0, 1, 0)
+    await until(lambda: session.ws.closed, what="the Realtime socket closed")
+
+
+async def test_a_failing_hook_never_reaches_the_call(stack: contextlib.AsyncExitStack) -> None:
+    """An observer that raises is logged once; the call goes on and ends normally."""
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
+    leg = MemoryLeg()
+
+    def broken(event: CallEvent) -> None:
+        raise RuntimeError("observer bug")
+
+    running = asyncio.create_task(Call(leg, make_config(url), Stats(), on_event=broken).run())
+    leg.inbox.put_nowait(PhoneStart("MEM-2", "", {"caller_number": "+14155550100"}))
+    await until(lambda: leg.sent, what="greeting audio despite the hook")
+    leg.inbox.put_nowait(PhoneStop())
+    end = await asyncio.wait_for(running, 5)
+    assert (end.reason, end.failed) == ("memory stop", False)
+
+
+async def test_restricted_caller_is_refused_before_upstream(stack: contextlib.AsyncExitStack) -> None:
+    """A start for a caller on no allowlist closes the leg with 1008 and opens no Realtime session."""
+    standin, url = await start_standin(stack)
+    leg = MemoryLeg()
+    running = asyncio.create_task(Call(leg, make_config(url), Stats()).run())
+    leg.inbox.put_nowait(PhoneStart("MEM-3", "", {"caller_number": "+12125550123"}))
+    end = await asyncio.wait_for(running, 5)
+    assert (end.reason, end.failed, leg.close_code) == ("restricted caller", False, 1008)
+    assert standin.sessions == []
