@@ -598,7 +598,7 @@ class Call:
         """Assistant audio: forward to the phone unchanged, then a mark (the hot path)."""
         if event.response_id in self.slot.interrupted:
             return  # generated after the barge-in: the caller must not hear it
-        if self.music.active:
+        if self.music.active:  # checked here: no coroutine per delta on the hot path
             await self.music.stop()  # the first assistant audio ends the waiting music
         payload = event.payload
         mark = self.playback.on_audio_sent(event.item_id, protocol.b64_decoded_len(payload), time.monotonic())
@@ -611,8 +611,7 @@ class Call:
 
     async def _on_speech_started(self, event: SpeechStarted) -> None:
         """Barge-in: the caller spoke while assistant audio is queued at the phone."""
-        if self.music.active:
-            await self.music.stop()
+        await self.music.stop()
         now = time.monotonic()
         if not self.playback.is_playing(now):
             return
@@ -638,7 +637,7 @@ class Call:
         calls = self.tools.new_calls(event.function_calls)
         if calls:
             self.tools.spawn(self._answer_calls(calls, event.spoke))
-        elif self.tools.batches_running == 0 and self.music.active:
+        elif self.tools.batches_running == 0:
             await self.music.stop()  # the answer after the tools came without audio
         if send_queued:
             await self._send_realtime(protocol.response_create())

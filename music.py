@@ -80,9 +80,10 @@ class WaitingMusic:
             self._task = asyncio.create_task(self._play(), name="wait music")
 
     async def stop(self) -> None:
-        """Stop, and drop what is still queued at the phone when any music was sent. Music
-        plays only while no assistant audio is queued, so the clear discards music alone."""
-        if await self.cancel():
+        """Stop, and drop what is still queued at the phone when any music was sent (a no-op
+        when not started). Music plays only while no assistant audio is queued, so the clear
+        discards music alone."""
+        if self._task is not None and await self.cancel():
             await self._phone.clear()
 
     async def cancel(self) -> bool:

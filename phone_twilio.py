@@ -4,7 +4,7 @@ Twilio's wire names are written here once. The bridge sees only the transport-ne
 events of ``protocol`` and the leg's ``send_audio`` / ``send_mark`` / ``clear`` / ``close``.
 
 Sources: Twilio Media Streams "WebSocket Messages" docs; TwiML ``<Connect><Stream>`` docs;
-Twilio "Webhooks security" docs (``X-Twilio-Signature``); protocols.md sections A1-A7.
+Twilio "Webhooks security" docs (``X-Twilio-Signature``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from protocol import MalformedFrame, PhoneAudio, PhoneDtmf, PhoneEvent, PhoneMarkPlayed, PhoneStart, PhoneStop
+from protocol import (
+    MalformedFrame,
+    PhoneAudio,
+    PhoneDtmf,
+    PhoneEvent,
+    PhoneMarkPlayed,
+    PhoneStart,
+    PhoneStop,
+    decode_json_object,
+)
 
 logger = logging.getLogger("phone_twilio")
 
@@ -66,22 +76,18 @@ def parse_message(text: str) -> PhoneEvent | None:
         MalformedFrame: not JSON, not an object, or a known event missing what the relay reads.
     """
     try:
-        event = json.loads(text)
-    except (ValueError, RecursionError):
-        raise MalformedFrame("json", "non-JSON frame from twilio ignored") from None
-    if type(event) is not dict:
-        raise MalformedFrame("json", "non-object frame from twilio ignored")
+        event = decode_json_object(text)
+    except ValueError as exc:
+        raise MalformedFrame("json", f"{exc} from twilio ignored") from None
     kind = event.get("event")
     if kind == "media":  # the hot path: 50 a second per call
-        media = event.get("media")
-        payload = media.get("payload") if type(media) is dict else None
-        if type(payload) is not str:
+        payload = _inner_text(event, "media", "payload")
+        if payload is None:
             raise MalformedFrame("media", "twilio media without a payload dropped")
         return PhoneAudio(payload)
     if kind == "mark":
-        mark = event.get("mark")
-        name = mark.get("name") if type(mark) is dict else None
-        if type(name) is not str:
+        name = _inner_text(event, "mark", "name")
+        if name is None:
             raise MalformedFrame("mark", "twilio mark without a name dropped")
         return PhoneMarkPlayed(name)
     if kind == "start":
@@ -93,9 +99,8 @@ def parse_message(text: str) -> PhoneEvent | None:
         call_sid = start.get("callSid")
         return PhoneStart(start["streamSid"], call_sid if type(call_sid) is str else "", custom)
     if kind == "dtmf":
-        dtmf = event.get("dtmf")
-        digit = dtmf.get("digit") if type(dtmf) is dict else None
-        if type(digit) is not str:
+        digit = _inner_text(event, "dtmf", "digit")
+        if digit is None:
             raise MalformedFrame("dtmf", "twilio dtmf without a digit dropped")
         return PhoneDtmf(digit)
     if kind == "stop":
@@ -103,6 +108,13 @@ def parse_message(text: str) -> PhoneEvent | None:
     if kind != "connected":
         logger.debug("twilio %s ignored", kind)
     return None
+
+
+def _inner_text(event: dict[str, Any], outer: str, inner: str) -> str | None:
+    """``event[outer][inner]`` when it is a string, else None."""
+    body = event.get(outer)
+    value = body.get(inner) if type(body) is dict else None
+    return value if type(value) is str else None
 
 
 # --- TwiML ---------------------------------------------------------------------------------
@@ -140,7 +152,7 @@ class Signatures:
     """``X-Twilio-Signature`` checks with the twilio library's ``RequestValidator``.
 
     Twilio signs a webhook over its full URL and form parameters, and a Media Streams handshake
-    over the ``wss://`` URL with no parameters (protocols.md A7).
+    over the ``wss://`` URL with no parameters (Twilio Media Streams docs: the handshake is signed like a webhook).
     """
 
     HEADER = "X-Twilio-Signature"

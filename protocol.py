@@ -5,8 +5,9 @@ Nothing here touches a socket or a clock: callers pass ``now`` (monotonic second
 strings, dicts and small typed objects out. The Realtime protocol's wire names are written here
 once; each phone network's are in its own dialect module (``phone_twilio.py``).
 
-Sources: the ``openai`` package's ``openai.types.realtime`` event models (GA interface);
-protocols.md in the project's shared docs, sections C3-C5.
+Sources: the ``openai`` package's ``openai.types.realtime`` event models (GA interface); OpenAI
+"Realtime conversations" guide (one active response per conversation; truncating on barge-in);
+Twilio Media Streams and Plivo Audio Streams docs for the phone side.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ class PhoneStart:
     """What the webhook answer attached to the stream (TwiML ``<Parameter>``s)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per frame, and frozen construction costs 0.55 µs against 0.2 µs
 class PhoneAudio:
     """One frame of caller audio: base64 µ-law 8 kHz, usually 20 ms (160 bytes, 216 characters)."""
 
     payload: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per frame, and frozen construction costs 0.55 µs against 0.2 µs
 class PhoneMarkPlayed:
     """The phone reached a mark the relay sent after some audio (Twilio ``mark`` echo, Plivo
     ``playedStream``). Twilio also echoes marks discarded by a ``clear``; ``Playback`` tells them
@@ -63,6 +64,22 @@ class PhoneStop:
 
 
 PhoneEvent = PhoneStart | PhoneAudio | PhoneMarkPlayed | PhoneDtmf | PhoneStop
+
+
+def decode_json_object(raw: str | bytes) -> dict[str, Any]:
+    """One peer frame that must hold a JSON object (phone or Realtime).
+
+    Raises:
+        ValueError: ``non-JSON frame`` (nesting too deep included: ``json`` raises
+            RecursionError there) or ``non-object frame``.
+    """
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("non-JSON frame") from None
+    if type(value) is not dict:
+        raise ValueError("non-object frame")
+    return value
 
 
 class MalformedFrame(ValueError):
@@ -258,7 +275,7 @@ class SessionUpdated:
     does not say."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per frame, and frozen construction costs 0.55 µs against 0.2 µs
 class AudioDelta:
     """``response.output_audio.delta``: assistant audio, base64 µ-law when the session's output
     format is ``audio/pcmu`` (8 bytes per ms)."""
@@ -317,7 +334,7 @@ class ResponseDone:
 
 @dataclass(frozen=True, slots=True)
 class RealtimeError:
-    """``error``: most leave the session usable (protocols.md C6)."""
+    """``error``: most leave the session usable (OpenAI Realtime API reference, "error")."""
 
     type: str | None
     code: str | None
@@ -447,11 +464,9 @@ def parse_server_event(raw: str | bytes) -> ServerEvent:
             with a field the relay needs missing or of the wrong type.
     """
     try:
-        event = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise MalformedEvent("json", "not JSON") from None
-    if type(event) is not dict:
-        raise MalformedEvent("json", "not a JSON object")
+        event = decode_json_object(raw)
+    except ValueError as exc:
+        raise MalformedEvent("json", str(exc)) from None
     kind = event.get("type")
     parser = _PARSERS.get(kind) if type(kind) is str else None
     if parser is None:

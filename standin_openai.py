@@ -44,8 +44,21 @@ def _discriminated(alias: Any) -> TypeAdapter[Any]:
     return TypeAdapter(Annotated[typing.get_args(alias)[0], Field(discriminator="type")])
 
 
-_CLIENT_EVENT: TypeAdapter[Any] | None = None
-_SERVER_EVENT: TypeAdapter[Any] | None = None
+@functools.cache
+def _event_adapter(side: str) -> TypeAdapter[Any]:
+    """The validator of ``RealtimeClientEvent`` (``side="client"``) or ``RealtimeServerEvent``, built
+    on first use (a few hundred ms)."""
+    from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
+
+    return _discriminated(RealtimeClientEvent if side == "client" else RealtimeServerEvent)
+
+
+def _event_problems(side: str, event: dict[str, Any]) -> list[str]:
+    try:
+        model = _event_adapter(side).validate_python(event)
+    except ValidationError as exc:
+        return _problems(exc)
+    return [f"unknown field {name}" for name in _unknown_fields(model)]
 
 
 def _unknown_fields(model: Any, path: str = "$") -> list[str]:
@@ -69,7 +82,7 @@ def warm_up_validators() -> None:
     """Build the pydantic validators now (a few hundred ms) rather than mid-call, then move the
     import-time heap out of the collector's reach: with the openai types loaded a full collection
     takes ~50 ms, long enough to skew the simulated clocks (``gc.freeze``). Once per process."""
-    if _CLIENT_EVENT is not None and _SERVER_EVENT is not None:
+    if _event_adapter.cache_info().currsize == 2:
         return
     client_event_problems({"type": "response.cancel"})
     server_event_problems({"type": "session.created"})
@@ -83,30 +96,12 @@ def client_event_problems(event: dict[str, Any]) -> list[str]:
     ``type``, and reports keys the model does not define (the SDK models allow extras, so
     beta-era names such as ``session.input_audio_format`` would otherwise pass).
     """
-    global _CLIENT_EVENT
-    if _CLIENT_EVENT is None:
-        from openai.types.realtime import RealtimeClientEvent
-
-        _CLIENT_EVENT = _discriminated(RealtimeClientEvent)
-    try:
-        model = _CLIENT_EVENT.validate_python(event)
-    except ValidationError as exc:
-        return _problems(exc)
-    return [f"unknown field {name}" for name in _unknown_fields(model)]
+    return _event_problems("client", event)
 
 
 def server_event_problems(event: dict[str, Any]) -> list[str]:
     """Why ``event`` is not a valid GA Realtime server event ([] when it is)."""
-    global _SERVER_EVENT
-    if _SERVER_EVENT is None:
-        from openai.types.realtime import RealtimeServerEvent
-
-        _SERVER_EVENT = _discriminated(RealtimeServerEvent)
-    try:
-        model = _SERVER_EVENT.validate_python(event)
-    except ValidationError as exc:
-        return _problems(exc)
-    return [f"unknown field {name}" for name in _unknown_fields(model)]
+    return _event_problems("server", event)
 
 
 # --- Voice activity detection (stand-in for the service's server_vad) ----------------------
@@ -342,9 +337,10 @@ class RealtimeSession:
                 )
                 continue
             await self.handle(event)
-        for task in [self.active, *self._later]:
-            if task is not None:
-                task.cancel()
+        owned = [task for task in [self.active, *self._later] if task is not None]
+        for task in owned:
+            task.cancel()
+        await asyncio.gather(*owned, return_exceptions=True)
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]

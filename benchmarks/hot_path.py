@@ -2,9 +2,10 @@
 
 Run: python benchmarks/hot_path.py
 
-Inbound is one Twilio ``media`` frame (20 ms, 160 µ-law bytes) parsed and turned into an
-``input_audio_buffer.append``; outbound is one Realtime ``response.output_audio.delta`` (here
-100 ms of audio) parsed, accounted in ``Playback`` and turned into a Twilio ``media`` + ``mark``.
+Inbound is one Twilio ``media`` frame (20 ms, 160 µ-law bytes) parsed by the Twilio dialect into a
+``PhoneAudio`` and turned into an ``input_audio_buffer.append``; outbound is one Realtime
+``response.output_audio.delta`` (here 100 ms of audio) parsed into an ``AudioDelta``, accounted in
+``Playback`` and turned into a Twilio ``media`` + ``mark``.
 The baseline does the same with each event validated by the ``openai`` package's pydantic models,
 which the relay deliberately does not do per frame. Socket I/O is not included.
 """
@@ -21,43 +22,44 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import phone_twilio
 import protocol
-import simulate
-from protocol import Playback
+import standin_openai
+from protocol import PhoneAudio, Playback
+from standin_phone import TwilioMessages
 
-FRAME = json.dumps({"event": "media", "sequenceNumber": "42", "streamSid": "MZ" + "0" * 32,
-                    "media": {"track": "inbound", "chunk": "41", "timestamp": "820",
-                              "payload": base64.b64encode(os.urandom(160)).decode()}})
+FRAME = TwilioMessages().media(os.urandom(160), 820)
 DELTA = json.dumps({"type": "response.output_audio.delta", "event_id": "event_1", "response_id": "resp_1",
                     "item_id": "item_1", "output_index": 0, "content_index": 0,
                     "delta": base64.b64encode(os.urandom(800)).decode()})
 
 
 def inbound() -> str:
-    event = json.loads(FRAME)
-    return protocol.input_audio_append(event["media"]["payload"])
+    event = phone_twilio.parse_message(FRAME)
+    assert type(event) is PhoneAudio
+    return protocol.input_audio_append(event.payload)
 
 
 def inbound_validated() -> str:
-    event = json.loads(FRAME)
-    out = json.loads(protocol.input_audio_append(event["media"]["payload"]))
-    assert not simulate.client_event_problems(out)
+    event = phone_twilio.parse_message(FRAME)
+    assert type(event) is PhoneAudio
+    out = json.loads(protocol.input_audio_append(event.payload))
+    assert not standin_openai.client_event_problems(out)
     return json.dumps(out)
 
 
 PLAYBACK = Playback()
 
 
-def outbound() -> tuple[str, str]:
-    event = json.loads(DELTA)
-    payload = event["delta"]
-    name = PLAYBACK.on_audio_sent(event["item_id"], protocol.b64_decoded_len(payload), time.monotonic())
-    return protocol.twilio_media("MZ1", payload), protocol.twilio_mark("MZ1", name)
+def outbound(raw: str = DELTA) -> tuple[str, str]:
+    event = protocol.parse_server_event(raw)
+    assert type(event) is protocol.AudioDelta
+    name = PLAYBACK.on_audio_sent(event.item_id, protocol.b64_decoded_len(event.payload), time.monotonic())
+    return phone_twilio.media_message("MZ1", event.payload), phone_twilio.mark_message("MZ1", name)
 
 
 def outbound_validated() -> tuple[str, str]:
-    event = json.loads(DELTA)
-    assert not simulate.server_event_problems(event)
+    assert not standin_openai.server_event_problems(json.loads(DELTA))
     return outbound()
 
 
@@ -73,7 +75,7 @@ def per_call_us(fn: Callable[[], object], n: int = 20000) -> float:
 
 
 def main() -> None:
-    simulate.warm_up_validators()
+    standin_openai.warm_up_validators()
     rows = [
         ("inbound frame (relay)", per_call_us(inbound), 50),
         ("inbound frame (validated)", per_call_us(inbound_validated, 5000), 50),
