@@ -159,10 +159,30 @@ class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The bridge's logger for one call: every line ends with ``stream_sid=...``, and records
     carry ``stream_sid`` and ``call_sid`` as attributes for structured log formats."""
 
+    def __init__(self, logger: logging.Logger, stream_sid: str = "", call_sid: str = "") -> None:
+        super().__init__(logger, {"stream_sid": stream_sid, "call_sid": call_sid})
+        self._held: dict[str, list[float]] = {}
+        """Per kind of line: [when the next one may be written, how many were held back]."""
+
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         assert self.extra is not None
         kwargs["extra"] = self.extra
         return f"{msg} stream_sid={self.extra['stream_sid'] or '-'}", kwargs
+
+    def once_a_second(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        """Log at most one line of ``kind`` per second for this call; the next line written says
+        how many were held back. A peer can send events far faster than anyone can read them."""
+        if not self.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        held = self._held.get(kind)
+        if held is not None and now < held[0]:
+            held[1] += 1
+            return
+        if held is not None and held[1]:
+            msg, args = msg + " (%d more held back in the last second)", (*args, int(held[1]))
+        self._held[kind] = [now + 1.0, 0]
+        self.log(level, msg, *args)
 
 
 # --- The goodbye ----------------------------------------------------------------------------
@@ -361,7 +381,7 @@ class Call:
         """Caller audio (base64 µ-law) received before ``session.updated``."""
         self.slot = ResponseSlot()
         self.goodbye = Goodbye()
-        self.log = CallLog(logger, {"stream_sid": "", "call_sid": ""})
+        self.log = CallLog(logger)
         context = ToolContext(
             call=self,
             smtp=config.smtp,
@@ -562,7 +582,8 @@ class Call:
                     continue
                 handler = handlers.get(type(event))
                 if handler is None:
-                    self.log.debug("realtime %s", getattr(event, "type", type(event).__name__))
+                    kind = getattr(event, "type", type(event).__name__)
+                    self.log.once_a_second(logging.DEBUG, kind, "realtime %s", kind)
                 else:
                     await handler(event)
         except ConnectionClosed:
@@ -652,7 +673,10 @@ class Call:
             return
         if event.code == "conversation_already_has_active_response":
             self.slot.on_refused()
-        self.log.warning("realtime error type=%s code=%s message=%s", event.type, event.code, event.message)
+        self.log.once_a_second(
+            logging.WARNING, f"error {event.code}", "realtime error type=%s code=%s message=%s",
+            event.type, event.code, event.message,
+        )
         self._publish(CallEventKind.REALTIME_ERROR, type=event.type, code=event.code, message=event.message)
 
     async def _request_response(self) -> None:

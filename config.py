@@ -49,6 +49,14 @@ class NoiseReduction(enum.StrEnum):
     OFF = "off"
 
 
+class LogFormat(enum.StrEnum):
+    """How log lines are written (``LOG_FORMAT``)."""
+
+    TEXT = "text"
+    JSON = "json"
+    """One JSON object per line, for log platforms."""
+
+
 class CallerGroup(enum.StrEnum):
     """Which allowlist a caller is on."""
 
@@ -59,7 +67,10 @@ class CallerGroup(enum.StrEnum):
 
 
 EAGERNESS = ("low", "medium", "high", "auto")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
+_HEADER_TOKEN = re.compile(r"[!#-&(-~]+")
+"""Printable ASCII without spaces or quotes: what an ``Authorization: Bearer`` token can carry."""
 _EMAIL = re.compile(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+")
 _E = TypeVar("_E", bound=enum.StrEnum)
 _TRUE = {"1", "true", "yes", "on"}
@@ -102,6 +113,10 @@ class Config:
     timezone: str | None = None
     """IANA zone for the time-of-day greeting; None: the server's local time."""
     log_level: str = "INFO"
+    """The relay's own loggers."""
+    log_level_libraries: str | None = None
+    """Every other logger (websockets, aiohttp, openai...); None: INFO, or ``log_level`` when quieter."""
+    log_format: LogFormat = LogFormat.TEXT
     tools: tuple[str, ...] = tuple(TOOLS)
     """Tool names offered to the model (``TOOLS``), in ``tools.TOOLS`` order."""
     openai_base_url: str = "https://api.openai.com/v1"
@@ -136,26 +151,31 @@ class Config:
         api_key = env.get("OPENAI_API_KEY", "").strip()
         if not api_key:
             problems.append("OPENAI_API_KEY is required (your OpenAI API key)")
+        elif not _HEADER_TOKEN.fullmatch(api_key):
+            problems.append(
+                "OPENAI_API_KEY has characters an API key cannot have (quotes, spaces, line breaks or "
+                "non-ASCII letters); paste the key alone"
+            )
         region = reader.text("DEFAULT_REGION", "US").upper()
         if region not in phonenumbers.SUPPORTED_REGIONS:
-            problems.append(f"DEFAULT_REGION must be an ISO country code such as US or GB, got {region!r}")
+            problems.append("DEFAULT_REGION must be an ISO country code such as US or GB")
             region = "US"
         timezone = reader.text("TIMEZONE", "") or None
         if timezone:
             try:
                 ZoneInfo(timezone)
             except (ZoneInfoNotFoundError, ValueError):
-                problems.append(f"TIMEZONE must be an IANA zone such as Europe/Paris, got {timezone!r}")
+                problems.append("TIMEZONE must be an IANA zone such as Europe/Paris")
         public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
         if public_url and urlsplit(public_url).scheme not in ("http", "https"):
-            problems.append(f"PUBLIC_URL must start with https:// (or http:// for local tests), got {public_url!r}")
+            problems.append("PUBLIC_URL must start with https:// (or http:// for local tests)")
         realtime_url = reader.text("OPENAI_REALTIME_URL", default["realtime_url"])
         if urlsplit(realtime_url).scheme not in ("ws", "wss"):
-            problems.append(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got {realtime_url!r}")
+            problems.append("OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
         transcription = reader.text("TRANSCRIPTION_MODEL", "")
         base_url = reader.text("OPENAI_BASE_URL", default["openai_base_url"]).rstrip("/")
         if urlsplit(base_url).scheme not in ("http", "https"):
-            problems.append(f"OPENAI_BASE_URL must be an http(s):// URL, got {base_url!r}")
+            problems.append("OPENAI_BASE_URL must be an http(s):// URL")
         music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
         if music_file and music_file.lower() in ("none", "off"):
             music_file = None
@@ -186,7 +206,9 @@ class Config:
             allow_all_callers=reader.boolean("ALLOW_ALL_CALLERS", False),
             default_region=region,
             timezone=timezone,
-            log_level=reader.choice_text("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+            log_level=reader.choice_text("LOG_LEVEL", LEVELS, "INFO", upper=True),
+            log_level_libraries=reader.choice_text("LOG_LEVEL_LIBRARIES", LEVELS, "", upper=True) or None,
+            log_format=reader.choice("LOG_FORMAT", LogFormat, default["log_format"]),
             tools=reader.tool_names("TOOLS", default["tools"]),
             openai_base_url=base_url,
             web_search_model=reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
@@ -257,7 +279,7 @@ class _EnvReader:
         except ValueError:
             value = low - 1
         if not low <= value <= high:
-            self.problems.append(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+            self.problems.append(f"{name} must be a whole number from {low} to {high}")
             return default
         return value
 
@@ -270,7 +292,7 @@ class _EnvReader:
         except ValueError:
             value = float("nan")
         if not low <= value <= high:
-            self.problems.append(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
+            self.problems.append(f"{name} must be a number from {low:g} to {high:g}")
             return default
         return value
 
@@ -283,7 +305,7 @@ class _EnvReader:
             return True
         if value in _FALSE:
             return False
-        self.problems.append(f"{name} must be true or false, got {raw!r}")
+        self.problems.append(f"{name} must be true or false")
         return default
 
     def choice(self, name: str, kind: type[_E], default: _E) -> _E:
@@ -294,7 +316,7 @@ class _EnvReader:
             return kind(raw.lower())
         except ValueError:
             allowed = ", ".join(member.value for member in kind)
-            self.problems.append(f"{name} must be one of {allowed}, got {raw!r}")
+            self.problems.append(f"{name} must be one of {allowed}")
             return default
 
     def choice_text(self, name: str, allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
@@ -303,7 +325,7 @@ class _EnvReader:
         if not raw:
             return default
         if value not in allowed:
-            self.problems.append(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+            self.problems.append(f"{name} must be one of {', '.join(allowed)}")
             return default
         return value
 
@@ -316,7 +338,9 @@ class _EnvReader:
         wanted = {part.strip() for part in raw.split(",") if part.strip()}
         unknown = sorted(wanted - set(TOOLS))
         if unknown:
-            self.problems.append(f"{name} has unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOLS)}, or none")
+            self.problems.append(
+                f"{name} has {len(unknown)} unknown tool name(s); known: {', '.join(TOOLS)}, or none"
+            )
         return tuple(tool for tool in TOOLS if tool in wanted)
 
     def email(self, name: str) -> str | None:
@@ -324,7 +348,7 @@ class _EnvReader:
         if not raw:
             return None
         if not _EMAIL.fullmatch(raw):
-            self.problems.append(f"{name} must be an email address such as name@example.com, got {raw!r}")
+            self.problems.append(f"{name} must be an email address such as name@example.com")
             return None
         return raw
 
@@ -335,7 +359,7 @@ class _EnvReader:
         known = WELL_KNOWN_SMTP.get(service)
         if service and known is None:
             self.problems.append(
-                f"SMTP_NODEMAILER_SERVICE_ID {service!r} is not a known service ({', '.join(WELL_KNOWN_SMTP)}); "
+                f"SMTP_NODEMAILER_SERVICE_ID is not a known service ({', '.join(WELL_KNOWN_SMTP)}); "
                 "set SMTP_HOST and SMTP_PORT instead"
             )
         host = self.text("SMTP_HOST", "") or (known[0] if known else "")
@@ -362,12 +386,12 @@ class _EnvReader:
 
     def phone_list(self, name: str, region: str) -> tuple[str, ...]:
         numbers = []
-        for raw in self.text(name, "").split(","):
+        for position, raw in enumerate(self.text(name, "").split(","), start=1):
             if not raw.strip():
                 continue
             number = to_e164(raw, region)
             if number is None:
-                self.problems.append(f"{name} has {raw.strip()!r}, which is not a valid phone number")
+                self.problems.append(f"{name} item {position} is not a valid phone number")
             else:
                 numbers.append(number)
         return tuple(numbers)

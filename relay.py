@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -29,16 +31,31 @@ from urllib.parse import urlsplit
 
 import openai
 from aiohttp import WSCloseCode, web
+from aiohttp.abc import AbstractAccessLogger
 from dotenv import load_dotenv
 
 import phone_twilio
+import redact
 import tools
 from bridge import Call, Stats
-from config import RESTRICTED_MESSAGE, Config, ConfigError, find_caller, mask_number, startup_warnings, welcome_message
+from config import (
+    RESTRICTED_MESSAGE,
+    Config,
+    ConfigError,
+    LogFormat,
+    find_caller,
+    mask_number,
+    startup_warnings,
+    welcome_message,
+)
 from music import load_wait_music
 from phone_twilio import Signatures, TwilioLeg
 
 logger = logging.getLogger("relay")
+access_logger = logging.getLogger("relay.access")
+
+PROBES = frozenset({"/health", "/healthz"})
+"""Paths a load balancer polls: logged at DEBUG only."""
 
 CONFIG = web.AppKey("config", Config)
 STATS = web.AppKey("stats", Stats)
@@ -203,6 +220,32 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
 # --- Entry point ------------------------------------------------------------------------
 
 
+class AccessLog(AbstractAccessLogger):
+    """One line per request: client, method, path *without its query* (GET webhooks carry the
+    caller's number there), status, seconds. Health probes are logged at DEBUG only."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        level = logging.DEBUG if request.path in PROBES else logging.INFO
+        if self.logger.isEnabledFor(level):
+            self.logger.log(
+                level, '%s "%s %s" %d %.3fs', request.remote, request.method, request.path, response.status, time
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def _runner(app: web.Application, shutdown_timeout_s: float) -> web.AppRunner:
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout_s,
+        access_log_class=AccessLog,
+        access_log=access_logger,
+    )
+
+
 @contextlib.asynccontextmanager
 async def serving(config: Config, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Run the relay on ``host:port`` inside the current event loop (tests, the simulator).
@@ -210,7 +253,7 @@ async def serving(config: Config, host: str = "127.0.0.1", port: int = 0) -> Asy
     Yields:
         The base URL, e.g. ``http://127.0.0.1:54321``.
     """
-    runner = web.AppRunner(make_app(config), handle_signals=False, shutdown_timeout=2.0)
+    runner = _runner(make_app(config), 2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -221,38 +264,56 @@ async def serving(config: Config, host: str = "127.0.0.1", port: int = 0) -> Asy
         await runner.cleanup()
 
 
+async def _serve(app: web.Application, config: Config) -> int:
+    """Serve on 0.0.0.0:$PORT until SIGINT or SIGTERM; then close live calls (1001) and return 0.
+    Returns 1, after one line naming ``PORT``, when the port cannot be bound."""
+    runner = _runner(app, 5.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "0.0.0.0", config.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+        logger.error("PORT %d %s; set PORT to a free port", config.port, why)
+        return 1
+    realtime = urlsplit(config.realtime_url)
+    logger.info(
+        "relay listening on 0.0.0.0:%d (realtime %s, model %s)",
+        config.port,
+        realtime.hostname + (f":{realtime.port}" if realtime.port else "") if realtime.hostname else "?",
+        config.realtime_model,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
 def main() -> None:
-    """``python relay.py``: serve on 0.0.0.0:$PORT until SIGINT/SIGTERM (exit 0)."""
+    """``python relay.py``: serve on 0.0.0.0:$PORT until SIGINT/SIGTERM (exit 0; 1 on bad config
+    or a port that cannot be bound)."""
     load_dotenv(Path.cwd() / ".env")  # the working directory's .env; real env vars win
+    redactor = redact.install(os.environ)  # before anything can print a secret
     try:
         config = Config.from_env(os.environ)
         app = make_app(config)
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         sys.exit(1)
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    redact.configure_logging(
+        config.log_level, config.log_level_libraries, config.log_format is LogFormat.JSON, redactor
     )
+    if redactor is None:
+        logger.warning("DISABLE_LOG_REDACTION=true: secret values are not masked in this log")
     for note in startup_warnings(config):
         logger.warning("%s", note)
-    logger.info(
-        "relay listening on 0.0.0.0:%d (realtime %s, model %s)",
-        config.port,
-        urlsplit(config.realtime_url).netloc,
-        config.realtime_model,
-    )
     # Modules and config live for the whole process: keep them out of full collections, which
     # otherwise stall every live call's audio for ~10 ms (gc docs: gc.freeze).
     gc.freeze()
-    web.run_app(
-        app,
-        host="0.0.0.0",
-        port=config.port,
-        shutdown_timeout=5.0,
-        print=None,
-        access_log_format='%a "%r" %s %Tfs',
-    )
+    sys.exit(asyncio.run(_serve(app, config)))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from typing import Any
 import aiohttp
 
 import audio
+import redact
 from audio import BYTES_PER_MS
-from config import Config, VadType
+from config import LEVELS, Config, VadType
 from standin_openai import AssistantTurn, RealtimeStandIn, WebSearchScript, realtime_standin, rest_base_url
 from standin_phone import CallerTurn, CallFailed, Timeline, TwilioCaller
 
@@ -255,9 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes")
     parser.add_argument("--verbose", action="store_true", help="show the relay's log")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    redactor = redact.install(os.environ)
+    level = os.environ.get("LOG_LEVEL", "INFO").strip().upper() if args.verbose else "WARNING"
+    if level not in LEVELS:
+        print(f"simulate: LOG_LEVEL must be one of {', '.join(LEVELS)}", file=sys.stderr)
+        return 2
+    libraries = os.environ.get("LOG_LEVEL_LIBRARIES", "").strip().upper()
+    redact.configure_logging(
+        level, libraries if libraries in LEVELS else None, os.environ.get("LOG_FORMAT") == "json", redactor
     )
     try:
         scenario = load_scenario(args.scenario) if args.scenario else default_scenario()

@@ -15,6 +15,7 @@ Sources: OpenAI Realtime GA docs (function tools: ``{"type": "function", "name",
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -22,7 +23,7 @@ import re
 import smtplib
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -375,17 +376,32 @@ async def warm_up_web_search(model: str) -> None:
     transport = httpx2.MockTransport(lambda request: httpx2.Response(200, json=_SAMPLE_RESPONSE))
     http_client = openai.DefaultAsyncHttpxClient(transport=transport)
     client = openai.AsyncOpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1", http_client=http_client)
-    async with client:
-        response = await client.responses.create(
-            model=model,
-            input="warm-up",
-            instructions=SPEECH_INSTRUCTIONS,
-            tools=[{"type": "web_search"}],
-            tool_choice="required",
-            max_output_tokens=16,
-        )
-        for_speech(response.output_text)
-        source_label(response)
+    with _quiet("httpx2", "httpcore2", "openai"):  # no "HTTP Request: POST warm-up.invalid" at INFO
+        async with client:
+            response = await client.responses.create(
+                model=model,
+                input="warm-up",
+                instructions=SPEECH_INSTRUCTIONS,
+                tools=[{"type": "web_search"}],
+                tool_choice="required",
+                max_output_tokens=16,
+            )
+            for_speech(response.output_text)
+            source_label(response)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise these loggers to WARNING for the duration (startup only: no call is live)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 # --- The registry ----------------------------------------------------------------------------

@@ -8,9 +8,13 @@ import contextlib
 import email
 import email.policy
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +113,52 @@ async def start_standin(stack: contextlib.AsyncExitStack, script: Any = None,
 
 async def start_relay(stack: contextlib.AsyncExitStack, config: Config) -> str:
     return await stack.enter_async_context(relay.serving(config))
+
+
+@dataclass
+class RelayProcess:
+    """``python relay.py`` running as a user runs it; ``output`` is its stdout and stderr, once it has exited."""
+
+    process: asyncio.subprocess.Process
+    base_url: str
+    output: str = field(default="")
+
+
+def process_env(**variables: str) -> dict[str, str]:
+    """A clean environment for a relay process: PATH, HOME and LANG from this one, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
+    env.update(variables)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def relay_process(http: aiohttp.ClientSession, env: dict[str, str]) -> AsyncIterator[RelayProcess]:
+    """Start ``python relay.py`` (working directory ``tests/``, so no ``.env`` is read) with ``env``
+    (which must set PORT), wait until ``/healthz`` answers, and on exit make sure it has ended
+    (SIGKILL if still running) and read its output."""
+    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env,
+                                                   cwd=ROOT / "tests", stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT)
+    running = RelayProcess(process, f"http://127.0.0.1:{env['PORT']}")
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(running.base_url + "/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            assert process.returncode is None, "relay exited: " + (await process.stdout.read()).decode()
+            assert time.monotonic() < deadline, "relay did not start"
+            await asyncio.sleep(0.1)
+        yield running
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 10)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        running.output = (await process.stdout.read()).decode() if process.stdout else ""
 
 
 # --- Email over a real SMTP server on loopback --------------------------------------------------

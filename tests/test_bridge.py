@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import aiohttp
 import pytest
-from support import ROOT, TwilioLeg, make_config, start_relay, start_standin, until
+from support import TwilioLeg, make_config, process_env, relay_process, start_relay, start_standin, until
 
 import simulate
 from config import VadType
@@ -207,35 +204,17 @@ async def test_relay_process_serves_a_call_and_drains_on_sigterm(stack: contextl
                                                                   http: aiohttp.ClientSession) -> None:
     """`python relay.py` serves a whole call from a Twilio-like client; SIGTERM closes it with 1001 and exits 0."""
     _standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(1600, 40))])
-    port = simulate.free_port()
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    env.update({"OPENAI_API_KEY": "sk-sub", "OPENAI_REALTIME_URL": url, "PORT": str(port),
-                "ALLOW_ALL_CALLERS": "true", "VAD_TYPE": "server_vad"})
-    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env, cwd=ROOT / "tests",
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(base + "/healthz") as resp:
-                    if resp.status == 200:
-                        break
-            assert time.monotonic() < deadline, "relay did not start"
-            await asyncio.sleep(0.1)
-        leg = await TwilioLeg.open(http, base)
+    env = process_env(OPENAI_API_KEY="sk-sub", OPENAI_REALTIME_URL=url, PORT=str(simulate.free_port()),
+                      ALLOW_ALL_CALLERS="true", VAD_TYPE="server_vad")
+    async with relay_process(http, env) as relay:
+        leg = await TwilioLeg.open(http, relay.base_url)
         await leg.start()
         heard, _ = await _collect_audio(leg, 1600)
         assert heard == _noise(1600, 40)
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        relay.process.send_signal(signal.SIGTERM)
         assert await leg.closed() == 1001
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert await asyncio.wait_for(relay.process.wait(), 10) == 0
         assert time.monotonic() - started < 5
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    output = (await process.stdout.read()).decode() if process.stdout else ""
-    assert "call ended" in output and "reason=server shutting down" in output
-    assert "sk-sub" not in output
+    assert "call ended" in relay.output and "reason=server shutting down" in relay.output
+    assert "sk-sub" not in relay.output

@@ -37,45 +37,45 @@ def test_secrets_stay_out_of_repr() -> None:
     ("env", "message"),
     [
         pytest.param({}, "OPENAI_API_KEY is required (your OpenAI API key)", id="missing-key"),
-        pytest.param({**KEY, "PORT": "abc"}, "PORT must be a whole number from 1 to 65535, got 'abc'", id="port-text"),
-        pytest.param({**KEY, "PORT": "70000"}, "PORT must be a whole number from 1 to 65535, got '70000'",
+        pytest.param({**KEY, "PORT": "abc"}, "PORT must be a whole number from 1 to 65535", id="port-text"),
+        pytest.param({**KEY, "PORT": "70000"}, "PORT must be a whole number from 1 to 65535",
                      id="port-range"),
-        pytest.param({**KEY, "VAD_TYPE": "fast"}, "VAD_TYPE must be one of semantic_vad, server_vad, none, got 'fast'",
+        pytest.param({**KEY, "VAD_TYPE": "fast"}, "VAD_TYPE must be one of semantic_vad, server_vad, none",
                      id="vad-type"),
-        pytest.param({**KEY, "VAD_THRESHOLD": "2"}, "VAD_THRESHOLD must be a number from 0 to 1, got '2'",
+        pytest.param({**KEY, "VAD_THRESHOLD": "2"}, "VAD_THRESHOLD must be a number from 0 to 1",
                      id="vad-threshold"),
         pytest.param({**KEY, "VAD_EAGERNESS": "eager"},
-                     "VAD_EAGERNESS must be one of low, medium, high, auto, got 'eager'", id="eagerness"),
+                     "VAD_EAGERNESS must be one of low, medium, high, auto", id="eagerness"),
         pytest.param({**KEY, "NOISE_REDUCTION": "far"},
-                     "NOISE_REDUCTION must be one of near_field, far_field, off, got 'far'", id="noise"),
-        pytest.param({**KEY, "ALLOW_ALL_CALLERS": "maybe"}, "ALLOW_ALL_CALLERS must be true or false, got 'maybe'",
+                     "NOISE_REDUCTION must be one of near_field, far_field, off", id="noise"),
+        pytest.param({**KEY, "ALLOW_ALL_CALLERS": "maybe"}, "ALLOW_ALL_CALLERS must be true or false",
                      id="bool"),
         pytest.param({**KEY, "PRIMARY_USER_PHONE_NUMBERS": "+14155550100,12"},
-                     "PRIMARY_USER_PHONE_NUMBERS has '12', which is not a valid phone number", id="phone"),
+                     "PRIMARY_USER_PHONE_NUMBERS item 2 is not a valid phone number", id="phone"),
         pytest.param({**KEY, "OPENAI_REALTIME_URL": "https://x"},
-                     "OPENAI_REALTIME_URL must be a ws:// or wss:// URL, got 'https://x'", id="realtime-url"),
+                     "OPENAI_REALTIME_URL must be a ws:// or wss:// URL", id="realtime-url"),
         pytest.param({**KEY, "TIMEZONE": "Mars/Olympus"},
-                     "TIMEZONE must be an IANA zone such as Europe/Paris, got 'Mars/Olympus'", id="timezone"),
+                     "TIMEZONE must be an IANA zone such as Europe/Paris", id="timezone"),
         pytest.param({**KEY, "TOOLS": "end_call,fly"},
-                     "TOOLS has unknown tool(s) fly; known: end_call, update_mic_distance, send_email, "
+                     "TOOLS has 1 unknown tool name(s); known: end_call, update_mic_distance, send_email, "
                      "gpt_web_search, or none", id="tools"),
         pytest.param({**KEY, "SMTP_NODEMAILER_SERVICE_ID": "pigeon", "SENDER_FROM_EMAIL": "a@example.com"},
-                     "SMTP_NODEMAILER_SERVICE_ID 'pigeon' is not a known service (gmail, googlemail, proton, "
+                     "SMTP_NODEMAILER_SERVICE_ID is not a known service (gmail, googlemail, proton, "
                      "protonmail, outlook, hotmail, outlook365, yahoo, icloud, zoho, fastmail, aol, gmx, yandex, "
                      "sendgrid, mailgun, ses); set SMTP_HOST and SMTP_PORT instead", id="smtp-service"),
         pytest.param({**KEY, "SENDER_FROM_EMAIL": "a@example.com"},
                      "SENDER_FROM_EMAIL is set but neither SMTP_NODEMAILER_SERVICE_ID nor SMTP_HOST is",
                      id="smtp-host"),
         pytest.param({**KEY, "PRIMARY_TO_EMAIL": "jordan"},
-                     "PRIMARY_TO_EMAIL must be an email address such as name@example.com, got 'jordan'", id="email"),
-        pytest.param({**KEY, "SMTP_SECURITY": "tls"}, "SMTP_SECURITY must be one of ssl, starttls, none, got 'tls'",
+                     "PRIMARY_TO_EMAIL must be an email address such as name@example.com", id="email"),
+        pytest.param({**KEY, "SMTP_SECURITY": "tls"}, "SMTP_SECURITY must be one of ssl, starttls, none",
                      id="smtp-security"),
-        pytest.param({**KEY, "WAIT_MUSIC_VOLUME": "1.5"}, "WAIT_MUSIC_VOLUME must be a number from 0 to 1, got '1.5'",
+        pytest.param({**KEY, "WAIT_MUSIC_VOLUME": "1.5"}, "WAIT_MUSIC_VOLUME must be a number from 0 to 1",
                      id="music-volume"),
         pytest.param({**KEY, "WAIT_MUSIC_THRESHOLD_MS": "-1"},
-                     "WAIT_MUSIC_THRESHOLD_MS must be a whole number from 0 to 60000, got '-1'", id="music-threshold"),
+                     "WAIT_MUSIC_THRESHOLD_MS must be a whole number from 0 to 60000", id="music-threshold"),
         pytest.param({**KEY, "OPENAI_BASE_URL": "api.openai.com"},
-                     "OPENAI_BASE_URL must be an http(s):// URL, got 'api.openai.com'", id="base-url"),
+                     "OPENAI_BASE_URL must be an http(s):// URL", id="base-url"),
     ],
 )
 def test_malformed_values_are_named(env: dict[str, str], message: str) -> None:
@@ -90,8 +90,8 @@ def test_all_problems_reported_together() -> None:
     with pytest.raises(ConfigError) as info:
         Config.from_env({"PORT": "x", "VAD_TYPE": "y"})
     assert str(info.value) == (
-        "OPENAI_API_KEY is required (your OpenAI API key); PORT must be a whole number from 1 to 65535, got 'x'; "
-        "VAD_TYPE must be one of semantic_vad, server_vad, none, got 'y'"
+        "OPENAI_API_KEY is required (your OpenAI API key); PORT must be a whole number from 1 to 65535; "
+        "VAD_TYPE must be one of semantic_vad, server_vad, none"
     )
 
 
@@ -209,7 +209,7 @@ def test_process_exits_on_bad_port(tmp_path: os.PathLike[str]) -> None:
     """A malformed PORT is a startup error naming the variable, not a crash."""
     result = _run_relay({"OPENAI_API_KEY": "sk-x", "PORT": "ten"}, tmp_path)
     assert result.returncode == 1
-    assert result.stderr == "relay: configuration error: PORT must be a whole number from 1 to 65535, got 'ten'\n"
+    assert result.stderr == "relay: configuration error: PORT must be a whole number from 1 to 65535\n"
 
 
 def test_blank_means_default_for_every_kind() -> None:

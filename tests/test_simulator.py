@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import ROOT, start_standin
+from support import ROOT, process_env, start_standin
 
 import audio
 from standin_openai import AssistantTurn, Vad, server_event_problems
@@ -191,8 +191,9 @@ def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
     """`python simulate.py` holds the built-in call: a barge-in, a web search with waiting music, the assistant
     hanging up after its goodbye; a timeline and a stereo WAV with both voices."""
     out = tmp_path / "call.wav"
-    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--out", str(out)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    env = process_env(LOG_LEVEL="DEBUG", SECRET_ENV_VAR="sk-simulator-offline")
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--out", str(out), "--verbose"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert "call completed as scripted" in lines
@@ -209,3 +210,8 @@ def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
     left, right = audio.channel(pcm.samples, 0), audio.channel(pcm.samples, 1)
     assert audio.rms_dbfs(left) > -45 and audio.rms_dbfs(right) > -45  # both voices are in it
     assert pcm.duration_ms > 15000
+    # The relay's whole DEBUG log of the call: a few lines a second, never a payload, never the key.
+    log_lines = result.stderr.splitlines()
+    assert any(" DEBUG bridge: realtime " in line for line in log_lines)
+    assert len(log_lines) <= 20 * pcm.duration_ms / 1000, len(log_lines)
+    assert "sk-simulator-offline" not in result.stdout + result.stderr
