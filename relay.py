@@ -264,6 +264,14 @@ async def serving(config: Config, host: str = "127.0.0.1", port: int = 0) -> Asy
         await runner.cleanup()
 
 
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL for the log: never its ``user:password@``, path or query."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return "?"
+    return parts.hostname + (f":{parts.port}" if parts.port else "")
+
+
 async def _serve(app: web.Application, config: Config) -> int:
     """Serve on 0.0.0.0:$PORT until SIGINT or SIGTERM; then close live calls (1001) and return 0.
     Returns 1, after one line naming ``PORT``, when the port cannot be bound."""
@@ -276,11 +284,10 @@ async def _serve(app: web.Application, config: Config) -> int:
         why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
         logger.error("PORT %d %s; set PORT to a free port", config.port, why)
         return 1
-    realtime = urlsplit(config.realtime_url)
     logger.info(
         "relay listening on 0.0.0.0:%d (realtime %s, model %s)",
         config.port,
-        realtime.hostname + (f":{realtime.port}" if realtime.port else "") if realtime.hostname else "?",
+        host_of(config.realtime_url),
         config.realtime_model,
     )
     stop = asyncio.Event()

@@ -28,6 +28,7 @@ from support import (
 )
 
 import redact
+import relay
 import simulate
 from simulate import Scenario
 from standin_openai import AssistantTurn
@@ -261,3 +262,16 @@ def test_traceback_module_output_is_masked_too(capsys: pytest.CaptureFixture[str
         restore()
     err = capsys.readouterr().err
     assert "ValueError: login [secure] refused" in err and "hunter2-pass" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param("wss://user:pa55word@example.openai.azure.com/openai/realtime?api-key=k3y", "example.openai.azure.com",
+                     id="credentials-and-query"),
+        pytest.param("ws://127.0.0.1:8765/v1/realtime", "127.0.0.1:8765", id="port"),
+    ],
+)
+def test_startup_line_shows_the_realtime_host_only(url: str, shown: str) -> None:
+    """The "listening" line names the Realtime host, never credentials or a query."""
+    assert relay.host_of(url) == shown
