@@ -267,8 +267,8 @@ def test_traceback_module_output_is_masked_too(capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        pytest.param("wss://user:pa55word@example.openai.azure.com/openai/realtime?api-key=k3y", "example.openai.azure.com",
-                     id="credentials-and-query"),
+        pytest.param("wss://user:pa55word@example.openai.azure.com/openai/realtime?api-key=k3y",
+                     "example.openai.azure.com", id="credentials-and-query"),
         pytest.param("ws://127.0.0.1:8765/v1/realtime", "127.0.0.1:8765", id="port"),
     ],
 )
