@@ -75,6 +75,11 @@ GOODBYE_MARGIN_S = 2.0
 """Safety margin past the goodbye audio's own length for its last mark to come back."""
 MIC_CONFIRM_TIMEOUT_S = 4.0
 """How long the service has to confirm a noise reduction switch with ``session.updated``."""
+DTMF_SEQUENCE_GAP_S = 1.5
+"""Key presses closer together than this are one sequence ("pressed 1, 2, 3 and #")."""
+DTMF_MAX_DIGITS = 32
+"""A sequence this long is sent at once, however fast the keys come."""
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 # --- Call events (one hook for observers) -------------------------------------------------------
@@ -183,6 +188,64 @@ class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             msg, args = msg + " (%d more held back in the last second)", (*args, int(held[1]))
         self._held[kind] = [now + 1.0, 0]
         self.log(level, msg, *args)
+
+
+# --- Key presses (DTMF) ---------------------------------------------------------------------
+
+
+def keypad_text(digits: str) -> str:
+    """What the model is told: ``The caller pressed 5.`` / ``The caller pressed 1, 2, 3 and #.``"""
+    if len(digits) == 1:
+        return f"The caller pressed {digits}."
+    return f"The caller pressed {', '.join(digits[:-1])} and {digits[-1]}."
+
+
+class KeyPresses:
+    """Collects DTMF digits into one sequence, handed on ``DTMF_SEQUENCE_GAP_S`` after the last press
+    (or at ``DTMF_MAX_DIGITS``). One owned task waits for the gap; ``close`` cancels and awaits it."""
+
+    def __init__(self, on_sequence: Callable[[str], Awaitable[None]], log: CallLog) -> None:
+        self._on_sequence = on_sequence
+        self._log = log
+        self._digits: list[str] = []
+        self._pressed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def press(self, digit: str) -> None:
+        """One key press; anything but ``0``-``9``, ``*``, ``#``, ``A``-``D`` is dropped."""
+        if digit not in DTMF_DIGITS:
+            self._log.once_a_second(logging.WARNING, "dtmf", "dtmf digit that is no key dropped")
+            return
+        self._digits.append(digit)
+        self._pressed.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._after_gap(), name="dtmf sequence")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def _after_gap(self) -> None:
+        try:
+            while len(self._digits) < DTMF_MAX_DIGITS:
+                self._pressed.clear()
+                try:
+                    async with asyncio.timeout(DTMF_SEQUENCE_GAP_S):
+                        await self._pressed.wait()  # another press: the gap starts again
+                except TimeoutError:
+                    break
+        finally:
+            self._task = None
+        digits, self._digits = "".join(self._digits[:DTMF_MAX_DIGITS]), self._digits[DTMF_MAX_DIGITS:]
+        if self._digits:  # more came in the same instant: they start the next sequence
+            self._task = asyncio.create_task(self._after_gap(), name="dtmf sequence")
+        try:
+            await self._on_sequence(digits)
+        except HangUp:
+            pass  # the Realtime socket is gone; the Realtime pump ends the call
+        except Exception:
+            self._log.exception("dtmf sequence failed")
 
 
 # --- The goodbye ----------------------------------------------------------------------------
@@ -390,6 +453,7 @@ class Call:
             timeouts={"gpt_web_search": config.web_search_timeout_s},
         )
         self.tools = ToolRunner(context, config.tools, self.log, self._publish)
+        self.keys = KeyPresses(self._on_key_presses, self.log)
         self.music = WaitingMusic(
             wait_music, config.wait_music_threshold_ms / 1000, phone, self.playback, self._on_music
         )
@@ -487,7 +551,7 @@ class Call:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, self.tools.close(), return_exceptions=True)
+            await asyncio.gather(*tasks, self.tools.close(), self.keys.close(), return_exceptions=True)
             await self.music.cancel()
         if self._closing.is_set():  # the close also ends the phone pump: report the cause
             return "server shutting down"
@@ -554,6 +618,7 @@ class Call:
                 return f"{self.phone.network} stop"
             elif type(event) is PhoneDtmf:
                 self.log.debug("dtmf %s", event.digit)
+                self.keys.press(event.digit)
                 self._publish(CallEventKind.DTMF, digit=event.digit)
             else:
                 self.log.debug("%s %s ignored after start", self.phone.network, type(event).__name__)
@@ -683,6 +748,13 @@ class Call:
         """``response.create`` now, or once the active response is done (``ResponseSlot``)."""
         if self.slot.request():
             await self._send_realtime(protocol.response_create())
+
+    async def _on_key_presses(self, digits: str) -> None:
+        """A DTMF sequence: one conversation item, and a response when none is under way (an
+        answer in progress sees the item on its next turn)."""
+        await self._send_realtime(protocol.system_message(keypad_text(digits)))
+        if self.slot.active is None and not self.slot.create_in_flight:
+            await self._request_response()
 
     # -- tool calls --
 

@@ -102,6 +102,9 @@ class Config:
     transcription_model: str | None = None
     twilio_account_sid: str | None = field(default=None, repr=False)
     twilio_auth_token: str | None = field(default=None, repr=False)
+    plivo_auth_id: str | None = field(default=None, repr=False)
+    plivo_auth_token: str | None = field(default=None, repr=False)
+    """Plivo's routes (``/plivo/answer``, ``/plivo/media-stream``) answer only when this is set."""
     primary_numbers: tuple[str, ...] = ()
     """E.164 numbers of the primary caller group."""
     secondary_numbers: tuple[str, ...] = ()
@@ -199,6 +202,8 @@ class Config:
             transcription_model=transcription or None,
             twilio_account_sid=reader.text("TWILIO_ACCOUNT_SID", "") or None,
             twilio_auth_token=reader.text("TWILIO_AUTH_TOKEN", "") or None,
+            plivo_auth_id=reader.text("PLIVO_AUTH_ID", "") or None,
+            plivo_auth_token=reader.text("PLIVO_AUTH_TOKEN", "") or None,
             primary_numbers=reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
             secondary_numbers=reader.phone_list("SECONDARY_USER_PHONE_NUMBERS", region),
             primary_first_name=reader.text("PRIMARY_USER_FIRST_NAME", "") or None,

@@ -1,7 +1,7 @@
-"""The Twilio dialect: Media Streams messages, TwiML answers, signature checks, and the Twilio phone leg.
+"""The Twilio dialect: Media Streams messages, TwiML answers and signature checks.
 
-Twilio's wire names are written here once. The bridge sees only the transport-neutral phone
-events of ``protocol`` and the leg's ``send_audio`` / ``send_mark`` / ``clear`` / ``close``.
+Twilio's wire names are written here once. ``DIALECT`` drives a ``phone_ws.WebSocketLeg``; the
+bridge sees only the transport-neutral phone events of ``protocol``.
 
 Sources: Twilio Media Streams "WebSocket Messages" docs; TwiML ``<Connect><Stream>`` docs;
 Twilio "Webhooks security" docs (``X-Twilio-Signature``).
@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
 
-from aiohttp import WSMsgType, web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from phone_ws import Dialect
 from protocol import (
     MalformedFrame,
     PhoneAudio,
@@ -27,15 +26,13 @@ from protocol import (
     PhoneStart,
     PhoneStop,
     decode_json_object,
+    inner_text,
 )
 
 logger = logging.getLogger("phone_twilio")
 
 MAX_MESSAGE_BYTES = 64 * 1024
 """Largest frame accepted from Twilio (a 20 ms media frame is about 300 bytes)."""
-
-_ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
-
 
 # --- Media Streams messages ------------------------------------------------------------------
 
@@ -81,12 +78,12 @@ def parse_message(text: str) -> PhoneEvent | None:
         raise MalformedFrame("json", f"{exc} from twilio ignored") from None
     kind = event.get("event")
     if kind == "media":  # the hot path: 50 a second per call
-        payload = _inner_text(event, "media", "payload")
+        payload = inner_text(event, "media", "payload")
         if payload is None:
             raise MalformedFrame("media", "twilio media without a payload dropped")
         return PhoneAudio(payload)
     if kind == "mark":
-        name = _inner_text(event, "mark", "name")
+        name = inner_text(event, "mark", "name")
         if name is None:
             raise MalformedFrame("mark", "twilio mark without a name dropped")
         return PhoneMarkPlayed(name)
@@ -99,7 +96,7 @@ def parse_message(text: str) -> PhoneEvent | None:
         call_sid = start.get("callSid")
         return PhoneStart(start["streamSid"], call_sid if type(call_sid) is str else "", custom)
     if kind == "dtmf":
-        digit = _inner_text(event, "dtmf", "digit")
+        digit = inner_text(event, "dtmf", "digit")
         if digit is None:
             raise MalformedFrame("dtmf", "twilio dtmf without a digit dropped")
         return PhoneDtmf(digit)
@@ -108,13 +105,6 @@ def parse_message(text: str) -> PhoneEvent | None:
     if kind != "connected":
         logger.debug("twilio %s ignored", kind)
     return None
-
-
-def _inner_text(event: dict[str, Any], outer: str, inner: str) -> str | None:
-    """``event[outer][inner]`` when it is a string, else None."""
-    body = event.get(outer)
-    value = body.get(inner) if type(body) is dict else None
-    return value if type(value) is str else None
 
 
 # --- TwiML ---------------------------------------------------------------------------------
@@ -172,69 +162,7 @@ class Signatures:
         return bool(self._validator.validate(url, dict(params), headers.get(self.HEADER, "")))
 
 
-# --- The phone leg -------------------------------------------------------------------------
+# --- The dialect ------------------------------------------------------------------------------
 
-
-class TwilioLeg:
-    """A Twilio Media Streams websocket as the bridge's phone leg.
-
-    Iterate it for phone events (``async for event in leg``) until Twilio closes the socket;
-    unusable frames are dropped with one warning per kind. Nothing may be sent before ``start``
-    (every outbound message carries its ``streamSid``).
-    """
-
-    network = "twilio"
-
-    def __init__(self, ws: web.WebSocketResponse) -> None:
-        self.ws = ws
-        self.stream_sid = ""
-        self._warned: set[str] = set()
-
-    def __aiter__(self) -> TwilioLeg:
-        return self
-
-    async def __anext__(self) -> PhoneEvent:
-        """The next usable phone event; StopAsyncIteration once the socket is closed. Safe to cancel."""
-        while True:
-            msg = await self.ws.receive()
-            if msg.type is WSMsgType.TEXT:
-                try:
-                    event = parse_message(msg.data)
-                except MalformedFrame as exc:
-                    self._warn_once(exc.kind, exc.message)
-                    continue
-                if event is None:
-                    continue
-                if type(event) is PhoneStart:
-                    self.stream_sid = event.stream_sid
-                return event
-            if msg.type is WSMsgType.BINARY:
-                self._warn_once("binary", "binary frame from twilio ignored")
-            elif msg.type in _ENDED:
-                raise StopAsyncIteration
-
-    async def send_audio(self, payload: str) -> None:
-        """Queue base64 µ-law audio at Twilio. Raises ConnectionResetError once the socket is gone."""
-        await self.ws.send_str(media_message(self.stream_sid, payload))
-
-    async def send_mark(self, name: str) -> None:
-        """Send a mark, echoed when the audio sent before it has played (or was cleared)."""
-        await self.ws.send_str(mark_message(self.stream_sid, name))
-
-    async def clear(self) -> None:
-        """Drop the audio queued at Twilio; Twilio echoes every pending mark at once."""
-        await self.ws.send_str(clear_message(self.stream_sid))
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """Close the websocket with ``code``; with nothing after ``</Connect>`` Twilio hangs up."""
-        await self.ws.close(code=code, message=reason.encode())
-
-    @property
-    def closed(self) -> bool:
-        """True once the websocket is closed (by either side)."""
-        return self.ws.closed
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning("%s stream_sid=%s", message, self.stream_sid or "-")
+DIALECT = Dialect("twilio", parse_message, media_message, mark_message, clear_message, MAX_MESSAGE_BYTES)
+"""Twilio Media Streams, for ``phone_ws.WebSocketLeg``."""

@@ -82,6 +82,13 @@ def decode_json_object(raw: str | bytes) -> dict[str, Any]:
     return value
 
 
+def inner_text(event: dict[str, Any], outer: str, inner: str) -> str | None:
+    """``event[outer][inner]`` when it is a string, else None (``media.payload``, ``dtmf.digit``)."""
+    body = event.get(outer)
+    value = body.get(inner) if type(body) is dict else None
+    return value if type(value) is str else None
+
+
 class MalformedFrame(ValueError):
     """A phone frame a dialect cannot use. ``kind`` groups it for one warning per kind and call;
     ``message`` says what was dropped."""

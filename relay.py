@@ -2,11 +2,11 @@
 
 Call flow (a maintainer's map):
 
-1. Twilio POSTs ``/incoming-call``; ``incoming_call`` answers TwiML: a greeting and
-   ``<Connect><Stream url="wss://…/media-stream">`` for an allowed caller, a short
-   "restricted" message and a hang-up for anyone else (``config.find_caller``).
-2. Twilio opens the ``/media-stream`` websocket; ``media_stream`` checks the signature, wraps
-   the socket in a ``phone_twilio.TwilioLeg`` and hands it to a ``bridge.Call``.
+1. Twilio POSTs ``/incoming-call`` (Plivo: ``/plivo/answer``); the handler answers TwiML (Plivo
+   XML): a greeting and a ``<Stream>`` to ``/media-stream`` (``/plivo/media-stream``) for an
+   allowed caller, a short "restricted" message and a hang-up for anyone else.
+2. The network opens the media websocket; ``_bridge`` checks its signature, wraps the socket in a
+   ``phone_ws.WebSocketLeg`` speaking that network's ``Dialect`` and hands it to a ``bridge.Call``.
 3. ``Call.run`` holds the call: Realtime session, audio both ways, barge-in, tools, goodbye.
 4. Closing the phone socket hangs up; on shutdown every live call is closed with 1001.
 
@@ -34,6 +34,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 from dotenv import load_dotenv
 
+import phone_plivo
 import phone_twilio
 import redact
 import tools
@@ -49,7 +50,7 @@ from config import (
     welcome_message,
 )
 from music import load_wait_music
-from phone_twilio import Signatures, TwilioLeg
+from phone_ws import Dialect, WebSocketLeg
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")
@@ -60,7 +61,8 @@ PROBES = frozenset({"/health", "/healthz"})
 CONFIG = web.AppKey("config", Config)
 STATS = web.AppKey("stats", Stats)
 CALLS = web.AppKey("calls", set[Call])
-TWILIO_SIGNATURES = web.AppKey("twilio_signatures", Signatures)
+TWILIO_SIGNATURES = web.AppKey("twilio_signatures", phone_twilio.Signatures)
+PLIVO_SIGNATURES = web.AppKey("plivo_signatures", phone_plivo.Signatures)
 DRAINING = web.AppKey("draining", asyncio.Event)
 WAIT_MUSIC = web.AppKey("wait_music", tuple[str, ...])
 """The waiting music as base64 µ-law 20 ms frames (empty: none)."""
@@ -80,7 +82,8 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_openai_client)
     app[STATS] = Stats()
     app[CALLS] = set()
-    app[TWILIO_SIGNATURES] = Signatures(config.twilio_auth_token)
+    app[TWILIO_SIGNATURES] = phone_twilio.Signatures(config.twilio_auth_token)
+    app[PLIVO_SIGNATURES] = phone_plivo.Signatures(config.plivo_auth_token)
     app[DRAINING] = asyncio.Event()
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
@@ -88,6 +91,9 @@ def make_app(config: Config) -> web.Application:
     app.router.add_route("GET", "/incoming-call", incoming_call)
     app.router.add_route("POST", "/incoming-call", incoming_call)
     app.router.add_get("/media-stream", media_stream)
+    app.router.add_route("GET", "/plivo/answer", plivo_answer)
+    app.router.add_route("POST", "/plivo/answer", plivo_answer)
+    app.router.add_get("/plivo/media-stream", plivo_media_stream)
     app.on_shutdown.append(_close_calls)
     return app
 
@@ -167,14 +173,19 @@ def stream_origin(config: Config, request: web.Request) -> str:
     return "wss://" + urlsplit(public_origin(config, request)).netloc
 
 
+async def _form(request: web.Request) -> dict[str, str]:
+    """A webhook's form parameters (empty for a GET)."""
+    form = await request.post() if request.method == "POST" else {}
+    return {key: str(value) for key, value in form.items()}
+
+
 async def incoming_call(request: web.Request) -> web.Response:
     """``/incoming-call`` (Twilio voice webhook, GET or POST): answer with TwiML.
 
     Twilio docs: the webhook is form-encoded and signed with ``X-Twilio-Signature``.
     """
     config = request.app[CONFIG]
-    form = await request.post() if request.method == "POST" else {}
-    params = {key: str(value) for key, value in form.items()}
+    params = await _form(request)
     url = public_origin(config, request) + request.path_qs
     if not request.app[TWILIO_SIGNATURES].valid(url, params, request.headers):
         logger.warning("rejected /incoming-call: bad X-Twilio-Signature")
@@ -190,25 +201,66 @@ async def incoming_call(request: web.Request) -> web.Response:
     return web.Response(text=twiml, content_type="text/xml")
 
 
+async def plivo_answer(request: web.Request) -> web.Response:
+    """``/plivo/answer`` (Plivo answer URL, GET or POST): answer with Plivo XML; 404 unless
+    ``PLIVO_AUTH_TOKEN`` is set, 403 without a valid ``X-Plivo-Signature-V3``."""
+    config = request.app[CONFIG]
+    signatures = request.app[PLIVO_SIGNATURES]
+    if not signatures.enabled:
+        raise web.HTTPNotFound()
+    params = await _form(request)
+    url = public_origin(config, request) + request.path_qs
+    if not signatures.valid(request.method, url, params, request.headers):
+        logger.warning("rejected /plivo/answer: bad X-Plivo-Signature-V3")
+        return web.Response(status=403, text="invalid signature")
+    raw_from = phone_plivo.caller_number(params.get("From") or request.query.get("From"))
+    caller = find_caller(config, raw_from)
+    if caller is None:
+        logger.info("restricted caller %s refused", mask_number(raw_from or ""))
+        xml = phone_plivo.hang_up_xml(RESTRICTED_MESSAGE)
+    else:
+        stream_url = stream_origin(config, request) + "/plivo/media-stream"
+        xml = phone_plivo.stream_xml(welcome_message(config, caller), stream_url, caller.number)
+    return web.Response(text=xml, content_type="application/xml")
+
+
 async def media_stream(request: web.Request) -> web.WebSocketResponse:
     """``/media-stream`` websocket (also ``/`` upgrades): one Twilio call.
 
-    Twilio signs the handshake over the ``wss://`` URL with empty params; a bad signature is
-    closed with 1008 before anything reaches OpenAI.
+    Twilio signs the handshake over the ``wss://`` URL with empty params.
     """
+    url = stream_origin(request.app[CONFIG], request) + request.path_qs
+    signed = request.app[TWILIO_SIGNATURES].valid(url, {}, request.headers)
+    return await _bridge(request, phone_twilio.DIALECT, signed)
+
+
+async def plivo_media_stream(request: web.Request) -> web.WebSocketResponse:
+    """``/plivo/media-stream`` websocket: one Plivo call (404 unless ``PLIVO_AUTH_TOKEN`` is set)."""
+    signatures = request.app[PLIVO_SIGNATURES]
+    if not signatures.enabled:
+        raise web.HTTPNotFound()
+    config = request.app[CONFIG]
+    https_url = public_origin(config, request) + request.path_qs
+    wss_url = stream_origin(config, request) + request.path_qs
+    signed = signatures.valid_handshake(https_url, wss_url, request.headers)
+    return await _bridge(request, phone_plivo.DIALECT, signed)
+
+
+async def _bridge(request: web.Request, dialect: Dialect, signed: bool) -> web.WebSocketResponse:
+    """Accept a media websocket and hold the call on it. An unsigned handshake is closed with
+    1008 (and a draining server closes with 1001) before anything reaches OpenAI."""
     app = request.app
-    config = app[CONFIG]
-    ws = web.WebSocketResponse(max_msg_size=phone_twilio.MAX_MESSAGE_BYTES, autoping=True)
-    url = stream_origin(config, request) + request.path_qs
+    ws = web.WebSocketResponse(max_msg_size=dialect.max_message_bytes, autoping=True)
     await ws.prepare(request)
     if app[DRAINING].is_set():
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         return ws
-    if not app[TWILIO_SIGNATURES].valid(url, {}, request.headers):
-        logger.warning("rejected media stream: bad X-Twilio-Signature")
+    if not signed:
+        logger.warning("rejected %s media stream: bad signature", dialect.network)
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid signature")
         return ws
-    call = Call(TwilioLeg(ws), config, app[STATS], wait_music=app[WAIT_MUSIC], openai_client=app[OPENAI_CLIENT])
+    leg = WebSocketLeg(ws, dialect)
+    call = Call(leg, app[CONFIG], app[STATS], wait_music=app[WAIT_MUSIC], openai_client=app[OPENAI_CLIENT])
     app[CALLS].add(call)
     try:
         await call.run()

@@ -32,7 +32,7 @@ import redact
 from audio import BYTES_PER_MS
 from config import LEVELS, Config, VadType
 from standin_openai import AssistantTurn, RealtimeStandIn, WebSearchScript, realtime_standin, rest_base_url
-from standin_phone import CallerTurn, CallFailed, Timeline, TwilioCaller
+from standin_phone import NETWORKS, CallerTurn, CallFailed, PhoneCaller, Timeline
 
 logger = logging.getLogger("simulate")
 
@@ -87,7 +87,8 @@ def scenario_from_dict(data: dict[str, Any], base: Path) -> Scenario:
             for turn in data.get("assistant", [])
         ]
         caller = [
-            CallerTurn(ulaw=_load_ulaw(turn["audio"], base), text=turn.get("text", ""), when=turn["when"])
+            CallerTurn(ulaw=_load_ulaw(turn["audio"], base) if not turn.get("dtmf") else b"",
+                       text=turn.get("text", ""), when=turn["when"], dtmf=str(turn.get("dtmf", "")))
             for turn in data.get("caller", [])
         ]
         web_search = WebSearchScript(**data.get("web_search", {}))
@@ -121,7 +122,7 @@ class CallResult:
     """What one simulated call produced."""
 
     timeline: Timeline
-    caller: TwilioCaller
+    caller: PhoneCaller
     standin: RealtimeStandIn | None
     problems: list[str]
 
@@ -157,7 +158,7 @@ def relay_config(realtime_url: str, **overrides: Any) -> Config:
     return Config(**values)
 
 
-def check_call(caller: TwilioCaller, standin: RealtimeStandIn | None, scenario: Scenario) -> list[str]:
+def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: Scenario) -> list[str]:
     """Everything that makes a simulated call not go as scripted."""
     problems = []
     if caller.hung_up_by is None:
@@ -206,9 +207,16 @@ async def simulate_call(
     relay_url: str | None = None,
     auth_token: str | None = None,
     seed: int | None = None,
+    phone: str = "twilio",
     **relay_overrides: Any,
 ) -> CallResult:
-    """Run one scripted call on loopback (or against ``relay_url``) and check it."""
+    """Run one scripted call on loopback (or against ``relay_url``) and check it.
+
+    Args:
+        phone: the network the caller dials through, ``twilio`` or ``plivo``.
+        auth_token: the network's auth token the caller signs with (default: a random one given to
+            the relay it starts).
+    """
     timeline = Timeline()
     async with contextlib.AsyncExitStack() as stack:
         standin: RealtimeStandIn | None = None
@@ -224,14 +232,15 @@ async def simulate_call(
                 "port": port,
                 "public_url": f"http://127.0.0.1:{port}",
                 "twilio_auth_token": auth_token,
+                "plivo_auth_token": auth_token,
                 "primary_numbers": (scenario.caller_number,),
                 "primary_first_name": scenario.caller_name,
             }
             config = relay_config(realtime_url, **{**values, **relay_overrides})
             relay_url = await stack.enter_async_context(relay.serving(config, port=port))
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        caller = TwilioCaller(scenario.caller_number, scenario.caller, scenario.hangup, scenario.max_duration_s,
-                              timeline, auth_token, standin.resolve if standin else None)
+        caller = PhoneCaller(NETWORKS[phone](), scenario.caller_number, scenario.caller, scenario.hangup,
+                             scenario.max_duration_s, timeline, auth_token, standin.resolve if standin else None)
         problems: list[str] = []
         try:
             await caller.run(http, relay_url)
@@ -246,11 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python simulate.py``: run the built-in (or a given) scenario; 0 when it went as scripted."""
     parser = argparse.ArgumentParser(description="Hold a simulated phone call through the relay, offline.")
     parser.add_argument("--scenario", type=Path, help="scenario JSON (default: scenarios/default.json)")
+    parser.add_argument("--phone", choices=sorted(NETWORKS), default="twilio", help="the network to call through")
     parser.add_argument("--relay-url", help="dial a relay that is already running instead of starting one")
     parser.add_argument(
         "--auth-token",
-        default=os.environ.get("TWILIO_AUTH_TOKEN"),
-        help="sign requests like Twilio (default: $TWILIO_AUTH_TOKEN; only with --relay-url)",
+        default=None,
+        help="sign requests with this token (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with --phone "
+        "plivo; only with --relay-url)",
     )
     parser.add_argument("--out", type=Path, default=Path("call.wav"), help="where to write the call WAV")
     parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes")
@@ -270,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
+    token = args.auth_token or os.environ.get("PLIVO_AUTH_TOKEN" if args.phone == "plivo" else "TWILIO_AUTH_TOKEN")
     result = asyncio.run(
-        simulate_call(scenario, args.relay_url, args.auth_token if args.relay_url else None, seed=args.seed)
+        simulate_call(scenario, args.relay_url, token if args.relay_url else None, seed=args.seed, phone=args.phone)
     )
     print(result.timeline.render())
     args.out.write_bytes(result.caller.render_wav())

@@ -1,11 +1,12 @@
-"""Stand-ins for the phone network, on loopback: a Twilio caller that dials the relay like Twilio.
+"""Stand-ins for the phone networks, on loopback: a caller that dials the relay like Twilio or Plivo.
 
-``TwilioCaller`` POSTs the signed voice webhook, reads ``<Stream>`` and its ``<Parameter>``s from
-the TwiML, opens the signed Media Streams websocket, sends a 20 ms ``media`` frame on a monotonic
-clock (speech from its script, µ-law silence between), plays what the relay sends at 8000 bytes
-per second with Twilio's ``mark`` and ``clear`` semantics (``PhonePlayback``), and records what
-the caller heard. Its messages are built here from Twilio's documentation, independently of the
-relay's own dialect module, so a misreading of the protocol shows up as a failing call.
+``PhoneCaller`` POSTs the signed voice webhook (Twilio) or answer URL (Plivo), reads the
+``<Stream>`` from the TwiML or Plivo XML, opens the signed media websocket, sends a 20 ms frame on a
+monotonic clock (speech from its script, µ-law silence between; key presses when scripted), plays
+what the relay sends at 8000 bytes per second with the network's mark / checkpoint and clear
+semantics (``PhonePlayback``), and records what the caller heard. The networks' messages are built
+here from their documentation (``Twilio``, ``Plivo``), independently of the relay's dialect
+modules, so a misreading of a protocol shows up as a failing call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import secrets
 import time
 import typing
+import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
+from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_signature_v3
 from twilio.request_validator import RequestValidator
 
 import audio
@@ -56,7 +59,7 @@ class Timeline:
 
 @dataclass(slots=True)
 class CallerTurn:
-    """One caller utterance and when to say it.
+    """One caller utterance (or key presses) and when.
 
     ``when`` is one of: ``{"after": "assistant_done", "delay_ms": N}`` (N ms after the next
     assistant turn finished playing), ``{"after": "assistant_audio", "ms": N}`` (N ms into the
@@ -66,9 +69,15 @@ class CallerTurn:
     ulaw: bytes
     text: str
     when: dict[str, Any]
+    dtmf: str = ""
+    """Keys to press instead of speaking (``"123#"``), ``KEY_PRESS_S`` apart."""
 
 
-# --- Twilio stand-in: the phone's playback buffer -------------------------------------------
+KEY_PRESS_S = 0.15
+"""Time between two scripted key presses."""
+
+
+# --- The phone's playback buffer -----------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -90,11 +99,13 @@ class PlayedChunk:
 
 
 class PhonePlayback:
-    """Twilio's outbound buffer as Twilio docs describe it (sans-I/O; times are monotonic s).
+    """A phone network's outbound buffer as Twilio's and Plivo's docs describe it (sans-I/O;
+    times are monotonic s).
 
-    Media is "buffered and played in the order received" at 8000 bytes/s; a mark is echoed
-    when the audio before it has played, at once when nothing is buffered, and immediately
-    on ``clear``, which also drops the buffered audio.
+    Media is "buffered and played in the order received" at 8000 bytes/s; a mark (Plivo: a
+    checkpoint) is due when the audio before it has played, at once when nothing is buffered;
+    ``clear`` drops the buffered audio and returns the pending marks (Twilio echoes them at once,
+    Plivo answers none of them).
     """
 
     def __init__(self) -> None:
@@ -147,7 +158,7 @@ class PhonePlayback:
         return heard
 
 
-# --- Twilio stand-in: the caller -------------------------------------------------------------
+# --- The networks and the caller -------------------------------------------------------------
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -206,6 +217,199 @@ class TwilioMessages:
         return self._message("stop", stop={"accountSid": self.account_sid, "callSid": self.call_sid})
 
 
+class PlivoMessages:
+    """What Plivo sends on an Audio Streams websocket, as its docs show them (JSON strings).
+
+    ``sequenceNumber`` and ``chunk`` are numbers, ``timestamp`` a string; there is no ``connected``
+    and no documented ``stop`` (the socket closes); ``start`` carries the ``extraHeaders`` of the
+    ``<Stream>`` as ``extra_headers``.
+    """
+
+    def __init__(self) -> None:
+        self.stream_id = str(uuid.uuid4())
+        self.call_id = str(uuid.uuid4())
+        self.extra_headers = ""
+        self._seq = itertools.count(1)
+        self._chunk = itertools.count(1)
+
+    def _message(self, event: str, **body: Any) -> str:
+        return json.dumps({"event": event, "sequenceNumber": next(self._seq), "streamId": self.stream_id, **body})
+
+    def start(self, extra_headers: str) -> str:
+        self.extra_headers = extra_headers
+        return json.dumps({"event": "start", "sequenceNumber": next(self._seq), "start": {
+            "callId": self.call_id, "streamId": self.stream_id, "accountId": "MA" + "0" * 18,
+            "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
+        }, "extra_headers": extra_headers})
+
+    def media(self, ulaw: bytes, timestamp_ms: int = 0) -> str:
+        return self._message("media", media={
+            "track": "inbound", "timestamp": str(timestamp_ms), "chunk": next(self._chunk),
+            "payload": base64.b64encode(ulaw).decode(),
+        }, extra_headers=self.extra_headers)
+
+    def played_stream(self, name: str) -> str:
+        """The answer to a checkpoint whose audio has played."""
+        return self._message("playedStream", name=name)
+
+    def cleared_audio(self) -> str:
+        return json.dumps({"sequenceNumber": 0, "event": "clearedAudio", "streamId": self.stream_id})
+
+    def dtmf(self, digit: str) -> str:
+        return self._message("dtmf", dtmf={"track": "inbound", "digit": digit, "timestamp": str(int(time.time()))})
+
+
+def plivo_signature_headers(auth_token: str, method: str, url: str, params: dict[str, str]) -> dict[str, str]:
+    """``X-Plivo-Signature-V3`` and its nonce for a request, signed with the plivo SDK's own code."""
+    nonce = secrets.token_hex(12)
+    base = construct_post_url(url, dict(params)) if method == "POST" else construct_get_url(url, dict(params))
+    signature = get_signature_v3(auth_token.encode(), base.decode(), nonce.encode()).decode()
+    return {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce}
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the webhook answer told the phone network to do."""
+
+    says: list[str]
+    stream_url: str
+    stream_params: Any
+    """Twilio: the ``<Parameter>``s as a dict; Plivo: the ``extraHeaders`` string."""
+
+
+class Twilio:
+    """Twilio's side of a call: voice webhook, TwiML, Media Streams, ``mark`` echoes (cleared ones too)."""
+
+    name = "twilio"
+    answer_path = "/incoming-call"
+    echoes_cleared_marks = True
+    """Twilio docs: ``clear`` sends back every pending mark."""
+
+    def __init__(self) -> None:
+        self.messages = TwilioMessages()
+
+    def webhook(self, number: str) -> dict[str, str]:
+        return {"CallSid": self.messages.call_sid, "AccountSid": self.messages.account_sid, "From": number,
+                "To": "+14155550199", "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+
+    def sign(self, token: str, method: str, url: str, params: dict[str, str]) -> dict[str, str]:
+        return {"X-Twilio-Signature": twilio_signature(token, url, params)}
+
+    def read_answer(self, body: str) -> Answer:
+        root = ET.fromstring(body)
+        stream = root.find("./Connect/Stream")
+        if stream is None:
+            raise CallFailed("TwiML has no <Connect><Stream>: " + body[:200])
+        params = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
+        return Answer([el.text or "" for el in root.iter("Say")], stream.get("url", ""), params)
+
+    def handshake_url(self, stream_url: str) -> str:
+        return stream_url  # Twilio signs the wss:// URL itself
+
+    def opening(self, answer: Answer) -> list[str]:
+        return [self.messages.connected(), self.messages.start(answer.stream_params)]
+
+    def media(self, ulaw: bytes, timestamp_ms: int) -> str:
+        return self.messages.media(ulaw, timestamp_ms)
+
+    def played(self, name: str) -> str:
+        return self.messages.mark(name)
+
+    def cleared(self) -> str | None:
+        return None
+
+    def dtmf(self, digit: str) -> str:
+        return self.messages.dtmf(digit)
+
+    def goodbye(self) -> str | None:
+        return self.messages.stop()
+
+    def read(self, event: dict[str, Any]) -> tuple[str, str]:
+        """A relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
+        kind = event.get("event")
+        if event.get("streamSid") != self.messages.stream_sid:
+            raise CallFailed(f"relay sent {kind} with streamSid {event.get('streamSid')!r}")
+        if kind == "media":
+            return "media", event["media"]["payload"]
+        if kind == "mark":
+            return "mark", event["mark"]["name"]
+        if kind == "clear":
+            return "clear", ""
+        raise CallFailed(f"relay sent an unknown event {kind!r}")
+
+
+class Plivo:
+    """Plivo's side of a call: answer URL, Plivo XML, Audio Streams, ``playedStream`` for checkpoints
+    whose audio played; ``clearAudio`` drops the queue, answers ``clearedAudio`` and answers no
+    pending checkpoint."""
+
+    name = "plivo"
+    answer_path = "/plivo/answer"
+    echoes_cleared_marks = False
+
+    def __init__(self) -> None:
+        self.messages = PlivoMessages()
+
+    def webhook(self, number: str) -> dict[str, str]:
+        return {"CallUUID": self.messages.call_id, "From": number.lstrip("+"), "To": "14155550199",
+                "CallStatus": "ringing", "Direction": "inbound", "Event": "StartApp"}
+
+    def sign(self, token: str, method: str, url: str, params: dict[str, str]) -> dict[str, str]:
+        return plivo_signature_headers(token, method, url, params)
+
+    def read_answer(self, body: str) -> Answer:
+        root = ET.fromstring(body)
+        stream = root.find("./Stream")
+        if stream is None:
+            raise CallFailed("Plivo XML has no <Stream>: " + body[:200])
+        for attribute, wanted in (("bidirectional", "true"), ("keepCallAlive", "true"),
+                                  ("contentType", "audio/x-mulaw;rate=8000")):
+            if stream.get(attribute) != wanted:
+                raise CallFailed(f"<Stream {attribute}> is {stream.get(attribute)!r}, not {wanted!r}")
+        return Answer([el.text or "" for el in root.iter("Speak")], (stream.text or "").strip(),
+                      stream.get("extraHeaders", ""))
+
+    def handshake_url(self, stream_url: str) -> str:
+        return "http" + stream_url.removeprefix("ws")  # the https:// form, as Plivo's stream SDK checks it
+
+    def opening(self, answer: Answer) -> list[str]:
+        return [self.messages.start(answer.stream_params)]
+
+    def media(self, ulaw: bytes, timestamp_ms: int) -> str:
+        return self.messages.media(ulaw, timestamp_ms)
+
+    def played(self, name: str) -> str:
+        return self.messages.played_stream(name)
+
+    def cleared(self) -> str | None:
+        return self.messages.cleared_audio()
+
+    def dtmf(self, digit: str) -> str:
+        return self.messages.dtmf(digit)
+
+    def goodbye(self) -> str | None:
+        return None  # the socket closes; Plivo documents no stop
+
+    def read(self, event: dict[str, Any]) -> tuple[str, str]:
+        kind = event.get("event")
+        if event.get("streamId") != self.messages.stream_id:
+            raise CallFailed(f"relay sent {kind} with streamId {event.get('streamId')!r}")
+        if kind == "playAudio":
+            media = event["media"]
+            if (media.get("contentType"), media.get("sampleRate")) != ("audio/x-mulaw", 8000):
+                raise CallFailed(f"playAudio of {media.get('contentType')} at {media.get('sampleRate')}")
+            return "media", media["payload"]
+        if kind == "checkpoint":
+            return "mark", event["name"]
+        if kind == "clearAudio":
+            return "clear", ""
+        raise CallFailed(f"relay sent an unknown event {kind!r}")
+
+
+PhoneNetwork = Twilio | Plivo
+NETWORKS: dict[str, type[Twilio] | type[Plivo]] = {"twilio": Twilio, "plivo": Plivo}
+
+
 class CallFailed(Exception):
     """The simulated call did not go as scripted; the message says why."""
 
@@ -220,11 +424,13 @@ class BargeIn:
     """Milliseconds of that item the caller heard before the clear."""
 
 
-class TwilioCaller:
-    """The Twilio side of a call: webhook, media stream, real-time playback, a scripted mouth.
+class PhoneCaller:
+    """The phone network's side of a call: webhook, media stream, real-time playback, a scripted
+    mouth and keypad.
 
     Args:
-        number: the caller's number (the webhook's ``From``).
+        network: ``Twilio()`` or ``Plivo()``, the network's wire format and playback rules.
+        number: the caller's number in E.164 (the webhook's ``From``).
         turns: what the caller says and when.
         hangup: when the caller hangs up (a ``CallerTurn.when`` moment), or ``{"by": "assistant"}``
             to wait for the relay to close the stream.
@@ -237,6 +443,7 @@ class TwilioCaller:
 
     def __init__(
         self,
+        network: PhoneNetwork,
         number: str,
         turns: list[CallerTurn],
         hangup: dict[str, Any],
@@ -253,7 +460,7 @@ class TwilioCaller:
         self.auth_token = auth_token
         self.resolve = resolve
         self.playback = PhonePlayback()
-        self.messages = TwilioMessages()
+        self.network = network
         self.sent_audio: list[tuple[float, bytes]] = []
         self.mouth: deque[bytes] = deque()
         self.marks_echoed = 0
@@ -274,52 +481,41 @@ class TwilioCaller:
 
     # -- dialling --
 
-    async def dial(self, http: aiohttp.ClientSession, relay_url: str) -> tuple[str, dict[str, str]]:
-        """POST the voice webhook; returns the ``<Stream url>`` and its ``<Parameter>``s.
+    async def dial(self, http: aiohttp.ClientSession, relay_url: str) -> Answer:
+        """POST the voice webhook (Twilio) or answer URL (Plivo), signed; returns what it answered.
 
         Raises:
-            CallFailed: the webhook failed or the TwiML has no ``<Connect><Stream>``.
+            CallFailed: the webhook failed, or its answer has no bidirectional ``<Stream>``.
         """
-        url = relay_url.rstrip("/") + "/incoming-call"
-        form = {
-            "CallSid": self.messages.call_sid,
-            "AccountSid": self.messages.account_sid,
-            "From": self.number,
-            "To": "+14155550199",
-            "CallStatus": "ringing",
-            "Direction": "inbound",
-            "ApiVersion": "2010-04-01",
-        }
-        headers = {}
-        if self.auth_token:
-            headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, url, form)
-        self.timeline.add("twilio", f"POST /incoming-call From={self.number}")
+        network = self.network
+        url = relay_url.rstrip("/") + network.answer_path
+        form = network.webhook(self.number)
+        headers = network.sign(self.auth_token, "POST", url, form) if self.auth_token else {}
+        self.timeline.add(network.name, f"POST {network.answer_path} From={self.number}")
         async with http.post(url, data=form, headers=headers) as resp:
             body = await resp.text()
             if resp.status != 200:
                 raise CallFailed(f"voice webhook answered HTTP {resp.status}: {body[:200]}")
-        root = ET.fromstring(body)
-        self.twiml_say = [el.text or "" for el in root.iter("Say")]
-        for text in self.twiml_say:
-            self.timeline.add("twilio", f"<Say> {text}")
-        stream = root.find("./Connect/Stream")
-        if stream is None:
-            raise CallFailed("TwiML has no <Connect><Stream>: " + body[:200])
-        params = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
-        return stream.get("url", ""), params
+        answer = network.read_answer(body)
+        self.twiml_say = answer.says
+        for text in answer.says:
+            self.timeline.add(network.name, f"says {text!r}")
+        return answer
 
     async def run(self, http: aiohttp.ClientSession, relay_url: str) -> None:
         """Place the whole call. Raises CallFailed when it cannot be completed as scripted."""
-        stream_url, params = await self.dial(http, relay_url)
+        network = self.network
+        answer = await self.dial(http, relay_url)
+        stream_url = answer.stream_url
         headers = {}
         if self.auth_token:
-            headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, stream_url, {})
+            headers = network.sign(self.auth_token, "GET", network.handshake_url(stream_url), {})
         async with http.ws_connect(stream_url, headers=headers, autoping=True) as ws:
             self._ws = ws
             self.connected_at = time.monotonic()
-            self.timeline.add("twilio", f"stream connected {stream_url}")
-            await self._send(self.messages.connected())
-            await self._send(self.messages.start(params))
+            self.timeline.add(network.name, f"stream connected {stream_url}")
+            for message in network.opening(answer):
+                await self._send(message)
             tasks = [
                 asyncio.create_task(self._receive(ws)),
                 asyncio.create_task(self._speak_frames()),
@@ -341,7 +537,9 @@ class TwilioCaller:
             if script not in done and not self.hung_up_by:
                 self.hung_up_by = "relay"
             if self.hung_up_by == "caller":
-                await self._send(self.messages.stop())
+                goodbye = network.goodbye()
+                if goodbye is not None:
+                    await self._send(goodbye)
                 await ws.close()
             self.close_code = ws.close_code
 
@@ -362,7 +560,7 @@ class TwilioCaller:
                 self.sent_audio.append((time.monotonic(), frame))
                 if not self.mouth:
                     self._mouth_empty.set()
-            await self._send(self.messages.media(frame, timestamp))
+            await self._send(self.network.media(frame, timestamp))
             timestamp += 20
             await pacer.wait()
 
@@ -370,13 +568,10 @@ class TwilioCaller:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            event = json.loads(msg.data)
             now = time.monotonic()
-            kind = event.get("event")
-            if event.get("streamSid") != self.messages.stream_sid:
-                raise CallFailed(f"relay sent {kind} with streamSid {event.get('streamSid')!r}")
+            kind, value = self.network.read(json.loads(msg.data))
             if kind == "media":
-                payload = event["media"]["payload"]
+                payload = value
                 tag = self.resolve(payload) if self.resolve else None
                 if tag is not None and tag[0] in self.cut_items:
                     self.late_frames.append((now, tag[0]))
@@ -390,35 +585,38 @@ class TwilioCaller:
                         heard = "hears assistant audio" + (f" (item {tag[0][-6:]})" if tag else "")
                     self.timeline.add("caller", heard, at=max(now, self.playback.chunks[-1].start))
             elif kind == "mark":
-                for name in self.playback.enqueue_mark(now, event["mark"]["name"]):
+                for name in self.playback.enqueue_mark(now, value):
                     await self._echo(name)
                 self._wake.set()
-            elif kind == "clear":
+            else:  # clear
                 current = next(
                     (c for c in reversed(self.playback.chunks) if c.start <= now and c.played_bytes(now) > 0), None
                 )
                 item = current.tag[0] if current and current.tag else None
                 heard = self.playback.heard_bytes_by_item(now).get(item, 0) if item else 0
-                for name in self.playback.clear(now):
-                    await self._echo(name)
+                pending = self.playback.clear(now)
+                if self.network.echoes_cleared_marks:
+                    for name in pending:
+                        await self._echo(name)
+                cleared = self.network.cleared()
+                if cleared is not None:
+                    await self._send(cleared)
                 if current is not None and current.tag is None and self.resolve is not None:
                     self.music_clears += 1  # the end of waiting music, not a barge-in
-                    self.timeline.add("twilio", "clear (waiting music)")
+                    self.timeline.add(self.network.name, "clear (waiting music)")
                     continue
                 if item:
                     self.cut_items.add(item)
                 self.barge_ins.append(BargeIn(now, item, heard / BYTES_PER_MS))
                 self.timeline.add(
-                    "twilio",
+                    self.network.name,
                     "clear" + (f": caller heard {heard / BYTES_PER_MS:.0f} ms of item {item[-6:]}" if item else ""),
                 )
-            else:
-                raise CallFailed(f"relay sent an unknown event {kind!r}")
-        self.timeline.add("twilio", f"relay closed the stream (code {ws.close_code})")
+        self.timeline.add(self.network.name, f"relay closed the stream (code {ws.close_code})")
 
     async def _echo(self, name: str) -> None:
         self.marks_echoed += 1
-        await self._send(self.messages.mark(name))
+        await self._send(self.network.played(name))
 
     async def _echo_marks(self) -> None:
         """Echo each mark when the audio before it has played."""
@@ -474,10 +672,16 @@ class TwilioCaller:
         since = time.monotonic()
         for turn in self.turns:
             await self._wait_for(turn.when, since)
-            self.timeline.add("caller", f'says "{turn.text}"' if turn.text else "speaks")
-            self._mouth_empty.clear()
-            self.mouth.extend(audio.frames(turn.ulaw))
-            await self._mouth_empty.wait()
+            if turn.dtmf:
+                self.timeline.add("caller", f"presses {turn.dtmf}")
+                for digit in turn.dtmf:
+                    await self._send(self.network.dtmf(digit))
+                    await asyncio.sleep(KEY_PRESS_S)
+            else:
+                self.timeline.add("caller", f'says "{turn.text}"' if turn.text else "speaks")
+                self._mouth_empty.clear()
+                self.mouth.extend(audio.frames(turn.ulaw))
+                await self._mouth_empty.wait()
             since = time.monotonic()
         if self.hangup.get("by") == "assistant":
             self.timeline.add("caller", "waits for the assistant to hang up")

@@ -27,7 +27,7 @@ import relay
 import simulate
 import standin_openai
 from config import Config
-from standin_phone import TwilioMessages
+from standin_phone import Answer, Plivo, Twilio
 from tools import SmtpSecurity, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,36 +59,53 @@ def speech(name: str) -> bytes:
     return audio.to_ulaw_8k(audio.load_wav(ROOT / "assets" / f"{name}.wav"))
 
 
-class TwilioLeg:
-    """A raw Media Streams client: what Twilio sends and receives, frame by frame."""
+class RawLeg:
+    """A raw media-stream client: what Twilio (or Plivo) sends and receives, frame by frame."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, network: Twilio | Plivo) -> None:
         self.ws = ws
-        self.messages = TwilioMessages()
-        self.stream_sid = self.messages.stream_sid
+        self.network = network
+        self.stream_sid = network.messages.stream_sid if isinstance(network, Twilio) else network.messages.stream_id
 
     @classmethod
-    async def open(cls, http: aiohttp.ClientSession, base_url: str, path: str = "/media-stream",
-                   headers: dict[str, str] | None = None) -> TwilioLeg:
-        ws = await http.ws_connect(base_url.replace("http://", "ws://") + path, headers=headers or {})
-        return cls(ws)
+    async def open(cls, http: aiohttp.ClientSession, base_url: str, path: str | None = None,
+                   headers: dict[str, str] | None = None, network: Twilio | Plivo | None = None,
+                   auth_token: str | None = None) -> RawLeg:
+        """Open the network's media websocket (signed with ``auth_token`` when given)."""
+        network = network or Twilio()
+        path = path or ("/media-stream" if isinstance(network, Twilio) else "/plivo/media-stream")
+        url = base_url.replace("http://", "ws://") + path
+        if auth_token:
+            headers = {**network.sign(auth_token, "GET", network.handshake_url(url), {}), **(headers or {})}
+        return cls(await http.ws_connect(url, headers=headers or {}), network)
 
     async def send(self, event: dict[str, Any]) -> None:
         """Send any JSON object as it is (malformed frames included)."""
         await self.ws.send_str(json.dumps(event))
 
     async def start(self, caller: str = CALLER) -> None:
-        await self.ws.send_str(self.messages.connected())
-        await self.ws.send_str(self.messages.start({"caller_number": caller}))
+        params: Any = {"caller_number": caller}
+        if isinstance(self.network, Plivo):
+            params = f"callerNumber={caller.lstrip('+')}"
+        for message in self.network.opening(Answer([], "", params)):
+            await self.ws.send_str(message)
 
     async def media(self, ulaw: bytes) -> None:
-        await self.ws.send_str(self.messages.media(ulaw))
+        await self.ws.send_str(self.network.media(ulaw, 0))
 
     async def mark(self, name: str) -> None:
-        await self.ws.send_str(self.messages.mark(name))
+        """Report a mark (checkpoint) as played."""
+        await self.ws.send_str(self.network.played(name))
+
+    async def dtmf(self, digit: str) -> None:
+        await self.ws.send_str(self.network.dtmf(digit))
 
     async def stop(self) -> None:
-        await self.ws.send_str(self.messages.stop())
+        goodbye = self.network.goodbye()
+        if goodbye is None:
+            await self.ws.close()
+        else:
+            await self.ws.send_str(goodbye)
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
         """The next JSON message from the relay, or None when the relay closed the socket."""
@@ -97,6 +114,11 @@ class TwilioLeg:
             return None
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
         return json.loads(msg.data)
+
+    async def recv_kind(self, timeout: float = 5.0) -> tuple[str, str] | None:
+        """The next relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
+        event = await self.recv(timeout)
+        return None if event is None else self.network.read(event)
 
     async def closed(self, timeout: float = 5.0) -> int | None:
         """Read until the relay closes; returns the close code."""

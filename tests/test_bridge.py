@@ -11,7 +11,7 @@ import time
 
 import aiohttp
 import pytest
-from support import TwilioLeg, make_config, process_env, relay_process, start_relay, start_standin, until
+from support import RawLeg, make_config, process_env, relay_process, start_relay, start_standin, until
 
 import simulate
 from config import VadType
@@ -24,7 +24,7 @@ def _noise(n: int, seed: int) -> bytes:
     return bytes(rng.randrange(0, 0x7F) for _ in range(n))
 
 
-async def _collect_audio(leg: TwilioLeg, nbytes: int, echo_marks: bool = True) -> tuple[bytes, list[str]]:
+async def _collect_audio(leg: RawLeg, nbytes: int, echo_marks: bool = True) -> tuple[bytes, list[str]]:
     """Read relay messages until ``nbytes`` of media and the mark after it arrived; returns audio and the
     event order."""
     audio, order = bytearray(), []
@@ -41,11 +41,11 @@ async def _collect_audio(leg: TwilioLeg, nbytes: int, echo_marks: bool = True) -
 
 
 async def _greeted_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
-                        seed: int) -> tuple[RealtimeStandIn, str, TwilioLeg]:
+                        seed: int) -> tuple[RealtimeStandIn, str, RawLeg]:
     """A call in progress: stand-in, relay and Twilio leg, with a 100 ms greeting heard and marked."""
     standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(800, seed))])
     base = await start_relay(stack, make_config(url))
-    leg = await TwilioLeg.open(http, base)
+    leg = await RawLeg.open(http, base)
     await leg.start()
     await _collect_audio(leg, 800)
     return standin, base, leg
@@ -58,7 +58,7 @@ async def test_whole_call_protocol(stack: contextlib.AsyncExitStack, http: aioht
     standin, url = await start_standin(stack, [AssistantTurn(ulaw=greeting, transcript="Hello Jordan")])
     standin.session_updated_delay_s = 0.3
     base = await start_relay(stack, make_config(url, vad_type=VadType.NONE))
-    leg = await TwilioLeg.open(http, base)
+    leg = await RawLeg.open(http, base)
     await leg.start()
     sent = _noise(160 * 40, seed=2)
     for i in range(0, len(sent), 160):  # 800 ms of audio, most of it before session.updated
@@ -97,7 +97,7 @@ async def test_assistant_audio_in_order_with_marks(stack: contextlib.AsyncExitSt
     answer = _noise(8000 * 2, seed=3)
     _standin, url = await start_standin(stack, [AssistantTurn(ulaw=answer, delta_ms=(20, 300))])
     base = await start_relay(stack, make_config(url))
-    leg = await TwilioLeg.open(http, base)
+    leg = await RawLeg.open(http, base)
     await leg.start()
     heard, order = await _collect_audio(leg, len(answer), echo_marks=False)
     assert heard == answer
@@ -142,7 +142,7 @@ async def test_unreachable_realtime(stack: contextlib.AsyncExitStack, http: aioh
                                     caplog: pytest.LogCaptureFixture) -> None:
     """If the Realtime socket cannot be opened, the call ends at once (1011), logged once, counted."""
     base = await start_relay(stack, make_config(f"ws://127.0.0.1:{simulate.free_port()}/v1/realtime"))
-    leg = await TwilioLeg.open(http, base)
+    leg = await RawLeg.open(http, base)
     await leg.start()
     assert await leg.closed() == 1011
     assert len([r for r in caplog.records if r.message.startswith("realtime connect failed")]) == 1
@@ -179,7 +179,7 @@ async def test_concurrent_calls_are_isolated(stack: contextlib.AsyncExitStack, h
     standin, url = await start_standin(stack, script)
     config = make_config(url, secondary_numbers=("+14155550111",), vad_type=VadType.NONE)
     base = await start_relay(stack, config)
-    legs = [await TwilioLeg.open(http, base), await TwilioLeg.open(http, base)]
+    legs = [await RawLeg.open(http, base), await RawLeg.open(http, base)]
     await legs[0].start()
     await legs[1].start(caller="+14155550111")
     await until(lambda: len(standin.sessions) == 2 and all(s.updated_at for s in standin.sessions))
@@ -207,7 +207,7 @@ async def test_relay_process_serves_a_call_and_drains_on_sigterm(stack: contextl
     env = process_env(OPENAI_API_KEY="sk-sub", OPENAI_REALTIME_URL=url, PORT=str(simulate.free_port()),
                       ALLOW_ALL_CALLERS="true", VAD_TYPE="server_vad")
     async with relay_process(http, env) as relay:
-        leg = await TwilioLeg.open(http, relay.base_url)
+        leg = await RawLeg.open(http, relay.base_url)
         await leg.start()
         heard, _ = await _collect_audio(leg, 1600)
         assert heard == _noise(1600, 40)

@@ -7,7 +7,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import aiohttp
-from support import CALLER, TwilioLeg, make_config, start_relay
+from support import CALLER, RawLeg, make_config, start_relay
 
 from standin_phone import twilio_signature
 
@@ -106,10 +106,10 @@ async def test_webhook_signature(stack: contextlib.AsyncExitStack, http: aiohttp
 async def test_media_stream_signature(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
     """An unsigned media-stream handshake is closed with 1008 and never reaches OpenAI."""
     base = await start_relay(stack, make_config(twilio_auth_token="tok"))
-    leg = await TwilioLeg.open(http, base)
+    leg = await RawLeg.open(http, base)
     await leg.start()
     assert await leg.closed() == 1008
-    wrong = await TwilioLeg.open(http, base, headers={"X-Twilio-Signature": "bm9wZQ=="})
+    wrong = await RawLeg.open(http, base, headers={"X-Twilio-Signature": "bm9wZQ=="})
     assert await wrong.closed() == 1008
     async with http.get(base + "/health") as resp:
         assert (await resp.json())["connections"]["total"] == 0
@@ -119,6 +119,6 @@ async def test_media_stream_refuses_unlisted_caller(stack: contextlib.AsyncExitS
                                                     http: aiohttp.ClientSession) -> None:
     """A stream whose caller_number is not allowed is closed with 1008 before any upstream connect."""
     base = await start_relay(stack, make_config())
-    leg = await TwilioLeg.open(http, base)
+    leg = await RawLeg.open(http, base)
     await leg.start(caller="+12125550123")
     assert await leg.closed() == 1008

@@ -215,3 +215,25 @@ def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
     assert any(" DEBUG bridge: realtime " in line for line in log_lines)
     assert len(log_lines) <= 20 * pcm.duration_ms / 1000, len(log_lines)
     assert "sk-simulator-offline" not in result.stdout + result.stderr
+
+
+def test_simulate_cli_over_plivo_with_key_presses(tmp_path: Path) -> None:
+    """`python simulate.py --phone plivo --scenario FILE` holds a call over Plivo in which the caller presses keys and
+    the assistant answers them."""
+    scenario = {
+        "assistant": [{"audio": str(ROOT / "assets" / "assistant_short.wav"), "transcript": "Hello Jordan."},
+                      {"audio": str(ROOT / "assets" / "assistant_short.wav"), "transcript": "You pressed 1, 2 and #."}],
+        "caller": [{"dtmf": "12#", "when": {"after": "assistant_done", "delay_ms": 200}}],
+        "hangup": {"after": "assistant_done", "delay_ms": 300},
+        "expect_barge_ins": 0,
+    }
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(scenario))
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--phone", "plivo", "--scenario", str(path),
+                             "--out", str(tmp_path / "keys.wav")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "call completed as scripted" in lines
+    assert any(line.endswith("plivo    POST /plivo/answer From=+14155550100") for line in lines)
+    assert any(line.endswith("caller   presses 12#") for line in lines)

@@ -8,6 +8,7 @@ import itertools
 import json
 from typing import Any
 
+import pytest
 from support import smtp_server, smtp_settings, speech
 
 import simulate
@@ -54,9 +55,10 @@ def client_events(result: CallResult, kind: str) -> list[tuple[float, dict[str, 
     return [(at, e) for at, e in session.received if e.get("type") == kind]
 
 
-async def test_one_moment_then_search_with_music_then_goodbye_heard_in_full() -> None:
-    """'One moment' and a search in one response: the search is answered, music starts at the threshold
-    and stops at the first assistant audio, and the line closes only after the whole goodbye was heard."""
+@pytest.mark.parametrize("phone", ["twilio", "plivo"])
+async def test_one_moment_then_search_with_music_then_goodbye_heard_in_full(phone: str) -> None:
+    """'One moment' and a search in one response, on either network: the search is answered, music starts at the
+    threshold and stops at the first assistant audio, and the line closes only after the whole goodbye was heard."""
     scenario = Scenario(
         assistant=[
             AssistantTurn(speech("assistant_one_moment"), "One moment, let me look that up.",
@@ -72,7 +74,7 @@ async def test_one_moment_then_search_with_music_then_goodbye_heard_in_full() ->
         expect_wait_music=True,
         web_search=WebSearchScript(delay_ms=4000),
     )
-    result = await simulate.simulate_call(scenario, seed=3, wait_music_threshold_ms=2000)
+    result = await simulate.simulate_call(scenario, seed=3, phone=phone, wait_music_threshold_ms=2000)
     assert result.ok, result.problems
     assert result.standin is not None
     end = result.caller.ended_at or 0.0
@@ -110,8 +112,10 @@ def _spoken_items(result: CallResult) -> list[str]:
     return seen
 
 
-async def test_barge_in_during_the_goodbye_hangs_up_at_once() -> None:
-    """The caller talking over the goodbye clears it, and the line closes right away instead of hanging."""
+@pytest.mark.parametrize("phone", ["twilio", "plivo"])
+async def test_barge_in_during_the_goodbye_hangs_up_at_once(phone: str) -> None:
+    """The caller talking over the goodbye clears it, and the line closes right away instead of hanging (on Plivo
+    no checkpoint is answered after clearAudio, so nothing may wait for one)."""
     scenario = Scenario(
         assistant=[AssistantTurn(function_calls=[("end_call", {})]),
                    AssistantTurn(speech("assistant_long"), "A long goodbye...")],
@@ -119,7 +123,7 @@ async def test_barge_in_during_the_goodbye_hangs_up_at_once() -> None:
         hangup={"by": "assistant"},
         expect_barge_ins=1,
     )
-    result = await simulate.simulate_call(scenario, seed=5)
+    result = await simulate.simulate_call(scenario, seed=5, phone=phone)
     assert result.ok, result.problems
     [barge_in] = result.caller.barge_ins
     assert 900 <= barge_in.heard_ms <= 1300

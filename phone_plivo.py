@@ -1,0 +1,219 @@
+"""The Plivo dialect: Audio Streams messages, Plivo XML answers and V3 signature checks.
+
+Plivo's wire names are written here once. ``DIALECT`` drives a ``phone_ws.WebSocketLeg``; the
+bridge sees only the transport-neutral phone events of ``protocol``.
+
+Sources: Plivo Audio Streaming guide and XML reference (``<Stream>``; events ``start``, ``media``,
+``dtmf``, ``playedStream``, ``clearedAudio`` in; ``playAudio``, ``checkpoint``, ``clearAudio`` out);
+Plivo "Validating requests" (``X-Plivo-Signature-V3``); the ``plivo`` SDK (``plivoxml``,
+``plivo.utils.signature_v3``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from plivo import plivoxml
+from plivo.utils.signature_v3 import construct_get_url, get_signature_v3, validate_v3_signature
+
+from phone_ws import Dialect
+from protocol import (
+    MalformedFrame,
+    PhoneAudio,
+    PhoneDtmf,
+    PhoneEvent,
+    PhoneMarkPlayed,
+    PhoneStart,
+    PhoneStop,
+    decode_json_object,
+    inner_text,
+)
+
+logger = logging.getLogger("phone_plivo")
+
+MAX_MESSAGE_BYTES = 64 * 1024
+"""Plivo's websocket message limit (Audio Streaming guide: 64 KB)."""
+CONTENT_TYPE = "audio/x-mulaw;rate=8000"
+CALLER_HEADER = "callerNumber"
+"""The ``extraHeaders`` key carrying the caller's E.164 number without its ``+`` (the XML reference
+allows only letters and digits there)."""
+_HEADER_SPLIT = re.compile(r"[,;]")
+
+
+# --- Audio Streams messages ------------------------------------------------------------------
+
+
+def play_audio_message(stream_id: str, payload: str) -> str:
+    """Outbound ``playAudio``: base64 µ-law 8 kHz, queued and played in order. Plivo's own SDK sends
+    no ``streamId`` here and pipecat sends one; both are reported to work, so it is sent."""
+    return json.dumps({"event": "playAudio", "streamId": stream_id,
+                       "media": {"contentType": "audio/x-mulaw", "sampleRate": 8000, "payload": payload}})
+
+
+def checkpoint_message(stream_id: str, name: str) -> str:
+    """Outbound ``checkpoint``: Plivo answers ``playedStream`` with this name once the audio before
+    it has played. After ``clearAudio`` pending checkpoints are never answered."""
+    return json.dumps({"event": "checkpoint", "streamId": stream_id, "name": name})
+
+
+def clear_audio_message(stream_id: str) -> str:
+    """Outbound ``clearAudio``: drops every queued ``playAudio``; Plivo answers ``clearedAudio``."""
+    return json.dumps({"event": "clearAudio", "streamId": stream_id})
+
+
+def extra_headers(raw: Any) -> dict[str, str]:
+    """``start.extra_headers`` (``"k1=v1,k2=v2"``, or ``;``-separated as the guide writes it) as a
+    dict; the caller's number under ``caller_number`` in E.164, as the bridge reads it."""
+    headers: dict[str, str] = {}
+    if type(raw) is not str:
+        return headers
+    for pair in _HEADER_SPLIT.split(raw):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            headers[key.strip()] = value.strip()
+    digits = headers.pop(CALLER_HEADER, "")
+    if digits.isdigit():
+        headers["caller_number"] = "+" + digits
+    return headers
+
+
+def parse_message(text: str) -> PhoneEvent | None:
+    """One Plivo Audio Streams message as a phone event.
+
+    Returns:
+        ``PhoneStart``, ``PhoneAudio`` (``media``), ``PhoneMarkPlayed`` (``playedStream``, or
+        ``played`` as a support article names it), ``PhoneDtmf`` or ``PhoneStop``; None for
+        ``clearedAudio`` and types the relay does not use.
+
+    Raises:
+        MalformedFrame: not JSON, not an object, or a known event missing what the relay reads.
+    """
+    try:
+        event = decode_json_object(text)
+    except ValueError as exc:
+        raise MalformedFrame("json", f"{exc} from plivo ignored") from None
+    kind = event.get("event")
+    if kind == "media":  # the hot path: 50 a second per call
+        payload = inner_text(event, "media", "payload")
+        if payload is None:
+            raise MalformedFrame("media", "plivo media without a payload dropped")
+        return PhoneAudio(payload)
+    if kind in ("playedStream", "played"):
+        name = event.get("name")
+        if type(name) is not str:
+            raise MalformedFrame("playedStream", "plivo playedStream without a name dropped")
+        return PhoneMarkPlayed(name)
+    if kind == "start":
+        start = event.get("start")
+        stream_id = start.get("streamId") if type(start) is dict else None
+        if type(stream_id) is not str:
+            raise MalformedFrame("start", "plivo start without start.streamId dropped")
+        call_id = start.get("callId")
+        return PhoneStart(stream_id, call_id if type(call_id) is str else "", extra_headers(event.get("extra_headers")))
+    if kind == "dtmf":
+        digit = inner_text(event, "dtmf", "digit")
+        if digit is None:
+            raise MalformedFrame("dtmf", "plivo dtmf without a digit dropped")
+        return PhoneDtmf(digit)
+    if kind == "stop":
+        return PhoneStop()
+    if kind != "clearedAudio":
+        logger.debug("plivo %s ignored", kind)
+    return None
+
+
+DIALECT = Dialect("plivo", parse_message, play_audio_message, checkpoint_message, clear_audio_message,
+                  MAX_MESSAGE_BYTES)
+"""Plivo Audio Streams, for ``phone_ws.WebSocketLeg``."""
+
+
+# --- Plivo XML ---------------------------------------------------------------------------------
+
+
+def stream_xml(say: str, stream_url: str, caller_number: str) -> str:
+    """``<Speak>`` then a bidirectional ``<Stream>`` that keeps the call alive, µ-law 8 kHz in and out,
+    with the caller's number in ``extraHeaders``. Closing the stream then ends the call."""
+    response = plivoxml.ResponseElement()
+    response.add(plivoxml.SpeakElement(say))
+    response.add(plivoxml.StreamElement(
+        stream_url,
+        bidirectional=True,
+        keepCallAlive=True,
+        audioTrack="inbound",
+        contentType=CONTENT_TYPE,
+        extraHeaders=f"{CALLER_HEADER}={caller_number.lstrip('+')}",
+    ))
+    return str(response.to_string(pretty=False))
+
+
+def hang_up_xml(say: str) -> str:
+    """``<Speak>`` then ``<Hangup/>``."""
+    response = plivoxml.ResponseElement()
+    response.add(plivoxml.SpeakElement(say))
+    response.add(plivoxml.HangupElement())
+    return str(response.to_string(pretty=False))
+
+
+def caller_number(raw: str | None) -> str | None:
+    """Plivo's ``From`` (E.164 digits without ``+``, e.g. ``14155550100``) made readable by
+    ``config.find_caller``: a ``+`` is put back in front of an all-digit number."""
+    if raw and raw.isdigit():
+        return "+" + raw
+    return raw
+
+
+# --- Signatures ------------------------------------------------------------------------------
+
+
+class Signatures:
+    """``X-Plivo-Signature-V3`` checks with the plivo SDK (``X-Plivo-Signature-Ma-V3`` is accepted
+    too, checked with the same token: it matches when ``PLIVO_AUTH_TOKEN`` is the main account's).
+
+    The signature is HMAC-SHA256 over the URL (and, for a POST, the sorted form parameters) and
+    ``X-Plivo-Signature-V3-Nonce``; the header may hold several comma-separated signatures.
+    """
+
+    NONCE = "X-Plivo-Signature-V3-Nonce"
+    HEADERS = ("X-Plivo-Signature-V3", "X-Plivo-Signature-Ma-V3")
+
+    def __init__(self, auth_token: str | None) -> None:
+        self._token = auth_token
+
+    @property
+    def enabled(self) -> bool:
+        """True when ``PLIVO_AUTH_TOKEN`` is set."""
+        return self._token is not None
+
+    def valid(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+        """True when a signature header matches ``method``, ``url`` (``http(s)://``) and ``params``
+        for the request's nonce; False without a nonce, a signature or a token."""
+        nonce = headers.get(self.NONCE)
+        if self._token is None or not nonce:
+            return False
+        for header in self.HEADERS:
+            signature = headers.get(header)
+            if not signature:
+                continue
+            try:
+                if validate_v3_signature(method, url, nonce, self._token, signature, dict(params)):
+                    return True
+            except Exception:  # the SDK raises its ValidationError for malformed arguments
+                logger.debug("plivo signature check refused its arguments", exc_info=True)
+        return False
+
+    def valid_handshake(self, https_url: str, wss_url: str, headers: Mapping[str, str]) -> bool:
+        """The media websocket's handshake, signed as a GET. Whether Plivo signs the ``https://``
+        or the ``wss://`` form of the URL is not documented: Plivo's own stream SDK checks the
+        ``https://`` form, and both are accepted (the SDK's validator refuses ``wss://`` URLs, so
+        that form is computed with its signing functions directly)."""
+        if self.valid("GET", https_url, {}, headers):
+            return True
+        nonce = headers.get(self.NONCE)
+        if self._token is None or not nonce:
+            return False
+        expected = get_signature_v3(self._token.encode(), construct_get_url(wss_url, {}).decode(), nonce.encode())
+        return any(expected in headers.get(header, "").encode().split(b",") for header in self.HEADERS)
