@@ -12,22 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from phone_ws import Dialect
-from protocol import (
-    MalformedFrame,
-    PhoneAudio,
-    PhoneDtmf,
-    PhoneEvent,
-    PhoneMarkPlayed,
-    PhoneStart,
-    PhoneStop,
-    decode_json_object,
-    inner_text,
-)
+from phone_ws import Dialect, parse_frame
+from protocol import MalformedFrame, PhoneEvent, PhoneStart, inner_text
 
 logger = logging.getLogger("phone_twilio")
 
@@ -59,6 +50,20 @@ def clear_message(stream_sid: str) -> str:
     return json.dumps({"event": "clear", "streamSid": stream_sid})
 
 
+def _start(event: dict[str, Any]) -> PhoneStart:
+    start = event.get("start")
+    if type(start) is not dict or type(start.get("streamSid")) is not str:
+        raise MalformedFrame("start", "twilio start without start.streamSid dropped")
+    params = start.get("customParameters")
+    custom = {k: v for k, v in params.items() if type(v) is str} if type(params) is dict else {}
+    call_sid = start.get("callSid")
+    return PhoneStart(start["streamSid"], call_sid if type(call_sid) is str else "", custom)
+
+
+_MARKS = frozenset({"mark"})
+_QUIET = frozenset({"connected"})
+
+
 def parse_message(text: str) -> PhoneEvent | None:
     """One Twilio Media Streams message as a phone event.
 
@@ -66,45 +71,14 @@ def parse_message(text: str) -> PhoneEvent | None:
         text: one websocket text frame from Twilio.
 
     Returns:
-        ``PhoneStart``, ``PhoneAudio`` (``media``), ``PhoneMarkPlayed`` (a ``mark`` echo),
-        ``PhoneDtmf`` or ``PhoneStop``; None for ``connected`` and types the relay does not use.
+        ``PhoneStart`` (``streamSid``, ``callSid``, ``customParameters``), ``PhoneAudio``
+        (``media``), ``PhoneMarkPlayed`` (a ``mark`` echo), ``PhoneDtmf`` or ``PhoneStop``; None
+        for ``connected`` and types the relay does not use.
 
     Raises:
         MalformedFrame: not JSON, not an object, or a known event missing what the relay reads.
     """
-    try:
-        event = decode_json_object(text)
-    except ValueError as exc:
-        raise MalformedFrame("json", f"{exc} from twilio ignored") from None
-    kind = event.get("event")
-    if kind == "media":  # the hot path: 50 a second per call
-        payload = inner_text(event, "media", "payload")
-        if payload is None:
-            raise MalformedFrame("media", "twilio media without a payload dropped")
-        return PhoneAudio(payload)
-    if kind == "mark":
-        name = inner_text(event, "mark", "name")
-        if name is None:
-            raise MalformedFrame("mark", "twilio mark without a name dropped")
-        return PhoneMarkPlayed(name)
-    if kind == "start":
-        start = event.get("start")
-        if type(start) is not dict or type(start.get("streamSid")) is not str:
-            raise MalformedFrame("start", "twilio start without start.streamSid dropped")
-        params = start.get("customParameters")
-        custom = {k: v for k, v in params.items() if type(v) is str} if type(params) is dict else {}
-        call_sid = start.get("callSid")
-        return PhoneStart(start["streamSid"], call_sid if type(call_sid) is str else "", custom)
-    if kind == "dtmf":
-        digit = inner_text(event, "dtmf", "digit")
-        if digit is None:
-            raise MalformedFrame("dtmf", "twilio dtmf without a digit dropped")
-        return PhoneDtmf(digit)
-    if kind == "stop":
-        return PhoneStop()
-    if kind != "connected":
-        logger.debug("twilio %s ignored", kind)
-    return None
+    return parse_frame(text, "twilio", _start, _MARKS, lambda event: inner_text(event, "mark", "name"), _QUIET)
 
 
 # --- TwiML ---------------------------------------------------------------------------------

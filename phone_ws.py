@@ -5,14 +5,77 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from protocol import MalformedFrame, PhoneEvent, PhoneStart
+from protocol import (
+    MalformedFrame,
+    PhoneAudio,
+    PhoneDtmf,
+    PhoneEvent,
+    PhoneMarkPlayed,
+    PhoneStart,
+    PhoneStop,
+    decode_json_object,
+    inner_text,
+)
 
 logger = logging.getLogger("phone")
 
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+def parse_frame(
+    text: str,
+    network: str,
+    start: Callable[[dict[str, Any]], PhoneStart],
+    mark_events: frozenset[str],
+    mark_name: Callable[[dict[str, Any]], str | None],
+    quiet: frozenset[str] = frozenset(),
+) -> PhoneEvent | None:
+    """One media-stream text frame as a phone event: what Twilio's and Plivo's frames share
+    (``{"event": ...}``, ``media.payload``, ``dtmf.digit``, ``stop``), with each dialect's own
+    start, mark event names and mark name.
+
+    Args:
+        text: the frame.
+        network: for messages (``twilio``).
+        start: the dialect's start frame to a ``PhoneStart`` (raises MalformedFrame).
+        mark_events: the event names that report a mark played (``mark``; ``playedStream``).
+        mark_name: the mark's name from such an event, or None.
+        quiet: events that are expected and ignored without a DEBUG line.
+
+    Raises:
+        MalformedFrame: not JSON, not an object, or a known event missing what the relay reads.
+    """
+    try:
+        event = decode_json_object(text)
+    except ValueError as exc:
+        raise MalformedFrame("json", f"{exc} from {network} ignored") from None
+    kind = event.get("event")
+    if kind == "media":  # the hot path: 50 a second per call
+        payload = inner_text(event, "media", "payload")
+        if payload is None:
+            raise MalformedFrame("media", f"{network} media without a payload dropped")
+        return PhoneAudio(payload)
+    if kind in mark_events:
+        name = mark_name(event)
+        if name is None:
+            raise MalformedFrame("mark", f"{network} {kind} without a name dropped")
+        return PhoneMarkPlayed(name)
+    if kind == "start":
+        return start(event)
+    if kind == "dtmf":
+        digit = inner_text(event, "dtmf", "digit")
+        if digit is None:
+            raise MalformedFrame("dtmf", f"{network} dtmf without a digit dropped")
+        return PhoneDtmf(digit)
+    if kind == "stop":
+        return PhoneStop()
+    if kind not in quiet:
+        logger.debug("%s %s ignored", network, kind)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

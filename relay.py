@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -184,44 +184,49 @@ async def incoming_call(request: web.Request) -> web.Response:
 
     Twilio docs: the webhook is form-encoded and signed with ``X-Twilio-Signature``.
     """
-    config = request.app[CONFIG]
     params = await _form(request)
-    url = public_origin(config, request) + request.path_qs
+    url = public_origin(request.app[CONFIG], request) + request.path_qs
     if not request.app[TWILIO_SIGNATURES].valid(url, params, request.headers):
         logger.warning("rejected /incoming-call: bad X-Twilio-Signature")
         return web.Response(status=403, text="invalid signature")
-    raw_from = params.get("From") or request.query.get("From")
-    caller = find_caller(config, raw_from)
-    if caller is None:
-        logger.info("restricted caller %s refused", mask_number(raw_from or ""))
-        twiml = phone_twilio.hang_up_twiml(RESTRICTED_MESSAGE)
-    else:
-        stream_url = stream_origin(config, request) + "/media-stream"
-        twiml = phone_twilio.stream_twiml(welcome_message(config, caller), stream_url, {"caller_number": caller.number})
+    twiml = _answer(request, params.get("From") or request.query.get("From"), phone_twilio.hang_up_twiml,
+                    lambda say, url, number: phone_twilio.stream_twiml(say, url, {"caller_number": number}),
+                    "/media-stream")
     return web.Response(text=twiml, content_type="text/xml")
 
 
 async def plivo_answer(request: web.Request) -> web.Response:
     """``/plivo/answer`` (Plivo answer URL, GET or POST): answer with Plivo XML; 404 unless
     ``PLIVO_AUTH_TOKEN`` is set, 403 without a valid ``X-Plivo-Signature-V3``."""
-    config = request.app[CONFIG]
     signatures = request.app[PLIVO_SIGNATURES]
     if not signatures.enabled:
         raise web.HTTPNotFound()
     params = await _form(request)
-    url = public_origin(config, request) + request.path_qs
+    url = public_origin(request.app[CONFIG], request) + request.path_qs
     if not signatures.valid(request.method, url, params, request.headers):
         logger.warning("rejected /plivo/answer: bad X-Plivo-Signature-V3")
         return web.Response(status=403, text="invalid signature")
     raw_from = phone_plivo.caller_number(params.get("From") or request.query.get("From"))
+    xml = _answer(request, raw_from, phone_plivo.hang_up_xml, phone_plivo.stream_xml, "/plivo/media-stream")
+    return web.Response(text=xml, content_type="application/xml")
+
+
+def _answer(
+    request: web.Request,
+    raw_from: str | None,
+    hang_up: Callable[[str], str],
+    stream: Callable[[str, str, str], str],
+    media_path: str,
+) -> str:
+    """The webhook answer in the network's language: the restricted-line message and a hang-up for a
+    caller on no allowlist; otherwise the welcome, then a stream to ``media_path`` carrying the
+    caller's E.164 number."""
+    config = request.app[CONFIG]
     caller = find_caller(config, raw_from)
     if caller is None:
         logger.info("restricted caller %s refused", mask_number(raw_from or ""))
-        xml = phone_plivo.hang_up_xml(RESTRICTED_MESSAGE)
-    else:
-        stream_url = stream_origin(config, request) + "/plivo/media-stream"
-        xml = phone_plivo.stream_xml(welcome_message(config, caller), stream_url, caller.number)
-    return web.Response(text=xml, content_type="application/xml")
+        return hang_up(RESTRICTED_MESSAGE)
+    return stream(welcome_message(config, caller), stream_origin(config, request) + media_path, caller.number)
 
 
 async def media_stream(request: web.Request) -> web.WebSocketResponse:
