@@ -79,13 +79,23 @@ def _problems(exc: ValidationError) -> list[str]:
 
 
 def warm_up_validators() -> None:
-    """Build the pydantic validators now (a few hundred ms) rather than mid-call, then move the
-    import-time heap out of the collector's reach: with the openai types loaded a full collection
-    takes ~50 ms, long enough to skew the simulated clocks (``gc.freeze``). Once per process."""
+    """Build the pydantic validators now (~450 ms) rather than mid-call, then move the import-time
+    heap out of the collector's reach: with the openai types loaded a full collection takes ~50 ms,
+    long enough to skew the simulated clocks (``gc.freeze``). Once per process.
+
+    The stand-ins share the event loop with the relay in tests, so a validator built on first use
+    stalls the relay's audio: the Responses stand-in's first answer (108 ms to build ``Response``)
+    used to land in the waiting music and leave a 50 ms gap the caller heard.
+    """
     if _event_adapter.cache_info().currsize == 2:
         return
     client_event_problems({"type": "response.cancel"})
     server_event_problems({"type": "session.created"})
+    responses_request_problems({"model": "warm-up", "input": "warm-up", "tools": [{"type": "web_search"}],
+                                "tool_choice": "required"})
+    Response.model_validate({"id": "resp_warm_up", "object": "response", "created_at": 0, "status": "completed",
+                             "model": "warm-up", "output": [], "parallel_tool_calls": True,
+                             "tool_choice": "required", "tools": []})
     gc.freeze()
 
 

@@ -345,24 +345,46 @@ async def gpt_web_search(args: dict[str, Any], ctx: ToolContext) -> dict[str, An
 
 
 _SAMPLE_RESPONSE = {
+    # Shaped like a real answer, citation included: the SDK builds each part's parser on first
+    # sight, and a first cited answer after a citation-less warm-up cost 90 ms of CPU (3 ms after).
     "id": "resp_warm_up",
     "object": "response",
     "created_at": 0,
     "status": "completed",
     "model": "warm-up",
+    "instructions": SPEECH_INSTRUCTIONS,
     "output": [
-        {"type": "web_search_call", "id": "ws_warm_up", "status": "completed", "action": {"type": "search"}},
+        {
+            "type": "web_search_call",
+            "id": "ws_warm_up",
+            "status": "completed",
+            "action": {"type": "search", "query": "warm-up"},
+        },
         {
             "type": "message",
             "id": "msg_warm_up",
             "status": "completed",
             "role": "assistant",
-            "content": [{"type": "output_text", "text": "ok", "annotations": []}],
+            "content": [
+                {
+                    "type": "output_text",
+                    "text": "ok",
+                    "annotations": [
+                        {"type": "url_citation", "url": "https://example.com/", "title": "ok", "start_index": 0,
+                         "end_index": 2}
+                    ],
+                }
+            ],
         },
     ],
     "parallel_tool_calls": True,
     "tool_choice": "required",
-    "tools": [{"type": "web_search"}],
+    "tools": [{"type": "web_search", "user_location": {"type": "approximate", "city": "Paris", "country": "FR"}}],
+    "error": None,
+    "incomplete_details": None,
+    "metadata": {},
+    "temperature": 1.0,
+    "top_p": 1.0,
 }
 
 
@@ -382,7 +404,7 @@ async def warm_up_web_search(model: str) -> None:
                 model=model,
                 input="warm-up",
                 instructions=SPEECH_INSTRUCTIONS,
-                tools=[{"type": "web_search"}],
+                tools=[{"type": "web_search", "user_location": {"type": "approximate", "city": "Paris"}}],
                 tool_choice="required",
                 max_output_tokens=16,
             )
