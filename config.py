@@ -102,6 +102,10 @@ class Config:
     transcription_model: str | None = None
     twilio_account_sid: str | None = field(default=None, repr=False)
     twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_api_key: str | None = field(default=None, repr=False)
+    twilio_api_secret: str | None = field(default=None, repr=False)
+    twilio_api_base_url: str = "https://api.twilio.com"
+    """Twilio's REST API (SMS threads and replies); a stand-in's URL in tests."""
     plivo_auth_id: str | None = field(default=None, repr=False)
     plivo_auth_token: str | None = field(default=None, repr=False)
     """Plivo's routes (``/plivo/answer``, ``/plivo/media-stream``) answer only when this is set."""
@@ -126,6 +130,8 @@ class Config:
     """REST base URL for the Responses API (web search)."""
     web_search_model: str = "gpt-5.2"
     web_search_timeout_s: float = 15.0
+    sms_model: str | None = None
+    """Responses model for SMS replies; None: ``web_search_model``."""
     smtp: SmtpServer | None = None
     """Where ``send_email`` sends from; None: email is not configured."""
     primary_to_email: str | None = None
@@ -179,6 +185,11 @@ class Config:
         base_url = reader.text("OPENAI_BASE_URL", default["openai_base_url"]).rstrip("/")
         if urlsplit(base_url).scheme not in ("http", "https"):
             problems.append("OPENAI_BASE_URL must be an http(s):// URL")
+        twilio_api = reader.text("TWILIO_API_BASE_URL", default["twilio_api_base_url"]).rstrip("/")
+        if urlsplit(twilio_api).scheme not in ("http", "https"):
+            problems.append("TWILIO_API_BASE_URL must be an http(s):// URL")
+        if bool(reader.text("TWILIO_API_KEY", "")) != bool(reader.text("TWILIO_API_SECRET", "")):
+            problems.append("TWILIO_API_KEY and TWILIO_API_SECRET go together: set both or neither")
         music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
         if music_file and music_file.lower() in ("none", "off"):
             music_file = None
@@ -202,6 +213,9 @@ class Config:
             transcription_model=transcription or None,
             twilio_account_sid=reader.text("TWILIO_ACCOUNT_SID", "") or None,
             twilio_auth_token=reader.text("TWILIO_AUTH_TOKEN", "") or None,
+            twilio_api_key=reader.text("TWILIO_API_KEY", "") or None,
+            twilio_api_secret=reader.text("TWILIO_API_SECRET", "") or None,
+            twilio_api_base_url=twilio_api,
             plivo_auth_id=reader.text("PLIVO_AUTH_ID", "") or None,
             plivo_auth_token=reader.text("PLIVO_AUTH_TOKEN", "") or None,
             primary_numbers=reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
@@ -218,6 +232,7 @@ class Config:
             openai_base_url=base_url,
             web_search_model=reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
             web_search_timeout_s=reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
+            sms_model=reader.text("SMS_MODEL", "") or None,
             smtp=reader.smtp_server(),
             primary_to_email=reader.email("PRIMARY_TO_EMAIL"),
             secondary_to_email=reader.email("SECONDARY_TO_EMAIL"),
@@ -253,6 +268,17 @@ class Config:
             return self.primary_to_email
         if group is CallerGroup.SECONDARY:
             return self.secondary_to_email
+        return None
+
+    def twilio_rest_credentials(self) -> tuple[str, str] | None:
+        """``(username, password)`` for Twilio's REST API: the API key and secret when set, else the
+        account SID and auth token; None without an account SID (SMS replies are then off)."""
+        if not self.twilio_account_sid:
+            return None
+        if self.twilio_api_key and self.twilio_api_secret:
+            return self.twilio_api_key, self.twilio_api_secret
+        if self.twilio_auth_token:
+            return self.twilio_account_sid, self.twilio_auth_token
         return None
 
     def realtime_connect_url(self) -> str:

@@ -45,7 +45,7 @@ MASK = "[secure]"
 MIN_SECRET_CHARS = 4
 """Shorter values are never used as patterns: ``on`` or ``25`` would mask half the log."""
 OWN_LOGGERS = (
-    "relay", "bridge", "phone", "phone_twilio", "phone_plivo", "music", "tools", "simulate", "standin_openai",
+    "relay", "bridge", "sms", "phone", "phone_twilio", "phone_plivo", "music", "tools", "simulate", "standin_openai",
     "standin_phone",
 )
 """The relay's loggers, set to ``LOG_LEVEL``; every other logger is a library's."""

@@ -37,6 +37,7 @@ from dotenv import load_dotenv
 import phone_plivo
 import phone_twilio
 import redact
+import sms as sms_module
 import tools
 from bridge import Call, Stats
 from config import (
@@ -51,6 +52,7 @@ from config import (
 )
 from music import load_wait_music
 from phone_ws import Dialect, WebSocketLeg
+from sms import SmsReplies
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")
@@ -67,7 +69,8 @@ DRAINING = web.AppKey("draining", asyncio.Event)
 WAIT_MUSIC = web.AppKey("wait_music", tuple[str, ...])
 """The waiting music as base64 µ-law 20 ms frames (empty: none)."""
 OPENAI_CLIENT = web.AppKey("openai_client", openai.AsyncOpenAI | None)
-"""One REST client (and connection pool) for every call's web searches."""
+"""One REST client (and connection pool) for every call's web searches and every SMS reply."""
+SMS = web.AppKey("sms", SmsReplies)
 
 
 def make_app(config: Config) -> web.Application:
@@ -79,7 +82,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
     app[WAIT_MUSIC] = load_wait_music(config)
-    app.cleanup_ctx.append(_openai_client)
+    app.cleanup_ctx.append(_rest_clients)
     app[STATS] = Stats()
     app[CALLS] = set()
     app[TWILIO_SIGNATURES] = phone_twilio.Signatures(config.twilio_auth_token)
@@ -91,6 +94,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_route("GET", "/incoming-call", incoming_call)
     app.router.add_route("POST", "/incoming-call", incoming_call)
     app.router.add_get("/media-stream", media_stream)
+    app.router.add_post("/sms", sms)
     app.router.add_route("GET", "/plivo/answer", plivo_answer)
     app.router.add_route("POST", "/plivo/answer", plivo_answer)
     app.router.add_get("/plivo/media-stream", plivo_media_stream)
@@ -98,20 +102,27 @@ def make_app(config: Config) -> web.Application:
     return app
 
 
-async def _openai_client(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the Responses API client, when ``gpt_web_search`` is offered."""
+async def _rest_clients(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the Responses API client (when ``gpt_web_search`` is offered or SMS replies are
+    configured) and Twilio's REST client for SMS (with REST credentials); SMS replies still under
+    way are cancelled at shutdown."""
     config = app[CONFIG]
+    twilio = sms_module.twilio_client(config)
     client = None
-    if "gpt_web_search" in config.tools:
+    if "gpt_web_search" in config.tools or twilio is not None:
         client = openai.AsyncOpenAI(
             api_key=config.openai_api_key,
             base_url=config.openai_base_url,
-            max_retries=0,  # the tool's own deadline bounds the whole search
+            max_retries=0,  # the caller's own deadline bounds the whole search
             timeout=config.web_search_timeout_s,
         )
         await tools.warm_up_web_search(config.web_search_model)
     app[OPENAI_CLIENT] = client
+    app[SMS] = SmsReplies(config, twilio[0] if twilio else None, client)
     yield
+    await app[SMS].close()
+    if twilio is not None:
+        await twilio[1].close()
     if client is not None:
         await client.close()
 
@@ -227,6 +238,17 @@ def _answer(
         logger.info("restricted caller %s refused", mask_number(raw_from or ""))
         return hang_up(RESTRICTED_MESSAGE)
     return stream(welcome_message(config, caller), stream_origin(config, request) + media_path, caller.number)
+
+
+async def sms(request: web.Request) -> web.Response:
+    """``POST /sms`` (Twilio "A message comes in" webhook): TwiML at once; the reply follows by REST
+    (``sms.SmsReplies``). Signed like the voice webhook (403 otherwise)."""
+    params = await _form(request)
+    url = public_origin(request.app[CONFIG], request) + request.path_qs
+    if not request.app[TWILIO_SIGNATURES].valid(url, params, request.headers):
+        logger.warning("rejected /sms: bad X-Twilio-Signature")
+        return web.Response(status=403, text="invalid signature")
+    return web.Response(text=request.app[SMS].receive(params), content_type="text/xml")
 
 
 async def media_stream(request: web.Request) -> web.WebSocketResponse:

@@ -22,6 +22,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ import redact
 from audio import BYTES_PER_MS
 from config import LEVELS, Config, VadType
 from standin_openai import AssistantTurn, RealtimeStandIn, WebSearchScript, realtime_standin, rest_base_url
-from standin_phone import NETWORKS, CallerTurn, CallFailed, PhoneCaller, Timeline
+from standin_phone import NETWORKS, CallerTurn, CallFailed, PhoneCaller, Timeline, twilio_signature
+from standin_twilio_rest import twilio_rest_standin
 
 logger = logging.getLogger("simulate")
 
@@ -251,8 +253,78 @@ async def simulate_call(
     return CallResult(timeline, caller, standin, problems)
 
 
+SMS_NUMBER = "+14155550199"
+"""The relay's number in the SMS exchange."""
+
+
+async def simulate_sms(text: str, sender: str = DEFAULT_CALLER) -> tuple[str, str, dict[str, Any]]:
+    """Text ``text`` to the relay offline: the Responses and Twilio REST stand-ins on loopback, a thread
+    of two earlier messages in the account, a signed ``/sms`` webhook.
+
+    Returns:
+        The TwiML the webhook answered, the thread as the model read it, and the reply message
+        Twilio's REST stand-in was asked to send.
+
+    Raises:
+        CallFailed: no reply within 30 s.
+    """
+    import relay  # served in this process, through its public entry point
+
+    async with contextlib.AsyncExitStack() as stack:
+        standin, realtime_url = await stack.enter_async_context(realtime_standin())
+        token, account = secrets.token_hex(16), "AC" + secrets.token_hex(16)
+        rest, rest_url = await stack.enter_async_context(twilio_rest_standin(account, token))
+        now = datetime.now(UTC)
+        rest.add(sender, SMS_NUMBER, "Hi! Are you around this afternoon?", now - timedelta(hours=2))
+        rest.add(SMS_NUMBER, sender, "Always. What can I do for you?", now - timedelta(hours=2) + timedelta(seconds=9),
+                 "outbound-reply")
+        port = free_port()
+        config = relay_config(realtime_url, port=port, public_url=f"http://127.0.0.1:{port}", tools=(),
+                              twilio_account_sid=account, twilio_auth_token=token, twilio_api_base_url=rest_url,
+                              primary_numbers=(sender,))
+        relay_url = await stack.enter_async_context(relay.serving(config, port=port))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        form = {"MessageSid": "SM" + secrets.token_hex(16), "AccountSid": account, "From": sender,
+                "To": SMS_NUMBER, "Body": text, "NumMedia": "0"}
+        url = relay_url + "/sms"
+        headers = {"X-Twilio-Signature": twilio_signature(token, url, form)}
+        async with http.post(url, data=form, headers=headers) as resp:
+            twiml = await resp.text()
+        deadline = time.monotonic() + 30
+        while not rest.created:
+            if time.monotonic() > deadline:
+                raise CallFailed("no SMS reply within 30 s")
+            await asyncio.sleep(0.02)
+        thread = str(standin.responses_requests[0].body.get("input")) if standin.responses_requests else ""
+        return twiml, thread, rest.created[0]
+
+
+def sms_main(argv: list[str]) -> int:
+    """``python simulate.py sms TEXT``: one SMS exchange offline; 0 when a reply was sent."""
+    parser = argparse.ArgumentParser(prog="simulate.py sms", description="Text the relay, offline.")
+    parser.add_argument("text", help="the message to send")
+    args = parser.parse_args(argv)
+    redact.configure_logging("WARNING", None, False, redact.install(os.environ))
+    print(f"texting {SMS_NUMBER} from {DEFAULT_CALLER}: {args.text!r}")
+    try:
+        twiml, thread, reply = asyncio.run(simulate_sms(args.text))
+    except CallFailed as exc:
+        print(f"FAILED: {exc}")
+        return 1
+    print(f"\nthe /sms webhook answered at once: {twiml}")
+    print("\nthe thread the model read:")
+    for line in thread.splitlines():
+        print(f"  {line}")
+    print(f"\nreply sent from {reply['from']} to {reply['to']} ({len(reply['body'])} characters):\n  {reply['body']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python simulate.py``: run the built-in (or a given) scenario; 0 when it went as scripted."""
+    """``python simulate.py``: run the built-in (or a given) scenario; 0 when it went as scripted.
+    ``python simulate.py sms TEXT``: an SMS exchange instead (``sms_main``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sms"]:
+        return sms_main(argv[1:])
     parser = argparse.ArgumentParser(description="Hold a simulated phone call through the relay, offline.")
     parser.add_argument("--scenario", type=Path, help="scenario JSON (default: scenarios/default.json)")
     parser.add_argument("--phone", choices=sorted(NETWORKS), default="twilio", help="the network to call through")

@@ -307,38 +307,66 @@ def source_label(response: Any) -> str | None:
     return None
 
 
+async def web_answer(
+    client: openai.AsyncOpenAI,
+    model: str,
+    question: str,
+    instructions: str,
+    location: dict[str, str] | None = None,
+    max_output_tokens: int = 600,
+) -> tuple[str, str | None]:
+    """One Responses API call with the ``web_search`` tool forced (``tool_choice: required``): the
+    core of ``gpt_web_search`` and of the SMS reply.
+
+    Args:
+        question: what the model answers (a question, or a whole conversation as text).
+        instructions: how to write the answer.
+        location: ``city``, ``region``, ``country`` (ISO), ``timezone`` (IANA), for the search.
+
+    Returns:
+        The answer as plain text (``for_speech``: no URLs, no markdown) and the cited site's name
+        (None when nothing was cited).
+
+    Raises:
+        ToolError: the API answered an error, could not be reached, or returned no text (logged
+            once, without the question).
+    """
+    tool: dict[str, Any] = {"type": "web_search"}
+    if location:
+        tool["user_location"] = {"type": "approximate", **location}
+    try:
+        response = await client.responses.create(
+            model=model,
+            input=question,
+            instructions=instructions,
+            tools=[tool],  # type: ignore[list-item]
+            tool_choice="required",
+            max_output_tokens=max_output_tokens,
+        )
+    except openai.APIStatusError as exc:
+        logger.warning("web search: Responses API answered HTTP %d", exc.status_code)
+        raise ToolError(f"the web search failed (HTTP {exc.status_code})") from exc
+    except openai.APIError as exc:
+        logger.warning("web search: %s", type(exc).__name__)
+        raise ToolError(f"the web search failed ({type(exc).__name__})") from exc
+    answer = for_speech(response.output_text)
+    if not answer:
+        raise ToolError("the web search returned no answer")
+    return answer, source_label(response)
+
+
 async def gpt_web_search(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     """Search the web with the OpenAI Responses API and return an answer written for speech."""
     query = _text(args, "query", max_len=1000)
     if ctx.openai_client is None:
         return {"error": "web search is not configured"}
-    tool: dict[str, Any] = {"type": "web_search"}
     location = args.get("user_location")
+    where: dict[str, str] = {}
     if isinstance(location, dict):
         known = {key: location.get(key) for key in ("city", "region", "country", "timezone")}
         where = {key: value for key, value in known.items() if isinstance(value, str) and value.strip()}
-        if where:
-            tool["user_location"] = {"type": "approximate", **where}
-    try:
-        response = await ctx.openai_client.responses.create(
-            model=ctx.web_search_model,
-            input=query,
-            instructions=SPEECH_INSTRUCTIONS,
-            tools=[tool],  # type: ignore[list-item]
-            tool_choice="required",
-            max_output_tokens=600,
-        )
-    except openai.APIStatusError as exc:
-        logger.warning("gpt_web_search: Responses API answered HTTP %d", exc.status_code)
-        raise ToolError(f"the web search failed (HTTP {exc.status_code})") from exc
-    except openai.APIError as exc:
-        logger.warning("gpt_web_search: %s", type(exc).__name__)
-        raise ToolError(f"the web search failed ({type(exc).__name__})") from exc
-    answer = for_speech(response.output_text)
-    if not answer:
-        raise ToolError("the web search returned no answer")
+    answer, source = await web_answer(ctx.openai_client, ctx.web_search_model, query, SPEECH_INSTRUCTIONS, where)
     result: dict[str, Any] = {"answer": answer}
-    source = source_label(response)
     if source:
         result["source"] = source
     return result

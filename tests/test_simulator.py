@@ -237,3 +237,16 @@ def test_simulate_cli_over_plivo_with_key_presses(tmp_path: Path) -> None:
     assert "call completed as scripted" in lines
     assert any(line.endswith("plivo    POST /plivo/answer From=+14155550100") for line in lines)
     assert any(line.endswith("caller   presses 12#") for line in lines)
+
+
+def test_simulate_sms_cli(tmp_path: Path) -> None:
+    """`python simulate.py sms TEXT` shows a whole exchange: the webhook's empty TwiML, the thread the model read, and
+    the reply sent from the relay's number to the sender."""
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "sms", "What's the weather in Paris?"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert 'the /sms webhook answered at once: <?xml version="1.0" encoding="UTF-8"?><Response />' in out
+    assert ("  you: Always. What can I do for you?\n"
+            "  Their latest message, to answer now: What's the weather in Paris?") in out
+    assert "reply sent from +14155550199 to +14155550100 (61 characters):\n  It is sunny in Paris today" in out
