@@ -57,6 +57,7 @@ from protocol import (
     SessionUpdated,
     SpeechStarted,
 )
+from tokens import StreamTokens
 from tools import ToolContext, ToolError
 
 logger = logging.getLogger("bridge")
@@ -425,6 +426,7 @@ class Call:
         phone: PhoneLeg,
         config: Config,
         stats: Stats,
+        stream_tokens: StreamTokens | None,
         *,
         wait_music: tuple[str, ...] = (),
         openai_client: openai.AsyncOpenAI | None = None,
@@ -433,6 +435,8 @@ class Call:
         self.phone = phone
         self.config = config
         self.stats = stats
+        self.stream_tokens = stream_tokens
+        """Checks the start's single-use token; None only for a leg the caller already trusts (tests)."""
         self.realtime: ClientConnection | None = None
         self.stream_sid = ""
         self.call_sid = ""
@@ -510,7 +514,15 @@ class Call:
             return f"no start from {self.phone.network}"
         self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
         self.log.extra.update(stream_sid=start.stream_sid, call_sid=start.call_sid)  # type: ignore[union-attr]
-        self.caller = find_caller(self.config, start.custom_parameters.get("caller_number"))
+        number = start.custom_parameters.get("caller_number")
+        if self.stream_tokens is not None:
+            verdict = self.stream_tokens.check(start.custom_parameters, start.call_sid)
+            if verdict.caller_number is None:
+                self.log.warning("media stream refused: %s", verdict.reason)
+                await self.phone.close(WSCloseCode.POLICY_VIOLATION, "invalid stream token")
+                return "invalid stream token"
+            number = verdict.caller_number
+        self.caller = find_caller(self.config, number)  # the allowlists again: they may have changed
         if self.caller is None:
             self.log.warning("media stream for a restricted caller refused")
             await self.phone.close(WSCloseCode.POLICY_VIOLATION, "restricted")

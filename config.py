@@ -479,7 +479,7 @@ def find_caller(config: Config, raw_number: str | None) -> AllowedCaller | None:
     if number is not None and number in config.secondary_numbers:
         return AllowedCaller(number, CallerGroup.SECONDARY, config.secondary_first_name or "legend")
     if config.allow_all_callers:
-        return AllowedCaller(number or (raw_number or "unknown"), CallerGroup.ANYONE, "legend")
+        return AllowedCaller(number or "unknown", CallerGroup.ANYONE, "legend")
     return None
 
 
@@ -517,6 +517,11 @@ def startup_warnings(config: Config) -> list[str]:
         notes.append(
             "TWILIO_AUTH_TOKEN is not set: webhook and media-stream signatures are not checked, "
             "so anyone who finds this server can open a call"
+        )
+    elif not config.public_url:
+        notes.append(
+            "TWILIO_AUTH_TOKEN is set but PUBLIC_URL is not: signatures are checked against the URL rebuilt "
+            "from the Host header, which a client chooses; set PUBLIC_URL to this server's public https origin"
         )
     return notes
 

@@ -28,9 +28,10 @@ logger = logging.getLogger("phone_plivo")
 MAX_MESSAGE_BYTES = 64 * 1024
 """Plivo's websocket message limit (Audio Streaming guide: 64 KB)."""
 CONTENT_TYPE = "audio/x-mulaw;rate=8000"
-CALLER_HEADER = "callerNumber"
-"""The ``extraHeaders`` key carrying the caller's E.164 number without its ``+`` (the XML reference
-allows only letters and digits there)."""
+HEADERS = {"caller_number": "callerNumber", "stream_expires": "streamExpires", "stream_nonce": "streamNonce",
+           "stream_token": "streamToken"}
+"""The stream's parameters as ``extraHeaders`` keys: the XML reference allows only letters and digits
+there, so the caller's E.164 number travels without its ``+``."""
 _HEADER_SPLIT = re.compile(r"[,;]")
 
 
@@ -56,19 +57,20 @@ def clear_audio_message(stream_id: str) -> str:
 
 
 def extra_headers(raw: Any) -> dict[str, str]:
-    """``start.extra_headers`` (``"k1=v1,k2=v2"``, or ``;``-separated as the guide writes it) as a
-    dict; the caller's number under ``caller_number`` in E.164, as the bridge reads it."""
-    headers: dict[str, str] = {}
+    """``start.extra_headers`` (``"k1=v1,k2=v2"``, or ``;``-separated as the guide writes it) as the
+    stream's parameters under the names the bridge reads (``HEADERS``); the caller's number in E.164."""
+    found: dict[str, str] = {}
     if type(raw) is not str:
-        return headers
+        return found
     for pair in _HEADER_SPLIT.split(raw):
         key, sep, value = pair.partition("=")
         if sep and key.strip():
-            headers[key.strip()] = value.strip()
-    digits = headers.pop(CALLER_HEADER, "")
-    if digits.isdigit():
-        headers["caller_number"] = "+" + digits
-    return headers
+            found[key.strip()] = value.strip()
+    params = {name: found[header] for name, header in HEADERS.items() if header in found}
+    number = params.get("caller_number", "")
+    if number.isdigit():
+        params["caller_number"] = "+" + number
+    return params
 
 
 def _start(event: dict[str, Any]) -> PhoneStart:
@@ -111,9 +113,11 @@ DIALECT = Dialect("plivo", parse_message, play_audio_message, checkpoint_message
 # --- Plivo XML ---------------------------------------------------------------------------------
 
 
-def stream_xml(say: str, stream_url: str, caller_number: str) -> str:
+def stream_xml(say: str, stream_url: str, parameters: Mapping[str, str]) -> str:
     """``<Speak>`` then a bidirectional ``<Stream>`` that keeps the call alive, µ-law 8 kHz in and out,
-    with the caller's number in ``extraHeaders``. Closing the stream then ends the call."""
+    with the stream's parameters (``HEADERS``: caller number, stream token) in ``extraHeaders``.
+    Closing the stream then ends the call."""
+    headers = ",".join(f"{HEADERS[name]}={value.lstrip('+')}" for name, value in parameters.items())
     response = plivoxml.ResponseElement()
     response.add(plivoxml.SpeakElement(say))
     response.add(plivoxml.StreamElement(
@@ -122,7 +126,7 @@ def stream_xml(say: str, stream_url: str, caller_number: str) -> str:
         keepCallAlive=True,
         audioTrack="inbound",
         contentType=CONTENT_TYPE,
-        extraHeaders=f"{CALLER_HEADER}={caller_number.lstrip('+')}",
+        extraHeaders=headers,
     ))
     return str(response.to_string(pretty=False))
 

@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,6 +53,7 @@ from config import (
 from music import load_wait_music
 from phone_ws import Dialect, WebSocketLeg
 from sms import SmsReplies
+from tokens import StreamTokens
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")
@@ -71,6 +72,8 @@ WAIT_MUSIC = web.AppKey("wait_music", tuple[str, ...])
 OPENAI_CLIENT = web.AppKey("openai_client", openai.AsyncOpenAI | None)
 """One REST client (and connection pool) for every call's web searches and every SMS reply."""
 SMS = web.AppKey("sms", SmsReplies)
+STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)
+"""Issued by the voice webhooks, checked (once) by the media streams."""
 
 
 def make_app(config: Config) -> web.Application:
@@ -88,6 +91,7 @@ def make_app(config: Config) -> web.Application:
     app[TWILIO_SIGNATURES] = phone_twilio.Signatures(config.twilio_auth_token)
     app[PLIVO_SIGNATURES] = phone_plivo.Signatures(config.plivo_auth_token)
     app[DRAINING] = asyncio.Event()
+    app[STREAM_TOKENS] = StreamTokens(config.openai_api_key.encode())
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/healthz", healthz)
@@ -200,9 +204,9 @@ async def incoming_call(request: web.Request) -> web.Response:
     if not request.app[TWILIO_SIGNATURES].valid(url, params, request.headers):
         logger.warning("rejected /incoming-call: bad X-Twilio-Signature")
         return web.Response(status=403, text="invalid signature")
-    twiml = _answer(request, params.get("From") or request.query.get("From"), phone_twilio.hang_up_twiml,
-                    lambda say, url, number: phone_twilio.stream_twiml(say, url, {"caller_number": number}),
-                    "/media-stream")
+    raw_from = params.get("From") or request.query.get("From")
+    call_sid = params.get("CallSid") or request.query.get("CallSid") or ""
+    twiml = _answer(request, raw_from, call_sid, phone_twilio.hang_up_twiml, phone_twilio.stream_twiml, "/media-stream")
     return web.Response(text=twiml, content_type="text/xml")
 
 
@@ -218,26 +222,29 @@ async def plivo_answer(request: web.Request) -> web.Response:
         logger.warning("rejected /plivo/answer: bad X-Plivo-Signature-V3")
         return web.Response(status=403, text="invalid signature")
     raw_from = phone_plivo.caller_number(params.get("From") or request.query.get("From"))
-    xml = _answer(request, raw_from, phone_plivo.hang_up_xml, phone_plivo.stream_xml, "/plivo/media-stream")
+    call_uuid = params.get("CallUUID") or request.query.get("CallUUID") or ""
+    xml = _answer(request, raw_from, call_uuid, phone_plivo.hang_up_xml, phone_plivo.stream_xml, "/plivo/media-stream")
     return web.Response(text=xml, content_type="application/xml")
 
 
 def _answer(
     request: web.Request,
     raw_from: str | None,
+    call_sid: str,
     hang_up: Callable[[str], str],
-    stream: Callable[[str, str, str], str],
+    stream: Callable[[str, str, Mapping[str, str]], str],
     media_path: str,
 ) -> str:
     """The webhook answer in the network's language: the restricted-line message and a hang-up for a
     caller on no allowlist; otherwise the welcome, then a stream to ``media_path`` carrying the
-    caller's E.164 number."""
+    caller's number and a single-use stream token for this call (``tokens``)."""
     config = request.app[CONFIG]
     caller = find_caller(config, raw_from)
     if caller is None:
         logger.info("restricted caller %s refused", mask_number(raw_from or ""))
         return hang_up(RESTRICTED_MESSAGE)
-    return stream(welcome_message(config, caller), stream_origin(config, request) + media_path, caller.number)
+    parameters = request.app[STREAM_TOKENS].issue(caller.number, call_sid)
+    return stream(welcome_message(config, caller), stream_origin(config, request) + media_path, parameters)
 
 
 async def sms(request: web.Request) -> web.Response:
@@ -287,7 +294,8 @@ async def _bridge(request: web.Request, dialect: Dialect, signed: bool) -> web.W
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid signature")
         return ws
     leg = WebSocketLeg(ws, dialect)
-    call = Call(leg, app[CONFIG], app[STATS], wait_music=app[WAIT_MUSIC], openai_client=app[OPENAI_CLIENT])
+    call = Call(leg, app[CONFIG], app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
+                openai_client=app[OPENAI_CLIENT])
     app[CALLS].add(call)
     try:
         await call.run()

@@ -23,11 +23,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 import audio
+import phone_plivo
 import relay
 import simulate
 import standin_openai
 from config import Config
 from standin_phone import Answer, Plivo, Twilio
+from tokens import StreamTokens
 from tools import SmtpSecurity, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,10 +85,19 @@ class RawLeg:
         """Send any JSON object as it is (malformed frames included)."""
         await self.ws.send_str(json.dumps(event))
 
-    async def start(self, caller: str = CALLER) -> None:
-        params: Any = {"caller_number": caller}
+    @property
+    def call_sid(self) -> str:
+        return self.network.messages.call_sid if isinstance(self.network, Twilio) else self.network.messages.call_id
+
+    async def start(self, caller: str = CALLER, key: str = SECRET_KEY, parameters: dict[str, str] | None = None,
+                    ) -> None:
+        """Send the start with the stream parameters a webhook would have issued for this call (a stream
+        token minted with the relay's key ``key``), or with ``parameters`` as given."""
+        if parameters is None:
+            parameters = StreamTokens(key.encode()).issue(caller, self.call_sid)
+        params: Any = parameters
         if isinstance(self.network, Plivo):
-            params = f"callerNumber={caller.lstrip('+')}"
+            params = ",".join(f"{phone_plivo.HEADERS[k]}={v.lstrip('+')}" for k, v in parameters.items())
         for message in self.network.opening(Answer([], "", params)):
             await self.ws.send_str(message)
 

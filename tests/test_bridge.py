@@ -208,7 +208,7 @@ async def test_relay_process_serves_a_call_and_drains_on_sigterm(stack: contextl
                       ALLOW_ALL_CALLERS="true", VAD_TYPE="server_vad")
     async with relay_process(http, env) as relay:
         leg = await RawLeg.open(http, relay.base_url)
-        await leg.start()
+        await leg.start(key="sk-sub")
         heard, _ = await _collect_audio(leg, 1600)
         assert heard == _noise(1600, 40)
         started = time.monotonic()

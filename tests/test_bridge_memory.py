@@ -82,7 +82,7 @@ async def test_greeting_barge_in_and_tool_call_without_a_phone_network(stack: co
     events: list[CallEvent] = []
     leg = MemoryLeg()
     stats = Stats()
-    call = Call(leg, make_config(url, tools=("update_mic_distance",)), stats, on_event=events.append)
+    call = Call(leg, make_config(url, tools=("update_mic_distance",)), stats, None, on_event=events.append)
     running = asyncio.create_task(call.run())
     stack.push_async_callback(_hang_up, leg, running)
     leg.inbox.put_nowait(PhoneStart("MEM-1", "CALL-1", {"caller_number": "+1 415 555 0100"}))
@@ -138,7 +138,7 @@ async def test_a_failing_hook_never_reaches_the_call(stack: contextlib.AsyncExit
     def broken(event: CallEvent) -> None:
         raise RuntimeError("observer bug")
 
-    running = asyncio.create_task(Call(leg, make_config(url), Stats(), on_event=broken).run())
+    running = asyncio.create_task(Call(leg, make_config(url), Stats(), None, on_event=broken).run())
     leg.inbox.put_nowait(PhoneStart("MEM-2", "", {"caller_number": "+14155550100"}))
     await until(lambda: leg.sent, what="greeting audio despite the hook")
     leg.inbox.put_nowait(PhoneStop())
@@ -150,7 +150,7 @@ async def test_restricted_caller_is_refused_before_upstream(stack: contextlib.As
     """A start for a caller on no allowlist closes the leg with 1008 and opens no Realtime session."""
     standin, url = await start_standin(stack)
     leg = MemoryLeg()
-    running = asyncio.create_task(Call(leg, make_config(url), Stats()).run())
+    running = asyncio.create_task(Call(leg, make_config(url), Stats(), None).run())
     leg.inbox.put_nowait(PhoneStart("MEM-3", "", {"caller_number": "+12125550123"}))
     end = await asyncio.wait_for(running, 5)
     assert (end.reason, end.failed, leg.close_code) == ("restricted caller", False, 1008)

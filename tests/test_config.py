@@ -133,9 +133,17 @@ def test_turn_detection_objects() -> None:
 
 def test_startup_warning_for_empty_allowlists() -> None:
     """Empty allowlists refuse everyone, and the operator is told once at startup."""
-    notes = startup_warnings(Config.from_env({**KEY, "TWILIO_AUTH_TOKEN": "t"}))
+    notes = startup_warnings(Config.from_env({**KEY, "TWILIO_AUTH_TOKEN": "t", "PUBLIC_URL": "https://r.example"}))
     assert notes == ["PRIMARY_USER_PHONE_NUMBERS and SECONDARY_USER_PHONE_NUMBERS are empty: every caller is "
                      "refused (set ALLOW_ALL_CALLERS=true to let anyone in)"]
+
+
+def test_startup_warning_for_signatures_without_public_url() -> None:
+    """Signatures checked against a URL rebuilt from the Host header a client chooses: the operator is told."""
+    env = {**KEY, "TWILIO_AUTH_TOKEN": "t", "PRIMARY_USER_PHONE_NUMBERS": "+14155550100"}
+    assert startup_warnings(Config.from_env(env)) == [
+        "TWILIO_AUTH_TOKEN is set but PUBLIC_URL is not: signatures are checked against the URL rebuilt from the "
+        "Host header, which a client chooses; set PUBLIC_URL to this server's public https origin"]
 
 
 @pytest.mark.parametrize(

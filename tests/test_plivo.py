@@ -42,8 +42,11 @@ async def test_answer_xml_for_allowed_and_restricted_callers(stack: contextlib.A
     assert (root[0].text or "").endswith(", Jordan. Connecting you to your assistant.")
     stream = root[1]
     assert stream.text == "wss://relay.example.com/plivo/media-stream"
+    headers = dict(pair.split("=") for pair in stream.attrib.pop("extraHeaders").split(","))
     assert stream.attrib == {"bidirectional": "true", "keepCallAlive": "true", "audioTrack": "inbound",
-                             "contentType": "audio/x-mulaw;rate=8000", "extraHeaders": "callerNumber=14155550100"}
+                             "contentType": "audio/x-mulaw;rate=8000"}
+    assert list(headers) == ["callerNumber", "streamExpires", "streamNonce", "streamToken"]
+    assert headers["callerNumber"] == "14155550100" and all(value.isalnum() for value in headers.values())
     refused = {**form, "From": "12125550123"}
     root = await _answer(http, base, refused, plivo_signature_headers(TOKEN, "POST", PUBLIC + "/plivo/answer", refused))
     assert [(child.tag, child.text) for child in root] == [("Speak", "Sorry, this line is restricted. Goodbye."),
@@ -213,10 +216,10 @@ def test_keypad_text(digits: str, text: str) -> None:
     ("message", "parsed"),
     [
         pytest.param({"event": "start", "sequenceNumber": 1, "start": {"callId": "c", "streamId": "s"},
-                      "extra_headers": "callerNumber=14155550100;lang=en"},
-                     PhoneStart("s", "c", {"caller_number": "+14155550100", "lang": "en"}), id="start"),
-        pytest.param({"event": "start", "start": {"streamId": "s"}, "extra_headers": "callerNumber=anonymous"},
-                     PhoneStart("s", "", {}), id="start-without-a-number"),
+                      "extra_headers": "callerNumber=14155550100;streamToken=ab12;lang=en"},
+                     PhoneStart("s", "c", {"caller_number": "+14155550100", "stream_token": "ab12"}), id="start"),
+        pytest.param({"event": "start", "start": {"streamId": "s"}, "extra_headers": "callerNumber=unknown"},
+                     PhoneStart("s", "", {"caller_number": "unknown"}), id="start-without-a-number"),
         pytest.param({"event": "media", "media": {"payload": "AAA="}}, PhoneAudio("AAA="), id="media"),
         pytest.param({"event": "playedStream", "name": "1.800"}, PhoneMarkPlayed("1.800"), id="playedStream"),
         pytest.param({"event": "played", "name": "1.800"}, PhoneMarkPlayed("1.800"), id="played"),

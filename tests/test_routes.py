@@ -48,7 +48,9 @@ async def test_allowed_caller_twiml(stack: contextlib.AsyncExitStack, http: aioh
                         root[0].text or "")
     stream = root.find("./Connect/Stream")
     assert stream is not None and stream.get("url") == "wss://relay.example.com/media-stream"
-    assert [(p.get("name"), p.get("value")) for p in stream] == [("caller_number", CALLER)]
+    parameters = {p.get("name"): p.get("value") for p in stream}
+    assert list(parameters) == ["caller_number", "stream_expires", "stream_nonce", "stream_token"]
+    assert parameters["caller_number"] == CALLER and len(parameters["stream_token"]) == 64
 
 
 async def test_get_webhook_and_host_header(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:

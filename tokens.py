@@ -1,0 +1,83 @@
+"""Single-use stream tokens: the signed webhook vouches for the media stream that follows it.
+
+A phone network signs its media-stream handshake over a fixed URL, so that signature never changes:
+whoever saw it once could open streams at will, claiming any allowlisted caller. The voice webhook
+(itself signed, and different for every call) therefore issues a token bound to the caller's
+number and the call's id, valid for ``TOKEN_TTL_S`` and usable once; the stream's start must carry
+it. The caller's number is taken from the token's signed fields, never from a peer's say-so alone.
+
+The token's fields are digits and hex only, because Plivo's ``extraHeaders`` allow nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+TOKEN_TTL_S = 30.0
+"""How long after the webhook the stream's start may present the token."""
+MAX_OUTSTANDING = 100_000
+"""Used nonces remembered (each only until its token expires)."""
+
+FIELDS = ("caller_number", "stream_expires", "stream_nonce", "stream_token")
+"""The custom parameters a stream's start carries (Twilio ``<Parameter>``s; Plivo ``extraHeaders``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a stream's start proved."""
+
+    caller_number: str | None
+    """The caller's number the webhook vouched for; None when the token is refused."""
+    reason: str
+    """Why it is refused (for the log), or ``ok``."""
+
+
+class StreamTokens:
+    """Issues and checks single-use stream tokens with an HMAC-SHA256 key.
+
+    Args:
+        key: the secret (derive it from one the operator already has: every worker of one
+            deployment must share it).
+        now: the wall clock, seconds (tests pass their own).
+    """
+
+    def __init__(self, key: bytes, now: Callable[[], float] = time.time) -> None:
+        self._key = hashlib.sha256(b"relay stream token v1\0" + key).digest()
+        self._now = now
+        self._used: OrderedDict[str, float] = OrderedDict()
+
+    def issue(self, caller_number: str, call_sid: str) -> dict[str, str]:
+        """The parameters to attach to the stream for this caller and call (``FIELDS``)."""
+        expires = str(int(self._now() + TOKEN_TTL_S))
+        nonce = secrets.token_hex(8)
+        return {"caller_number": caller_number, "stream_expires": expires, "stream_nonce": nonce,
+                "stream_token": self._mac(caller_number, call_sid, expires, nonce)}
+
+    def check(self, params: Mapping[str, str], call_sid: str) -> Verdict:
+        """A stream's start: its custom parameters and the call id the network reported in it.
+        A valid token is spent (a second start with it is refused)."""
+        caller, expires, nonce, token = (params.get(name, "") for name in FIELDS)
+        if not (caller and expires.isdigit() and nonce and token):
+            return Verdict(None, "no stream token")
+        expected = self._mac(caller, call_sid, expires, nonce)
+        if not hmac.compare_digest(expected, token):
+            return Verdict(None, "stream token does not match this call")
+        now = self._now()
+        if int(expires) < now:
+            return Verdict(None, "stream token expired")
+        if nonce in self._used:
+            return Verdict(None, "stream token already used")
+        self._used[nonce] = float(expires)
+        while self._used and (next(iter(self._used.values())) < now or len(self._used) > MAX_OUTSTANDING):
+            self._used.popitem(last=False)
+        return Verdict(caller, "ok")
+
+    def _mac(self, caller: str, call_sid: str, expires: str, nonce: str) -> str:
+        message = "\0".join((caller, call_sid, expires, nonce)).encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
