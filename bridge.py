@@ -81,6 +81,17 @@ DTMF_SEQUENCE_GAP_S = 1.5
 DTMF_MAX_DIGITS = 32
 """A sequence this long is sent at once, however fast the keys come."""
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+MAX_PAYLOAD_CHARS = 16_000
+"""Largest base64 audio payload sent to the phone in one message (12,000 bytes, 1.5 s): Plivo asks for
+at most 16 KB and both networks refuse messages over 64 KB, so a larger delta is split."""
+REALTIME_PING_INTERVAL_S = 5.0
+REALTIME_PING_TIMEOUT_S = 5.0
+"""A Realtime socket that answers no ping for this long is dead: the call ends within ~10 s instead of
+leaving the caller on a silent line."""
+REALTIME_CLOSE_TIMEOUT_S = 2.0
+"""How long a closing handshake with the service may take (a hung service never answers it)."""
+RESPONSE_CREATED_TIMEOUT_S = 10.0
+"""How long the service has to answer ``response.create`` with ``response.created``."""
 
 
 # --- Call events (one hook for observers) -------------------------------------------------------
@@ -468,6 +479,7 @@ class Call:
         self._warned: set[str] = set()
         self._close_code: int | None = None
         self._closing = asyncio.Event()
+        self._create_sent_at: float | None = None
 
     # -- lifecycle --
 
@@ -542,6 +554,9 @@ class Call:
                     max_size=2**24,
                     compression=None,
                     open_timeout=None,
+                    ping_interval=REALTIME_PING_INTERVAL_S,
+                    ping_timeout=REALTIME_PING_TIMEOUT_S,
+                    close_timeout=REALTIME_CLOSE_TIMEOUT_S,
                 ),
                 UPSTREAM_CONNECT_TIMEOUT_S,
             )
@@ -555,6 +570,7 @@ class Call:
             asyncio.create_task(self._pump_phone(), name="phone->realtime"),
             asyncio.create_task(self._pump_realtime(), name="realtime->phone"),
             asyncio.create_task(self._session_watchdog(), name="session watchdog"),
+            asyncio.create_task(self._response_watchdog(), name="response watchdog"),
             asyncio.create_task(self._hang_up_after_goodbye(), name="hang up"),
             asyncio.create_task(self._closing.wait(), name="close request"),
         ]
@@ -591,6 +607,18 @@ class Call:
         self._failed = True
         self.log.error("no session.updated within %.0fs", SESSION_TIMEOUT_S)
         raise HangUp("realtime session not configured")
+
+    async def _response_watchdog(self) -> str:
+        """A ``response.create`` the service never answers (no ``response.created``) ends the call as
+        an upstream failure rather than leaving the caller in silence."""
+        while True:
+            await asyncio.sleep(1.0)
+            sent = self._create_sent_at
+            if self.slot.create_in_flight and sent is not None and time.monotonic() - sent > RESPONSE_CREATED_TIMEOUT_S:
+                self._failed = True
+                self._close_code = WSCloseCode.INTERNAL_ERROR
+                self.log.error("no response.created within %.0fs of response.create", RESPONSE_CREATED_TIMEOUT_S)
+                raise HangUp("realtime did not answer response.create")
 
     async def _close_sockets(self) -> None:
         if self.realtime is not None:
@@ -661,14 +689,19 @@ class Call:
                 if handler is None:
                     kind = getattr(event, "type", type(event).__name__)
                     self.log.once_a_second(logging.DEBUG, kind, "realtime %s", kind)
-                else:
+                    continue
+                try:
                     await handler(event)
+                except ConnectionResetError:  # the caller hung up while audio was being sent: a normal end
+                    return f"{self.phone.network} hung up"
         except ConnectionClosed:
             pass
         code = self.realtime.close_code
         if code != 1000:
             self._failed = True
             self.log.error("realtime closed the session code=%s reason=%s", code, self.realtime.close_reason or "-")
+        if code not in (1000, 1001):  # not an orderly end (1011: no answer to pings; 1006: dropped)
+            self._close_code = WSCloseCode.INTERNAL_ERROR
         return f"realtime closed ({code})"
 
     async def _on_session_updated(self, event: SessionUpdated) -> None:
@@ -699,7 +732,14 @@ class Call:
         if self.music.active:  # checked here: no coroutine per delta on the hot path
             await self.music.stop()  # the first assistant audio ends the waiting music
         payload = event.payload
-        mark = self.playback.on_audio_sent(event.item_id, protocol.b64_decoded_len(payload), time.monotonic())
+        if len(payload) > MAX_PAYLOAD_CHARS:  # rare: split at a multiple of 4 base64 characters
+            for start in range(0, len(payload), MAX_PAYLOAD_CHARS):
+                await self._send_audio(event.item_id, payload[start : start + MAX_PAYLOAD_CHARS])
+            return
+        await self._send_audio(event.item_id, payload)
+
+    async def _send_audio(self, item_id: str, payload: str) -> None:
+        mark = self.playback.on_audio_sent(item_id, protocol.b64_decoded_len(payload), time.monotonic())
         await self.phone.send_audio(payload)
         await self.phone.send_mark(mark)
         self.counts.frames_out += 1
@@ -738,7 +778,7 @@ class Call:
         elif self.tools.batches_running == 0:
             await self.music.stop()  # the answer after the tools came without audio
         if send_queued:
-            await self._send_realtime(protocol.response_create())
+            await self._send_create()
 
     async def _on_error(self, event: RealtimeError) -> None:
         self.counts.realtime_errors += 1
@@ -759,7 +799,7 @@ class Call:
     async def _request_response(self) -> None:
         """``response.create`` now, or once the active response is done (``ResponseSlot``)."""
         if self.slot.request():
-            await self._send_realtime(protocol.response_create())
+            await self._send_create()
 
     async def _on_key_presses(self, digits: str) -> None:
         """A DTMF sequence: one conversation item, and a response when none is under way (an
@@ -841,6 +881,10 @@ class Call:
         return f"end_call: {goodbye.reason}"
 
     # -- sending and telling --
+
+    async def _send_create(self) -> None:
+        self._create_sent_at = time.monotonic()
+        await self._send_realtime(protocol.response_create())
 
     async def _send_realtime(self, event: dict[str, Any]) -> None:
         await self._send_realtime_text(json.dumps(event))

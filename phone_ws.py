@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,8 +57,12 @@ def parse_frame(
     kind = event.get("event")
     if kind == "media":  # the hot path: 50 a second per call
         payload = inner_text(event, "media", "payload")
-        if payload is None:
+        if not payload:
             raise MalformedFrame("media", f"{network} media without a payload dropped")
+        try:  # 0.7 µs for 20 ms of audio: garbage never reaches the Realtime service
+            binascii.a2b_base64(payload, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise MalformedFrame("base64", f"{network} media that is not base64 dropped") from None
         return PhoneAudio(payload)
     if kind in mark_events:
         name = mark_name(event)

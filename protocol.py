@@ -144,7 +144,7 @@ class PhoneLeg(Protocol):
 
 def input_audio_append(payload: str) -> str:
     """``input_audio_buffer.append`` carrying the phone's base64 µ-law payload unchanged (the hot
-    path: a JSON string, built without a dict)."""
+    path; the dialects have checked that the payload is base64)."""
     return json.dumps({"type": "input_audio_buffer.append", "audio": payload})
 
 
@@ -587,6 +587,10 @@ class Playback:
 
     MAX_ITEMS = 16
     """Items remembered; older ones are long played out."""
+    MAX_PENDING_MARKS = 4096
+    """Marks awaiting their echo (about 7 minutes of deltas); past it the oldest is forgotten, so a
+    phone that never echoes cannot grow the relay's memory."""
+    MAX_MARK_DIGITS = 15
 
     def __init__(self) -> None:
         self.generation = 0
@@ -596,6 +600,8 @@ class Playback:
         self._anchor_time = 0.0
         self._pending_marks: deque[int] = deque()
         """End offsets of this generation's marks not yet echoed, oldest first."""
+        self._pending_set: set[int] = set()
+        """The same offsets, for an O(1) check of each echo."""
         self._items: OrderedDict[str, _ItemAudio] = OrderedDict()
 
     def played(self, now: float) -> int:
@@ -635,6 +641,9 @@ class Playback:
         item.sent += nbytes
         self.sent_total += nbytes
         self._pending_marks.append(self.sent_total)
+        self._pending_set.add(self.sent_total)
+        if len(self._pending_marks) > self.MAX_PENDING_MARKS:
+            self._pending_set.discard(self._pending_marks.popleft())
         return f"{self.generation}.{self.sent_total}"
 
     def on_mark(self, name: str, now: float) -> bool:
@@ -645,13 +654,18 @@ class Playback:
             generation or a name this relay did not make (ignored).
         """
         generation, _, offset_text = name.partition(".")
-        if generation != str(self.generation) or not offset_text.isdigit():
+        if (
+            generation != str(self.generation)
+            or not offset_text.isascii()  # "²".isdigit() is true, and int() refuses it
+            or not offset_text.isdigit()
+            or len(offset_text) > self.MAX_MARK_DIGITS
+        ):
             return False
         offset = int(offset_text)
-        if offset not in self._pending_marks:
+        if offset not in self._pending_set:
             return False
         while self._pending_marks and self._pending_marks[0] <= offset:  # echoes come in order
-            self._pending_marks.popleft()
+            self._pending_set.discard(self._pending_marks.popleft())
         self._anchor_offset, self._anchor_time = offset, now
         return True
 
@@ -684,6 +698,7 @@ class Playback:
         ]
         self.generation += 1
         self._pending_marks.clear()
+        self._pending_set.clear()
         self._anchor_offset, self._anchor_time = self.sent_total, now
         self._items.clear()
         return cuts

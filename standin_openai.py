@@ -347,6 +347,9 @@ class RealtimeSession:
                 )
                 continue
             await self.handle(event)
+            if self.standin.stall and self.updated_at is not None:
+                self._note("stalls: reads nothing more and answers no ping")
+                await asyncio.Event().wait()  # until the server shuts down
         owned = [task for task in [self.active, *self._later] if task is not None]
         for task in owned:
             task.cancel()
@@ -369,6 +372,8 @@ class RealtimeSession:
             else:
                 await self._session_updated(0.0)
         elif kind == "response.create":
+            if self.standin.ignore_response_create:
+                return
             if self.active_id is not None:
                 await self.error(
                     "conversation_already_has_active_response",
@@ -652,6 +657,10 @@ class RealtimeStandIn:
         self.handshake_headers: list[dict[str, str]] = []
         self.session_updated_delay_s = 0.0
         """Delay before answering session.update (tests of the relay's hold buffer)."""
+        self.stall = False
+        """After session.updated, stop reading the socket (a hung service: pings go unanswered)."""
+        self.ignore_response_create = False
+        """Answer response.create with nothing at all."""
         self._turns: dict[int, int] = {}
         self._attribution: dict[str, deque[tuple[str, int]]] = {}
         self.input_audio: dict[int, bytearray] = {}

@@ -172,3 +172,24 @@ async def test_randomized_barge_ins_match_what_the_caller_heard(phone: str) -> N
     assert within_20 >= 0.9
     assert max(errors) <= 40
     assert late == 0
+
+
+@pytest.mark.parametrize("name", ["0.²", "0.٣", "0." + "9" * 5000, "0.-800", "0.8e2", "0.800\n"])
+def test_hostile_mark_names_are_ignored_not_raised(name: str) -> None:
+    """Names that str.isdigit() accepts but int() refuses, or too long to convert, are ignored like any foreign
+    name: no exception reaches the call."""
+    pb = Playback()
+    pb.on_audio_sent("A", 800, now=0.0)
+    assert not pb.on_mark(name, now=0.01)
+    assert pb.marks_pending
+
+
+def test_a_phone_that_never_echoes_cannot_grow_pending_marks() -> None:
+    """Pending marks are bounded; the oldest are forgotten, and a late echo of a remembered one still settles
+    everything before it."""
+    pb = Playback()
+    names = [pb.on_audio_sent("A", 80, now=0.0) for _ in range(Playback.MAX_PENDING_MARKS + 500)]
+    assert len(pb._pending_marks) == len(pb._pending_set) == Playback.MAX_PENDING_MARKS
+    assert not pb.on_mark(names[10], now=1.0)  # forgotten
+    assert pb.on_mark(names[-2], now=1.0)
+    assert len(pb._pending_marks) == len(pb._pending_set) == 1

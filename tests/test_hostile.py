@@ -1,0 +1,133 @@
+"""Hostile and broken peers: a stalled or mute upstream, a caller gone mid-send, bad frames, oversized deltas."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+
+import aiohttp
+import pytest
+from support import RawLeg, make_config, start_relay, start_standin, until
+from test_bridge_memory import MemoryLeg
+
+import bridge
+from bridge import Call, Stats
+from protocol import PhoneStart
+from standin_openai import AssistantTurn
+
+
+async def _health(http: aiohttp.ClientSession, base: str) -> dict[str, object]:
+    async with http.get(base + "/health") as resp:
+        return dict(await resp.json())
+
+
+async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: contextlib.AsyncExitStack,
+                                                                    http: aiohttp.ClientSession,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that stops reading (pings unanswered) is detected by ping timeout, and the call ends with 1011, counted
+    as an error, instead of leaving the caller on a silent line for ~50 s."""
+    monkeypatch.setattr(bridge, "REALTIME_PING_INTERVAL_S", 0.5)
+    monkeypatch.setattr(bridge, "REALTIME_PING_TIMEOUT_S", 0.5)
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
+    standin.stall = True
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    started = time.monotonic()
+    assert await leg.closed(timeout=10) == 1011
+    assert time.monotonic() - started < 5
+    assert (await _health(http, base))["errors"] == 1
+
+
+async def test_a_response_create_never_answered_ends_the_call(stack: contextlib.AsyncExitStack,
+                                                              http: aiohttp.ClientSession,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A greeting that never comes (no response.created after response.create) ends the call with 1011."""
+    monkeypatch.setattr(bridge, "RESPONSE_CREATED_TIMEOUT_S", 1.0)
+    standin, url = await start_standin(stack)
+    standin.ignore_response_create = True
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    assert await leg.closed(timeout=10) == 1011
+    assert "no response.created within 1s of response.create" in caplog.text
+    assert (await _health(http, base))["errors"] == 1
+
+
+class GoneLeg(MemoryLeg):
+    """A caller whose socket resets after a few messages, as aiohttp reports it."""
+
+    def __init__(self, sends_before_reset: int) -> None:
+        super().__init__()
+        self.left = sends_before_reset
+
+    async def send_audio(self, payload: str) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        await super().send_audio(payload)
+
+
+async def test_a_caller_gone_mid_audio_is_a_normal_end(stack: contextlib.AsyncExitStack,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A hang-up while assistant audio is being sent ends the call as a hang-up: no traceback, no error counted."""
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 16000, delta_ms=(40, 40))])
+    leg, stats = GoneLeg(sends_before_reset=3), Stats()
+    running = asyncio.create_task(Call(leg, make_config(url), stats, None).run())
+    leg.inbox.put_nowait(PhoneStart("MEM-9", "", {"caller_number": "+14155550100"}))
+    end = await asyncio.wait_for(running, 10)
+    assert (end.reason, end.failed, stats.errors) == ("memory hung up", False, 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_bad_frames_both_ways_leave_the_call_alive(stack: contextlib.AsyncExitStack,
+                                                         http: aiohttp.ClientSession,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Media that is not base64, and JSON nested too deep for the parser, from either peer: dropped with one warning
+    per kind, nothing forwarded, the call goes on."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    await until(lambda: standin.sessions and standin.sessions[0].updated_at, what="session")
+    session = standin.sessions[0]
+    nested = "[" * 5_000 + "]" * 5_000  # 10 KB, under the phone's 64 KB message limit, too deep for json
+    for bad in ("@@@@", "AAA", "AAA=A===", "€€€€"):
+        await leg.send({"event": "media", "streamSid": leg.stream_sid, "media": {"payload": bad}})
+    await leg.ws.send_str(nested)
+    await session.ws.send_str(nested)
+    before = session.input_bytes
+    await leg.media(b"\x20" * 160)
+    await until(lambda: session.input_bytes == before + 160, what="good audio after the bad")
+    assert session.errors == [] and session.invalid == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if w.startswith("twilio media that is not base64 dropped")]) == 1
+    assert len([w for w in warnings if w.startswith("non-JSON frame from twilio ignored")]) == 1
+    assert len([w for w in warnings if w.startswith("malformed realtime event ignored (json: non-JSON frame)")]) == 1
+    assert not leg.ws.closed
+
+
+async def test_an_oversized_delta_reaches_the_phone_in_pieces(stack: contextlib.AsyncExitStack,
+                                                              http: aiohttp.ClientSession) -> None:
+    """A 3 s delta (32,000 base64 characters) is sent as media messages of at most 16,000 characters, each with its
+    mark, the audio unchanged."""
+    answer = bytes(range(0, 0x7F)) * 189  # 24,003 bytes, one delta
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=answer, delta_ms=(4000, 4000))])
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    kinds, audio = [], b""
+    while len(audio) < len(answer):
+        message = await leg.recv_kind()
+        assert message is not None
+        kinds.append(message[0])
+        if message[0] == "media":
+            assert len(message[1]) <= bridge.MAX_PAYLOAD_CHARS
+            audio += base64.b64decode(message[1])
+    assert audio == answer
+    assert kinds == ["media", "mark"] * 2 + ["media"]
+    await leg.stop()
