@@ -90,6 +90,8 @@ REALTIME_PING_TIMEOUT_S = 5.0
 leaving the caller on a silent line."""
 REALTIME_CLOSE_TIMEOUT_S = 2.0
 """How long a closing handshake with the service may take (a hung service never answers it)."""
+PHONE_SILENCE_S = 30.0
+"""A phone sends 50 frames a second; one that sends none for this long is gone (a half-open socket)."""
 RESPONSE_CREATED_TIMEOUT_S = 10.0
 """How long the service has to answer ``response.create`` with ``response.created``."""
 
@@ -570,7 +572,7 @@ class Call:
             asyncio.create_task(self._pump_phone(), name="phone->realtime"),
             asyncio.create_task(self._pump_realtime(), name="realtime->phone"),
             asyncio.create_task(self._session_watchdog(), name="session watchdog"),
-            asyncio.create_task(self._response_watchdog(), name="response watchdog"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._hang_up_after_goodbye(), name="hang up"),
             asyncio.create_task(self._closing.wait(), name="close request"),
         ]
@@ -608,13 +610,22 @@ class Call:
         self.log.error("no session.updated within %.0fs", SESSION_TIMEOUT_S)
         raise HangUp("realtime session not configured")
 
-    async def _response_watchdog(self) -> str:
-        """A ``response.create`` the service never answers (no ``response.created``) ends the call as
-        an upstream failure rather than leaving the caller in silence."""
+    async def _watchdog(self) -> str:
+        """Once a second: a ``response.create`` the service never answers (no ``response.created``)
+        ends the call as an upstream failure rather than leaving the caller in silence; a phone that
+        has sent no frame for ``PHONE_SILENCE_S`` is gone. (The frame counter is compared here, so the
+        per-frame path pays nothing for it.)"""
+        frames, heard_at = -1, time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if self.counts.frames_in != frames:
+                frames, heard_at = self.counts.frames_in, now
+            elif now - heard_at > PHONE_SILENCE_S:
+                self.log.warning("no frame from the phone for %.0fs; hanging up", PHONE_SILENCE_S)
+                raise HangUp(f"{self.phone.network} silent")
             sent = self._create_sent_at
-            if self.slot.create_in_flight and sent is not None and time.monotonic() - sent > RESPONSE_CREATED_TIMEOUT_S:
+            if self.slot.create_in_flight and sent is not None and now - sent > RESPONSE_CREATED_TIMEOUT_S:
                 self._failed = True
                 self._close_code = WSCloseCode.INTERNAL_ERROR
                 self.log.error("no response.created within %.0fs of response.create", RESPONSE_CREATED_TIMEOUT_S)

@@ -21,7 +21,7 @@ from plivo import plivoxml
 from plivo.utils.signature_v3 import construct_get_url, get_signature_v3, validate_v3_signature
 
 from phone_ws import Dialect, parse_frame
-from protocol import MalformedFrame, PhoneEvent, PhoneStart
+from protocol import MalformedFrame, PhoneEvent, PhoneStart, peer_id
 
 logger = logging.getLogger("phone_plivo")
 
@@ -75,11 +75,12 @@ def extra_headers(raw: Any) -> dict[str, str]:
 
 def _start(event: dict[str, Any]) -> PhoneStart:
     start = event.get("start")
-    stream_id = start.get("streamId") if type(start) is dict else None
-    if type(stream_id) is not str:
-        raise MalformedFrame("start", "plivo start without start.streamId dropped")
-    call_id = start.get("callId")
-    return PhoneStart(stream_id, call_id if type(call_id) is str else "", extra_headers(event.get("extra_headers")))
+    stream_id = peer_id(start.get("streamId")) if type(start) is dict else None
+    if stream_id is None:
+        raise MalformedFrame("start", "plivo start without a usable start.streamId dropped")
+    headers = event.get("extra_headers")
+    params = extra_headers(headers if type(headers) is str and len(headers) <= 512 else None)
+    return PhoneStart(stream_id, peer_id(start.get("callId")) or "", params)
 
 
 def _mark_name(event: dict[str, Any]) -> str | None:

@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from phone_ws import Dialect, parse_frame
-from protocol import MalformedFrame, PhoneEvent, PhoneStart, inner_text
+from protocol import MalformedFrame, PhoneEvent, PhoneStart, inner_text, peer_id
 
 logger = logging.getLogger("phone_twilio")
 
@@ -52,12 +52,12 @@ def clear_message(stream_sid: str) -> str:
 
 def _start(event: dict[str, Any]) -> PhoneStart:
     start = event.get("start")
-    if type(start) is not dict or type(start.get("streamSid")) is not str:
-        raise MalformedFrame("start", "twilio start without start.streamSid dropped")
+    stream_sid = peer_id(start.get("streamSid")) if type(start) is dict else None
+    if stream_sid is None:
+        raise MalformedFrame("start", "twilio start without a usable start.streamSid dropped")
     params = start.get("customParameters")
-    custom = {k: v for k, v in params.items() if type(v) is str} if type(params) is dict else {}
-    call_sid = start.get("callSid")
-    return PhoneStart(start["streamSid"], call_sid if type(call_sid) is str else "", custom)
+    custom = {k: v for k, v in params.items() if type(v) is str and len(v) <= 256} if type(params) is dict else {}
+    return PhoneStart(stream_sid, peer_id(start.get("callSid")) or "", custom)
 
 
 _MARKS = frozenset({"mark"})

@@ -13,6 +13,7 @@ Twilio Media Streams and Plivo Audio Streams docs for the phone side.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -80,6 +81,16 @@ def decode_json_object(raw: str | bytes) -> dict[str, Any]:
     if type(value) is not dict:
         raise ValueError("non-object frame")
     return value
+
+
+_PEER_ID = re.compile(r"[!-~]{1,64}")
+
+
+def peer_id(value: Any) -> str | None:
+    """An identifier a peer sent (``streamSid``, ``callId``...) when it is 1-64 printable ASCII
+    characters, else None: a newline in it would forge log lines, and a 30 KB one would be logged
+    and echoed in every message."""
+    return value if type(value) is str and _PEER_ID.fullmatch(value) else None
 
 
 def inner_text(event: dict[str, Any], outer: str, inner: str) -> str | None:

@@ -131,3 +131,39 @@ async def test_an_oversized_delta_reaches_the_phone_in_pieces(stack: contextlib.
     assert audio == answer
     assert kinds == ["media", "mark"] * 2 + ["media"]
     await leg.stop()
+
+
+async def test_a_silent_phone_is_hung_up(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
+                                         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A phone that sends no frame at all (a half-open socket: a live one sends 50 a second) is hung up, not held."""
+    monkeypatch.setattr(bridge, "PHONE_SILENCE_S", 1.5)
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    assert await leg.closed(timeout=10) == 1000
+    assert "no frame from the phone for 2s; hanging up" in caplog.text
+    await until(lambda: "reason=twilio silent" in caplog.text, what="the call's end logged")
+    assert (await _health(http, base))["errors"] == 0
+
+
+@pytest.mark.parametrize("stream_sid", ["MZ1\ncall started call_sid=CAforged", "MZ" + "7" * 30_000],
+                         ids=["newline", "30-kb"])
+async def test_identifiers_from_peers_are_bounded_before_any_log(stack: contextlib.AsyncExitStack,
+                                                                 http: aiohttp.ClientSession,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture,
+                                                                 stream_sid: str) -> None:
+    """A streamSid with a line break (a forged log line) or of 30 KB is refused with one warning; it is never logged
+    or echoed, and OpenAI is not contacted."""
+    monkeypatch.setattr(bridge, "START_TIMEOUT_S", 1.0)
+    standin, url = await start_standin(stack)
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)
+    await leg.send({"event": "start", "streamSid": stream_sid, "start": {"streamSid": stream_sid, "callSid": "CA1",
+                                                                        "customParameters": {}}})
+    assert await leg.closed(timeout=10) == 1000
+    assert standin.sessions == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "start without a usable start.streamSid dropped" in m]) == 1
+    assert not any(stream_sid[:20] in m for m in messages)
