@@ -60,6 +60,10 @@ access_logger = logging.getLogger("relay.access")
 
 PROBES = frozenset({"/health", "/healthz"})
 """Paths a load balancer polls: logged at DEBUG only."""
+IDLE_TIMEOUT_S = 15.0
+"""A connection that has not completed a request this long after opening (or after its last
+response) is closed: aiohttp's keep-alive timer, which also ends slowloris clients that never finish
+their headers (aiohttp's default is an hour)."""
 
 CONFIG = web.AppKey("config", Config)
 STATS = web.AppKey("stats", Stats)
@@ -330,6 +334,7 @@ def _runner(app: web.Application, shutdown_timeout_s: float) -> web.AppRunner:
         shutdown_timeout=shutdown_timeout_s,
         access_log_class=AccessLog,
         access_log=access_logger,
+        keepalive_timeout=IDLE_TIMEOUT_S,
     )
 
 

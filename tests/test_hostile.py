@@ -167,3 +167,27 @@ async def test_identifiers_from_peers_are_bounded_before_any_log(stack: contextl
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "start without a usable start.streamSid dropped" in m]) == 1
     assert not any(stream_sid[:20] in m for m in messages)
+
+
+async def test_slowloris_connections_are_closed_and_calls_still_served(stack: contextlib.AsyncExitStack,
+                                                                       http: aiohttp.ClientSession,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 clients that never finish their headers are closed after the idle timeout, and the relay answers real
+    requests meanwhile (they were held for minutes before)."""
+    import relay
+
+    monkeypatch.setattr(relay, "IDLE_TIMEOUT_S", 1.0)
+    base = await start_relay(stack, make_config())
+    host, port = base.removeprefix("http://").split(":")
+    slow = []
+    for _ in range(100):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /health HTTP/1.1\r\nHost: relay\r\nX-Slow: ")  # and never the rest
+        slow.append((reader, writer))
+    async with http.get(base + "/healthz") as resp:
+        assert resp.status == 200
+    started = time.monotonic()
+    closed = await asyncio.wait_for(asyncio.gather(*(reader.read() for reader, _ in slow)), 10)
+    assert closed == [b""] * 100 and time.monotonic() - started < 5
+    for _, writer in slow:
+        writer.close()
