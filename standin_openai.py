@@ -772,6 +772,20 @@ class RealtimeStandIn:
 
 
 @contextlib.asynccontextmanager
+async def serve_on_loopback(app: web.Application) -> AsyncIterator[str]:
+    """Serve a stand-in's ``app`` on a free loopback port; yields ``host:port``."""
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def realtime_standin(
     script: list[AssistantTurn] | Callable[[RealtimeSession], AssistantTurn] | None = None,
     note: Note | None = None,
@@ -781,15 +795,8 @@ async def realtime_standin(
     """Serve a Realtime stand-in on loopback; yields it and its ``ws://…/v1/realtime`` URL
     (``rest_base_url`` of it is the Responses API base)."""
     standin = RealtimeStandIn(script, note, seed, web_search)
-    runner = web.AppRunner(standin.app(), handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield standin, f"ws://{host}:{port}/v1/realtime"
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(standin.app()) as address:
+        yield standin, f"ws://{address}/v1/realtime"
 
 
 def _api_error(status: int, kind: str, message: str) -> web.Response:

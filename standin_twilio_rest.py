@@ -22,6 +22,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from standin_openai import serve_on_loopback
+
 
 @dataclass
 class TwilioRestStandIn:
@@ -137,12 +139,5 @@ def _error(status: int, code: int, message: str) -> web.Response:
 async def twilio_rest_standin(account_sid: str, auth_token: str) -> AsyncIterator[tuple[TwilioRestStandIn, str]]:
     """Serve a Twilio REST stand-in on loopback; yields it and its base URL (``TWILIO_API_BASE_URL``)."""
     standin = TwilioRestStandIn(account_sid, auth_token)
-    runner = web.AppRunner(standin.app(), handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield standin, f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(standin.app()) as address:
+        yield standin, f"http://{address}"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from support import ROOT
+from support import ROOT, process_env
 
 from config import Config, ConfigError, NoiseReduction, VadType, startup_warnings, to_e164
 from tools import SmtpSecurity
@@ -201,8 +201,7 @@ def test_process_exits_on_bad_music_file(tmp_path: os.PathLike[str]) -> None:
 
 
 def _run_relay(env: dict[str, str], tmp_path: os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
-    return subprocess.run([sys.executable, str(ROOT / "relay.py")], env={**clean, **env}, cwd=tmp_path,
+    return subprocess.run([sys.executable, str(ROOT / "relay.py")], env=process_env(**env), cwd=tmp_path,
                           capture_output=True, text=True, timeout=30)
 
 
