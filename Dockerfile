@@ -1,0 +1,25 @@
+# The relay in a container: docker build -t relay . && docker run --env-file .env -p 10000:10000 relay
+# Stop it with `docker stop --time 30` so the drain (DRAIN_TIMEOUT_S, default 25 s) can finish.
+FROM python:3.12-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=10000
+
+WORKDIR /app
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+COPY *.py ./
+COPY assets/ assets/
+COPY scenarios/ scenarios/
+
+RUN useradd --system --uid 10001 --no-create-home relay
+USER relay
+
+EXPOSE 10000
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '10000'), timeout=2)"]
+CMD ["python", "relay.py"]
