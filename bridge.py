@@ -56,6 +56,7 @@ from protocol import (
     ResponseSlot,
     SessionUpdated,
     SpeechStarted,
+    Truncation,
 )
 from tokens import StreamTokens
 from tools import ToolContext, ToolError
@@ -92,6 +93,9 @@ REALTIME_CLOSE_TIMEOUT_S = 2.0
 """How long a closing handshake with the service may take (a hung service never answers it)."""
 PHONE_SILENCE_S = 30.0
 """A phone sends 50 frames a second; one that sends none for this long is gone (a half-open socket)."""
+PHONE_WRITE_TIMEOUT_S = 5
+"""Seconds the phone may leave its send buffer full (it has stopped reading) before the call is
+dropped: sends wait on it meanwhile, so the relay's memory stays bounded by that buffer."""
 RESPONSE_CREATED_TIMEOUT_S = 10.0
 """How long the service has to answer ``response.create`` with ``response.created``."""
 
@@ -290,11 +294,12 @@ class Goodbye:
         self.response_id: str | None = None
         self._changed = asyncio.Event()
 
-    def request(self, reason: str) -> bool:
-        """``end_call`` ran. False when a goodbye was already under way (nothing changes)."""
+    def request(self, reason: str, by_model: bool = True) -> bool:
+        """``end_call`` ran (``by_model``), or the relay ends the call with a closing line. False when
+        a goodbye was already under way (nothing changes)."""
         if self.state is not GoodbyeState.NONE:
             return False
-        self.reason = reason
+        self.reason = f"end_call: {reason}" if by_model else reason
         self._enter(GoodbyeState.REQUESTED)
         return True
 
@@ -516,6 +521,24 @@ class Call:
                           counts=asdict(c))
         return end
 
+    async def say_goodbye(self, reason: str, instruction: str) -> None:
+        """End the call from outside after one short spoken line (a restart's drain timeout): what
+        is playing is cut as by a barge-in, the model is asked for the line (``instruction``), and
+        the call ends once it has played, closing 1001 going away. A call whose session is not ready,
+        or already saying goodbye, is closed now."""
+        self._close_code = WSCloseCode.GOING_AWAY
+        if not self.session_ready or not self.goodbye.request(reason, by_model=False):
+            await self.close(WSCloseCode.GOING_AWAY, reason)
+            return
+        self.log.info("ending the call with a closing line: %s", reason)
+        await self.music.stop()
+        now = time.monotonic()
+        if self.playback.is_playing(now) or self.slot.active is not None:
+            await self._cut_playback(now, cancel=True)
+        await self._send_realtime(protocol.system_message(instruction))
+        self.goodbye.after_tools(spoke=False)
+        await self._request_response()
+
     async def close(self, code: int, reason: str) -> None:
         """End the call from outside (shutdown): close the phone socket with ``code``."""
         self._close_code = code
@@ -613,12 +636,20 @@ class Call:
     async def _watchdog(self) -> str:
         """Once a second: a ``response.create`` the service never answers (no ``response.created``)
         ends the call as an upstream failure rather than leaving the caller in silence; a phone that
-        has sent no frame for ``PHONE_SILENCE_S`` is gone. (The frame counter is compared here, so the
-        per-frame path pays nothing for it.)"""
-        frames, heard_at = -1, time.monotonic()
+        has sent no frame for ``PHONE_SILENCE_S`` is gone; one that has taken nothing for
+        ``PHONE_WRITE_TIMEOUT_S`` is dropped. (Counters and buffers are compared here, so the per-frame
+        path pays nothing for it.)"""
+        frames, heard_at, stalled_s = -1, time.monotonic(), 0
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            stalled_s = stalled_s + 1 if self.phone.write_stalled else 0
+            if stalled_s >= PHONE_WRITE_TIMEOUT_S:
+                self.log.warning(
+                    "the phone has not read for %ds (%d bytes unsent); dropping the call",
+                    stalled_s, self.phone.unsent_bytes,
+                )
+                raise HangUp(f"{self.phone.network} not reading")
             if self.counts.frames_in != frames:
                 frames, heard_at = self.counts.frames_in, now
             elif now - heard_at > PHONE_SILENCE_S:
@@ -764,16 +795,22 @@ class Call:
         now = time.monotonic()
         if not self.playback.is_playing(now):
             return
+        self.counts.barge_ins += 1
+        cuts = await self._cut_playback(now, cancel=not self.config.vad_interrupt_response)
+        self.log.debug("barge-in truncations=%s", cuts)
+        self._publish(CallEventKind.BARGE_IN, truncations=[asdict(cut) for cut in cuts])
+
+    async def _cut_playback(self, now: float, cancel: bool) -> list[Truncation]:
+        """Stop the assistant where the caller is: clear the phone's queue, truncate each cut item
+        at what was heard, and (``cancel``) cancel the active response."""
         await self.phone.clear()
         cuts = self.playback.barge_in(now)
-        self.counts.barge_ins += 1
-        if self.slot.interrupt() is not None and not self.config.vad_interrupt_response:
+        if self.slot.interrupt() is not None and cancel:
             await self._send_realtime(protocol.response_cancel())
         for cut in cuts:
             await self._send_realtime(protocol.item_truncate(cut.item_id, cut.audio_end_ms))
         self.goodbye.playback_moved()  # cleared: nothing is left to play (a goodbye included)
-        self.log.debug("barge-in truncations=%s", cuts)
-        self._publish(CallEventKind.BARGE_IN, truncations=[asdict(cut) for cut in cuts])
+        return cuts
 
     async def _on_response_created(self, event: ResponseCreated) -> None:
         ours = self.slot.on_created(event.response_id)
@@ -889,7 +926,7 @@ class Call:
                 await goodbye.wait_until(lambda: not self.playback.marks_pending)
         except TimeoutError:
             self.log.warning("goodbye marks not echoed within %.1f s; hanging up", deadline_s)
-        return f"end_call: {goodbye.reason}"
+        return str(goodbye.reason)
 
     # -- sending and telling --
 

@@ -86,6 +86,17 @@ class Config:
 
     openai_api_key: str = field(repr=False)
     port: int = 10000
+    max_calls: int = 100
+    """Calls one process takes at once; beyond it the webhook answers busy (``capacity.Capacity``)."""
+    drain_timeout_s: float = 25.0
+    """On SIGTERM, how long live calls may go on before each is ended with a spoken line."""
+    metrics: bool = False
+    """Serve ``/metrics`` (Prometheus text format)."""
+    console_token: str | None = field(default=None, repr=False)
+    """HTTP Basic auth password (any user name) for the operator pages (``/metrics``)."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) to serve https/wss directly; with ``tls_key_file``."""
+    tls_key_file: str | None = None
     public_url: str | None = None
     """Public origin Twilio uses (``https://relay.example.com``); None: the Host header."""
     realtime_url: str = "wss://api.openai.com/v1/realtime"
@@ -190,12 +201,25 @@ class Config:
             problems.append("TWILIO_API_BASE_URL must be an http(s):// URL")
         if bool(reader.text("TWILIO_API_KEY", "")) != bool(reader.text("TWILIO_API_SECRET", "")):
             problems.append("TWILIO_API_KEY and TWILIO_API_SECRET go together: set both or neither")
+        tls_cert = reader.text("TLS_CERT_FILE", "") or None
+        tls_key = reader.text("TLS_KEY_FILE", "") or None
+        if bool(tls_cert) != bool(tls_key):
+            problems.append("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
+        for name, path in (("TLS_CERT_FILE", tls_cert), ("TLS_KEY_FILE", tls_key)):
+            if path and not Path(path).is_file():
+                problems.append(f"{name} names no readable file")
         music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
         if music_file and music_file.lower() in ("none", "off"):
             music_file = None
         config = cls(
             openai_api_key=api_key,
             port=reader.integer("PORT", default["port"], 1, 65535),
+            max_calls=reader.integer("MAX_CALLS", default["max_calls"], 1, 100_000),
+            drain_timeout_s=reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
+            metrics=reader.boolean("METRICS", default["metrics"]),
+            console_token=reader.text("CONSOLE_TOKEN", "") or None,
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
             public_url=public_url,
             realtime_url=realtime_url,
             realtime_model=reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
@@ -486,6 +510,10 @@ def find_caller(config: Config, raw_number: str | None) -> AllowedCaller | None:
 
 RESTRICTED_MESSAGE = "Sorry, this line is restricted. Goodbye."
 """What a caller on neither allowlist hears before the hang-up."""
+BUSY_MESSAGE = "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
+"""What a caller hears when the process is at ``MAX_CALLS``."""
+DRAINING_MESSAGE = "Sorry, this line is restarting. Please call again in a minute. Goodbye."
+"""What a new caller hears while the process drains for a restart."""
 
 
 def greeting_for(when: datetime) -> str:

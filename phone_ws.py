@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
 from collections.abc import Callable
@@ -23,6 +24,10 @@ from protocol import (
 )
 
 logger = logging.getLogger("phone")
+
+CLOSE_TIMEOUT_S = 2.0
+"""How long a closing handshake with the phone may take before the connection is dropped (a phone
+that has stopped reading never takes the close frame)."""
 
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
@@ -110,8 +115,10 @@ class WebSocketLeg:
     (outbound messages carry its stream id).
     """
 
-    def __init__(self, ws: web.WebSocketResponse, dialect: Dialect) -> None:
+    def __init__(self, ws: web.WebSocketResponse, dialect: Dialect, transport: asyncio.Transport | None) -> None:
         self.ws = ws
+        self._transport = transport
+        self._high_water = transport.get_write_buffer_limits()[1] if transport is not None else 0
         self.dialect = dialect
         self.network = dialect.network
         self.stream_sid = ""
@@ -154,8 +161,32 @@ class WebSocketLeg:
         await self.ws.send_str(self.dialect.clear(self.stream_sid))
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close the websocket with ``code``; this hangs up the call."""
-        await self.ws.close(code=code, message=reason.encode())
+        """Close the websocket with ``code``; this hangs up the call. A phone that does not complete
+        the closing handshake within ``CLOSE_TIMEOUT_S`` (or has stopped reading) is dropped."""
+        if self.write_stalled:
+            self.abort()
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, with whatever is still unsent (a phone that stopped reading)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes sent to the phone that its TCP connection has not yet taken (the user-space buffer)."""
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
+
+    @property
+    def write_stalled(self) -> bool:
+        """True while the send buffer is over its high-water mark: sends wait for the phone to read."""
+        return self.unsent_bytes > self._high_water
 
     @property
     def closed(self) -> bool:

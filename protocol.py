@@ -149,6 +149,17 @@ class PhoneLeg(Protocol):
         """True once the socket is closed by either side."""
         ...
 
+    @property
+    def write_stalled(self) -> bool:
+        """True while sends are waiting for the phone to take what was sent before (it is not
+        reading); checked once a second, never per frame."""
+        ...
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued for the phone and not yet taken, for the log."""
+        ...
+
 
 # --- OpenAI Realtime (GA) client events ------------------------------------------------
 

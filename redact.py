@@ -27,6 +27,7 @@ from typing import Any, TextIO
 SECRET_ENV_KEYS = (
     "OPENAI_API_KEY",
     "NGROK_AUTHTOKEN",
+    "CONSOLE_TOKEN",
     "SMTP_PASS",
     "SMTP_USER",
     "SENDER_FROM_EMAIL",

@@ -8,7 +8,9 @@ Call flow (a maintainer's map):
 2. The network opens the media websocket; ``_bridge`` checks its signature, wraps the socket in a
    ``phone_ws.WebSocketLeg`` speaking that network's ``Dialect`` and hands it to a ``bridge.Call``.
 3. ``Call.run`` holds the call: Realtime session, audio both ways, barge-in, tools, goodbye.
-4. Closing the phone socket hangs up; on shutdown every live call is closed with 1001.
+4. Closing the phone socket hangs up.
+5. SIGTERM/SIGINT drains (``_serve``): ``/health`` answers 503, new calls are turned away politely,
+   live calls go on for up to ``DRAIN_TIMEOUT_S``, then each hears a closing line and ends 1001.
 
 Imports point one way: this module imports the others, nothing imports it.
 """
@@ -22,11 +24,13 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import openai
@@ -40,7 +44,10 @@ import redact
 import sms as sms_module
 import tools
 from bridge import Call, Stats
+from capacity import Capacity, LoopErrors, raise_open_files_limit
 from config import (
+    BUSY_MESSAGE,
+    DRAINING_MESSAGE,
     RESTRICTED_MESSAGE,
     Config,
     ConfigError,
@@ -50,16 +57,24 @@ from config import (
     startup_warnings,
     welcome_message,
 )
+from metrics import CONTENT_TYPE as PROMETHEUS_TEXT
+from metrics import Metrics
 from music import load_wait_music
 from phone_ws import Dialect, WebSocketLeg
 from sms import SmsReplies
-from tokens import StreamTokens
+from tokens import StreamTokens, operator_allowed
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")
 
 PROBES = frozenset({"/health", "/healthz"})
 """Paths a load balancer polls: logged at DEBUG only."""
+CLOSING_LINE_S = 5.0
+"""The last part of ``DRAIN_TIMEOUT_S``, kept for the calls' closing lines."""
+CLOSING_INSTRUCTION = (
+    "The server is restarting and this call must end now. In one short sentence, tell the caller "
+    "you have to hang up and ask them to call back in a minute, then say goodbye."
+)
 IDLE_TIMEOUT_S = 15.0
 """A connection that has not completed a request this long after opening (or after its last
 response) is closed: aiohttp's keep-alive timer, which also ends slowloris clients that never finish
@@ -67,7 +82,11 @@ their headers (aiohttp's default is an hour)."""
 
 CONFIG = web.AppKey("config", Config)
 STATS = web.AppKey("stats", Stats)
-CALLS = web.AppKey("calls", set[Call])
+CALLS = web.AppKey("calls", dict[Call, asyncio.Task[web.StreamResponse]])
+"""Live calls and the request handler task holding each."""
+CAPACITY = web.AppKey("capacity", Capacity)
+METRICS = web.AppKey("metrics", Metrics | None)
+"""None unless ``METRICS=true``."""
 TWILIO_SIGNATURES = web.AppKey("twilio_signatures", phone_twilio.Signatures)
 PLIVO_SIGNATURES = web.AppKey("plivo_signatures", phone_plivo.Signatures)
 DRAINING = web.AppKey("draining", asyncio.Event)
@@ -91,7 +110,10 @@ def make_app(config: Config) -> web.Application:
     app[WAIT_MUSIC] = load_wait_music(config)
     app.cleanup_ctx.append(_rest_clients)
     app[STATS] = Stats()
-    app[CALLS] = set()
+    app[CALLS] = {}
+    app[CAPACITY] = Capacity(config.max_calls)
+    app[METRICS] = Metrics(lambda: app[STATS].active) if config.metrics else None
+    app.cleanup_ctx.append(_loop_lag)
     app[TWILIO_SIGNATURES] = phone_twilio.Signatures(config.twilio_auth_token)
     app[PLIVO_SIGNATURES] = phone_plivo.Signatures(config.plivo_auth_token)
     app[DRAINING] = asyncio.Event()
@@ -106,6 +128,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_route("GET", "/plivo/answer", plivo_answer)
     app.router.add_route("POST", "/plivo/answer", plivo_answer)
     app.router.add_get("/plivo/media-stream", plivo_media_stream)
+    app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(_close_calls)
     return app
 
@@ -135,13 +158,55 @@ async def _rest_clients(app: web.Application) -> AsyncIterator[None]:
         await client.close()
 
 
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: with metrics on, sample the event loop's lag while the app runs."""
+    watcher = app[METRICS]
+    task = asyncio.create_task(watcher.watch_loop_lag()) if watcher is not None else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _close_calls(app: web.Application) -> None:
-    """Shutdown: refuse new calls, end live ones with 1001 going away."""
+    """Shutdown: refuse new calls, end live ones with 1001 going away (after ``drain``, none)."""
     app[DRAINING].set()
     calls = list(app[CALLS])
     if calls:
         logger.info("shutting down: closing %d live call(s)", len(calls))
     await asyncio.gather(*(call.close(WSCloseCode.GOING_AWAY, "server shutting down") for call in calls))
+
+
+async def drain(app: web.Application, timeout_s: float, hurry: asyncio.Event) -> None:
+    """A restart's drain, with the listener still open: ``/health`` answers 503 ``draining`` and new
+    calls are turned away (``_answer``, ``_bridge``) while live calls go on for up to ``timeout_s``
+    minus ``CLOSING_LINE_S``; each call still live then hears a closing line from the assistant and
+    ends 1001 (cut after ``CLOSING_LINE_S``). ``hurry`` (a second signal) skips to the close."""
+    app[DRAINING].set()
+    calls = app[CALLS]
+    logger.info("draining: %d live call(s), up to %.0fs", len(calls), timeout_s)
+    await _until_ended(list(calls.values()), max(0.0, timeout_s - CLOSING_LINE_S), hurry)
+    if calls and not hurry.is_set():
+        logger.info("drain timeout: ending %d call(s) with a closing line", len(calls))
+        left = dict(calls)
+        await asyncio.gather(*(call.say_goodbye("server restarting", CLOSING_INSTRUCTION) for call in left))
+        await _until_ended(list(left.values()), CLOSING_LINE_S, hurry)
+    await asyncio.gather(*(call.close(WSCloseCode.GOING_AWAY, "server restarting") for call in list(calls)))
+
+
+async def _until_ended(tasks: list[asyncio.Task[web.StreamResponse]], timeout_s: float, hurry: asyncio.Event) -> None:
+    """Wait until every task has ended, ``timeout_s`` has passed or ``hurry`` is set (never cancels them)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending: set[asyncio.Future[Any]] = set(tasks)
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        while pending and not hurry.is_set() and (left := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait(pending | {hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            pending -= done
+    finally:
+        hurried.cancel()
 
 
 # --- HTTP routes ------------------------------------------------------------------------
@@ -156,18 +221,33 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: status and counters for load balancers (503 while draining)."""
+    """``GET /health``: status and counters for load balancers: 503 ``draining`` during a restart's
+    drain, 503 ``full`` at ``MAX_CALLS`` (send new calls elsewhere), else 200 ``healthy``."""
     stats = request.app[STATS]
-    draining = request.app[DRAINING].is_set()
+    capacity = request.app[CAPACITY]
+    status = "draining" if request.app[DRAINING].is_set() else "full" if capacity.full else "healthy"
     body = {
-        "status": "draining" if draining else "healthy",
+        "status": status,
+        "capacity": capacity.max_calls,
+        "active": capacity.in_use,
         "uptime": f"{int(time.monotonic() - stats.started)}s",
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "connections": {"active": stats.active, "total": stats.total},
         "errors": stats.errors,
         "openai_configured": bool(request.app[CONFIG].openai_api_key),
     }
-    return web.json_response(body, status=503 if draining else 200)
+    return web.json_response(body, status=200 if status == "healthy" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format (``metrics.Metrics``); 404 unless ``METRICS=true``,
+    401 without ``CONSOLE_TOKEN`` as the Basic auth password when one is set."""
+    collected = request.app[METRICS]
+    if collected is None:
+        raise web.HTTPNotFound()
+    if not operator_allowed(request.headers.get("Authorization"), request.app[CONFIG].console_token):
+        return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="relay"'})
+    return web.Response(body=collected.render(), headers={"Content-Type": PROMETHEUS_TEXT})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -239,14 +319,21 @@ def _answer(
     stream: Callable[[str, str, Mapping[str, str]], str],
     media_path: str,
 ) -> str:
-    """The webhook answer in the network's language: the restricted-line message and a hang-up for a
-    caller on no allowlist; otherwise the welcome, then a stream to ``media_path`` carrying the
-    caller's number and a single-use stream token for this call (``tokens``)."""
+    """The webhook answer in the network's language: a short message and a hang-up for a caller on
+    no allowlist, during a restart's drain, or at ``MAX_CALLS``; otherwise the welcome, then a stream
+    to ``media_path`` carrying the caller's number and a single-use stream token for this call
+    (``tokens``)."""
     config = request.app[CONFIG]
     caller = find_caller(config, raw_from)
     if caller is None:
         logger.info("restricted caller %s refused", mask_number(raw_from or ""))
         return hang_up(RESTRICTED_MESSAGE)
+    if request.app[DRAINING].is_set():
+        logger.info("call from %s turned away: draining for a restart", mask_number(caller.number))
+        return hang_up(DRAINING_MESSAGE)
+    if not request.app[CAPACITY].answer():
+        logger.warning("call from %s turned away: MAX_CALLS=%d reached", mask_number(caller.number), config.max_calls)
+        return hang_up(BUSY_MESSAGE)
     parameters = request.app[STREAM_TOKENS].issue(caller.number, call_sid)
     return stream(welcome_message(config, caller), stream_origin(config, request) + media_path, parameters)
 
@@ -285,26 +372,34 @@ async def plivo_media_stream(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _bridge(request: web.Request, dialect: Dialect, signed: bool) -> web.WebSocketResponse:
-    """Accept a media websocket and hold the call on it. An unsigned handshake is closed with
-    1008 (and a draining server closes with 1001) before anything reaches OpenAI."""
+    """Accept a media websocket and hold the call on it. Before anything reaches OpenAI, an unsigned
+    handshake is closed 1008, and one that comes during a drain or beyond ``MAX_CALLS`` open streams
+    1013 (try again later)."""
     app = request.app
-    ws = web.WebSocketResponse(max_msg_size=dialect.max_message_bytes, autoping=True)
+    capacity = app[CAPACITY]
+    ws = web.WebSocketResponse(max_msg_size=dialect.max_message_bytes, autoping=True, compress=False)
     await ws.prepare(request)
-    if app[DRAINING].is_set():
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-        return ws
     if not signed:
         logger.warning("rejected %s media stream: bad signature", dialect.network)
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid signature")
         return ws
-    leg = WebSocketLeg(ws, dialect)
+    if app[DRAINING].is_set() or not capacity.open_stream():
+        why = "draining" if app[DRAINING].is_set() else f"MAX_CALLS={capacity.max_calls} reached"
+        logger.warning("%s media stream refused: %s", dialect.network, why)
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why.encode())
+        return ws
+    leg = WebSocketLeg(ws, dialect, request.transport)
+    watcher = app[METRICS]
     call = Call(leg, app[CONFIG], app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
-                openai_client=app[OPENAI_CLIENT])
-    app[CALLS].add(call)
+                openai_client=app[OPENAI_CLIENT], on_event=watcher.on_event if watcher is not None else None)
+    task = asyncio.current_task()
+    assert task is not None
+    app[CALLS][call] = task  # type: ignore[assignment]
     try:
         await call.run()
     finally:
-        app[CALLS].discard(call)
+        del app[CALLS][call]
+        capacity.close_stream()
     return ws
 
 
@@ -327,6 +422,24 @@ class AccessLog(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server TLS context from ``TLS_CERT_FILE`` / ``TLS_KEY_FILE`` (None: plain http/ws).
+
+    Raises:
+        ConfigError: the files are not a PEM certificate (chain) and its private key.
+    """
+    if not config.tls_cert_file or not config.tls_key_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"TLS_CERT_FILE / TLS_KEY_FILE: not a usable PEM certificate and key ({type(exc).__name__})"
+        ) from None
+    return context
+
+
 def _runner(app: web.Application, shutdown_timeout_s: float) -> web.AppRunner:
     return web.AppRunner(
         app,
@@ -343,15 +456,16 @@ async def serving(config: Config, host: str = "127.0.0.1", port: int = 0) -> Asy
     """Run the relay on ``host:port`` inside the current event loop (tests, the simulator).
 
     Yields:
-        The base URL, e.g. ``http://127.0.0.1:54321``.
+        The base URL, e.g. ``http://127.0.0.1:54321`` (``https://`` with ``TLS_CERT_FILE``).
     """
+    tls = tls_context(config)
     runner = _runner(make_app(config), 2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     bound = runner.addresses[0]
     try:
-        yield f"http://{bound[0]}:{bound[1]}"
+        yield f"{'https' if tls else 'http'}://{bound[0]}:{bound[1]}"
     finally:
         await runner.cleanup()
 
@@ -364,30 +478,38 @@ def host_of(url: str) -> str:
     return parts.hostname + (f":{parts.port}" if parts.port else "")
 
 
-async def _serve(app: web.Application, config: Config) -> int:
-    """Serve on 0.0.0.0:$PORT until SIGINT or SIGTERM; then close live calls (1001) and return 0.
+async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | None) -> int:
+    """Serve on 0.0.0.0:$PORT until SIGINT or SIGTERM; then ``drain`` and return 0.
     Returns 1, after one line naming ``PORT``, when the port cannot be bound."""
+    asyncio.get_running_loop().set_exception_handler(LoopErrors())
     runner = _runner(app, 5.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "0.0.0.0", config.port).start()
+        await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=tls).start()
     except OSError as exc:
         await runner.cleanup()
         why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
         logger.error("PORT %d %s; set PORT to a free port", config.port, why)
         return 1
     logger.info(
-        "relay listening on 0.0.0.0:%d (realtime %s, model %s)",
+        "relay listening on 0.0.0.0:%d%s (realtime %s, model %s)",
         config.port,
+        " with TLS (https/wss)" if tls else "",
         host_of(config.realtime_url),
         config.realtime_model,
     )
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # the first signal drains; a second one ends the drain at once
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     await stop.wait()
+    await drain(app, config.drain_timeout_s, hurry)
     await runner.cleanup()
+    logger.info("stopped")
     return 0
 
 
@@ -398,6 +520,7 @@ def main() -> None:
     redactor = redact.install(os.environ)  # before anything can print a secret
     try:
         config = Config.from_env(os.environ)
+        tls = tls_context(config)
         app = make_app(config)
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
@@ -409,10 +532,11 @@ def main() -> None:
         logger.warning("DISABLE_LOG_REDACTION=true: secret values are not masked in this log")
     for note in startup_warnings(config):
         logger.warning("%s", note)
+    raise_open_files_limit(config.max_calls)
     # Modules and config live for the whole process: keep them out of full collections, which
     # otherwise stall every live call's audio for ~10 ms (gc docs: gc.freeze).
     gc.freeze()
-    sys.exit(asyncio.run(_serve(app, config)))
+    sys.exit(asyncio.run(_serve(app, config, tls)))
 
 
 if __name__ == "__main__":

@@ -285,6 +285,15 @@ class RealtimeSession:
         """When the first session.updated was sent."""
         self._later: list[asyncio.Task[None]] = []
 
+    def system_texts(self) -> list[str]:
+        """The text of every system message item the relay created, in order."""
+        return [
+            part.get("text", "")
+            for _, event in self.received
+            if event["type"] == "conversation.item.create" and event.get("item", {}).get("role") == "system"
+            for part in event["item"].get("content", [])
+        ]
+
     def _note(self, text: str) -> None:
         if self.standin.note is not None:
             self.standin.note("realtime", text)

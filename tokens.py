@@ -11,6 +11,8 @@ The token's fields are digits and hex only, because Plivo's ``extraHeaders`` all
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -81,3 +83,22 @@ class StreamTokens:
     def _mac(self, caller: str, call_sid: str, expires: str, nonce: str) -> str:
         message = "\0".join((caller, call_sid, expires, nonce)).encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+
+def operator_allowed(authorization: str | None, token: str | None) -> bool:
+    """An operator page's HTTP Basic auth (any user name, ``token`` as the password), compared in
+    constant time. True when no token is configured (the page is open).
+
+    Args:
+        authorization: the request's ``Authorization`` header (None when absent).
+    """
+    if token is None:
+        return True
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:  # RFC 7617: base64 of "user-id:password"
+        _user, colon, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return bool(colon) and hmac.compare_digest(password.encode(), token.encode())

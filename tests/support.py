@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import inspect
 import json
 import os
 import subprocess
@@ -39,10 +40,13 @@ SECRET_KEY = "sk-test-" + "k" * 24
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` every 5 ms until truthy; fail the test after ``timeout`` seconds."""
+    """Poll ``predicate`` (a function, or a coroutine function) every 5 ms until truthy; fail the test
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -53,6 +53,9 @@ class MemoryLeg:
     def closed(self) -> bool:
         return self.close_code is not None
 
+    write_stalled = False
+    unsent_bytes = 0
+
     def say(self, ulaw: bytes) -> None:
         """Caller audio, 20 ms frames, faster than real time (the service's VAD reads the audio, not the clock)."""
         for frame in audio.frames(ulaw):

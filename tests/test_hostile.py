@@ -191,3 +191,40 @@ async def test_slowloris_connections_are_closed_and_calls_still_served(stack: co
     assert closed == [b""] * 100 and time.monotonic() - started < 5
     for _, writer in slow:
         writer.close()
+
+
+async def test_a_caller_that_stops_reading_is_dropped_with_bounded_memory(stack: contextlib.AsyncExitStack,
+                                                                          http: aiohttp.ClientSession,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A caller that keeps sending but never reads: the relay's sends wait on a full buffer (so its
+    memory stays bounded while the service keeps streaming 10 minutes of audio), then the call is
+    dropped with one log line, and the process serves the next call."""
+    monkeypatch.setattr(bridge, "PHONE_WRITE_TIMEOUT_S", 2)
+    ten_minutes = AssistantTurn(ulaw=b"\xff" * 8 * 600_000, delta_ms=(200, 200), speed=2000.0)
+    _standin, url = await start_standin(stack, [ten_minutes, AssistantTurn(ulaw=b"\x10" * 800)])
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)  # aiohttp's client stops reading its socket once 64 KiB wait unread
+    await leg.start()
+    frame = b"\xff" * 160
+
+    async def keep_talking() -> None:
+        while True:
+            await leg.media(frame)
+            await asyncio.sleep(0.02)
+
+    talking = asyncio.create_task(keep_talking())
+    try:
+        await until(lambda: "not read" in caplog.text, timeout=20, what="the stalled caller dropped")
+    finally:
+        talking.cancel()
+        with contextlib.suppress(BaseException):
+            await talking
+    lines = [r for r in caplog.records if "has not read" in r.getMessage()]
+    assert len(lines) == 1
+    unsent = int(lines[0].getMessage().split("(")[1].split()[0])
+    assert unsent < 1_000_000  # bytes held for this caller when it was dropped, of ~6.4 MB the service sent
+    await until(lambda: "reason=twilio not reading" in caplog.text, what="the call's end logged")
+    other = await RawLeg.open(http, base)
+    await other.start()
+    assert await other.recv_kind() is not None

@@ -172,4 +172,4 @@ def test_goodbye_states(spoke: bool, asks: bool, state: GoodbyeState) -> None:
     assert goodbye.after_tools(spoke=False) is False
     goodbye.on_response_created("r9", ours=True)
     goodbye.on_response_done("r9")
-    assert goodbye.state is GoodbyeState.SPOKEN and goodbye.reason == "bye"
+    assert goodbye.state is GoodbyeState.SPOKEN and goodbye.reason == "end_call: bye"

@@ -1,0 +1,118 @@
+"""``/metrics``: the relay's figures in Prometheus text format, with ``prometheus-client``.
+
+Fed by the bridge's call-event hook (``bridge.CallEvent``) and read from the live counters at scrape
+time, so the per-frame path pays nothing: frames are added when a call ends. Labels are bounded: a
+call's end reason is reduced to its kind (``end_call``, ``twilio stop``, ``realtime closed``...) and
+at most ``MAX_LABEL_VALUES`` distinct values are kept per label (the rest count as ``other``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from bridge import CallEvent, CallEventKind
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""``text/plain; version=0.0.4; charset=utf-8``."""
+MAX_LABEL_VALUES = 50
+LOOP_LAG_INTERVAL_S = 0.5
+_DETAIL = re.compile(r"\s*\(.*\)$")
+
+
+class Metrics:
+    """One process's metrics, in a registry of its own (several apps in one test process never clash).
+
+    Args:
+        active: the number of live calls, read at scrape time.
+    """
+
+    def __init__(self, active: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls_active = Gauge("relay_calls_active", "Calls in progress.", registry=r)
+        self.calls_active.set_function(lambda: float(active()))
+        self.calls = Counter("relay_calls", "Calls started (stream accepted, caller allowed).", registry=r)
+        self.calls_ended = Counter("relay_calls_ended", "Calls ended, by reason.", ["reason"], registry=r)
+        self.call_duration = Histogram(
+            "relay_call_duration_seconds", "Call durations.", registry=r,
+            buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+        )
+        self.barge_ins = Counter("relay_barge_ins", "Barge-ins (the caller spoke over the assistant).", registry=r)
+        self.truncation = Histogram(
+            "relay_truncation_audio_end_ms", "audio_end_ms of each conversation.item.truncate.", registry=r,
+            buckets=(250, 500, 1000, 2000, 4000, 8000, 16000, 32000),
+        )
+        self.tool_calls = Counter("relay_tool_calls", "Tool calls, by name and outcome.", ["name", "outcome"],
+                                  registry=r)
+        self.tool_seconds = Histogram(
+            "relay_tool_call_seconds", "Tool call latency.", ["name"], registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30),
+        )
+        self.realtime_errors = Counter("relay_realtime_errors", "Realtime error events, by code.", ["code"],
+                                       registry=r)
+        self.frames = Counter("relay_frames", "Audio frames, counted when each call ends.", ["direction"],
+                              registry=r)
+        self.session_rollovers = Counter("relay_session_rollovers", "Realtime sessions renewed mid-call.",
+                                         registry=r)
+        self.loop_lag = Histogram(
+            "relay_event_loop_lag_seconds", f"How late a {LOOP_LAG_INTERVAL_S} s timer fires.", registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self._seen: dict[str, set[str]] = {}
+
+    def on_event(self, event: CallEvent) -> None:
+        """The bridge's call-event hook (never blocks, never raises on odd data)."""
+        data = event.data
+        kind = event.kind
+        if kind is CallEventKind.STARTED:
+            self.calls.inc()
+        elif kind is CallEventKind.ENDED:
+            self.calls_ended.labels(self._bounded("reason", reason_kind(str(data.get("reason"))))).inc()
+            self.call_duration.observe(float(data.get("duration_s", 0.0)))
+            counts = data.get("counts") or {}
+            self.frames.labels("in").inc(int(counts.get("frames_in", 0)))
+            self.frames.labels("out").inc(int(counts.get("frames_out", 0)))
+        elif kind is CallEventKind.BARGE_IN:
+            self.barge_ins.inc()
+            for cut in data.get("truncations", ()):
+                self.truncation.observe(float(cut.get("audio_end_ms", 0)))
+        elif kind is CallEventKind.TOOL_FINISHED:
+            name = self._bounded("name", str(data.get("name")))
+            self.tool_calls.labels(name, "ok" if data.get("ok") else "error").inc()
+            self.tool_seconds.labels(name).observe(float(data.get("duration_ms", 0)) / 1000)
+        elif kind is CallEventKind.REALTIME_ERROR:
+            self.realtime_errors.labels(self._bounded("code", str(data.get("code")))).inc()
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+    async def watch_loop_lag(self) -> None:
+        """Sample how late the event loop runs a timer, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            planned = loop.time() + LOOP_LAG_INTERVAL_S
+            await asyncio.sleep(LOOP_LAG_INTERVAL_S)
+            self.loop_lag.observe(max(0.0, loop.time() - planned))
+
+    def _bounded(self, label: str, value: str) -> str:
+        seen = self._seen.setdefault(label, set())
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen.add(value)
+        return value
+
+
+def reason_kind(reason: str) -> str:
+    """A call's end reason without its free text: ``end_call: the caller said bye`` → ``end_call``,
+    ``realtime closed (1006)`` → ``realtime closed``."""
+    if reason.startswith("end_call"):
+        return "end_call"
+    return _DETAIL.sub("", reason)[:64]
