@@ -524,11 +524,13 @@ class Call:
     async def say_goodbye(self, reason: str, instruction: str) -> None:
         """End the call from outside after one short spoken line (a restart's drain timeout): what
         is playing is cut as by a barge-in, the model is asked for the line (``instruction``), and
-        the call ends once it has played, closing 1001 going away. A call whose session is not ready,
-        or already saying goodbye, is closed now."""
+        the call ends once it has played, closing 1001 going away. A call whose session is not ready
+        is closed now; one already saying its goodbye (``end_call``) finishes it."""
         self._close_code = WSCloseCode.GOING_AWAY
-        if not self.session_ready or not self.goodbye.request(reason, by_model=False):
+        if not self.session_ready:
             await self.close(WSCloseCode.GOING_AWAY, reason)
+            return
+        if not self.goodbye.request(reason, by_model=False):
             return
         self.log.info("ending the call with a closing line: %s", reason)
         await self.music.stop()

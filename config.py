@@ -87,6 +87,8 @@ class Config:
     openai_api_key: str = field(repr=False)
     port: int = 10000
     max_calls: int = 100
+    workers: int = 1
+    """Processes serving the port (``workers.py``); each takes ``max_calls`` and drains on its own."""
     """Calls one process takes at once; beyond it the webhook answers busy (``capacity.Capacity``)."""
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long live calls may go on before each is ended with a spoken line."""
@@ -215,6 +217,7 @@ class Config:
             openai_api_key=api_key,
             port=reader.integer("PORT", default["port"], 1, 65535),
             max_calls=reader.integer("MAX_CALLS", default["max_calls"], 1, 100_000),
+            workers=reader.integer("WORKERS", default["workers"], 1, 256),
             drain_timeout_s=reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
             metrics=reader.boolean("METRICS", default["metrics"]),
             console_token=reader.text("CONSOLE_TOKEN", "") or None,

@@ -43,6 +43,7 @@ import phone_twilio
 import redact
 import sms as sms_module
 import tools
+import workers
 from bridge import Call, Stats
 from capacity import Capacity, LoopErrors, raise_open_files_limit
 from config import (
@@ -231,6 +232,7 @@ async def health(request: web.Request) -> web.Response:
         "capacity": capacity.max_calls,
         "active": capacity.in_use,
         "uptime": f"{int(time.monotonic() - stats.started)}s",
+        "pid": os.getpid(),
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "connections": {"active": stats.active, "total": stats.total},
         "errors": stats.errors,
@@ -480,19 +482,22 @@ def host_of(url: str) -> str:
 
 async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | None) -> int:
     """Serve on 0.0.0.0:$PORT until SIGINT or SIGTERM; then ``drain`` and return 0.
-    Returns 1, after one line naming ``PORT``, when the port cannot be bound."""
+    Returns 1, after one line naming ``PORT``, when the port cannot be bound. A worker of
+    ``WORKERS`` binds with ``SO_REUSEPORT``, beside its siblings."""
     asyncio.get_running_loop().set_exception_handler(LoopErrors())
     runner = _runner(app, 5.0)
     await runner.setup()
+    worker = os.environ.get(workers.WORKER_ENV)
     try:
-        await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=tls).start()
+        await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=tls, reuse_port=worker is not None).start()
     except OSError as exc:
         await runner.cleanup()
         why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
         logger.error("PORT %d %s; set PORT to a free port", config.port, why)
         return 1
     logger.info(
-        "relay listening on 0.0.0.0:%d%s (realtime %s, model %s)",
+        "%s listening on 0.0.0.0:%d%s (realtime %s, model %s)",
+        f"worker {worker} (pid {os.getpid()})" if worker else "relay",
         config.port,
         " with TLS (https/wss)" if tls else "",
         host_of(config.realtime_url),
@@ -515,7 +520,7 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
 
 def main() -> None:
     """``python relay.py``: serve on 0.0.0.0:$PORT until SIGINT/SIGTERM (exit 0; 1 on bad config
-    or a port that cannot be bound)."""
+    or a port that cannot be bound); with ``WORKERS`` > 1, supervise that many worker processes."""
     load_dotenv(Path.cwd() / ".env")  # the working directory's .env; real env vars win
     redactor = redact.install(os.environ)  # before anything can print a secret
     try:
@@ -530,8 +535,11 @@ def main() -> None:
     )
     if redactor is None:
         logger.warning("DISABLE_LOG_REDACTION=true: secret values are not masked in this log")
-    for note in startup_warnings(config):
-        logger.warning("%s", note)
+    if not workers.is_worker():  # the supervisor (or the only process) says it once
+        for note in startup_warnings(config):
+            logger.warning("%s", note)
+        if config.workers > 1:
+            sys.exit(workers.supervise(config.workers, [sys.executable, str(Path(__file__).resolve())]))
     raise_open_files_limit(config.max_calls)
     # Modules and config live for the whole process: keep them out of full collections, which
     # otherwise stall every live call's audio for ~10 ms (gc docs: gc.freeze).

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import resource
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -384,3 +385,42 @@ def test_operator_auth_is_basic_with_the_token_as_password() -> None:
                    aiohttp.encode_basic_auth("ops", "console-secreT"), "Basic /w==",
                    aiohttp.encode_basic_auth("ops", "")):
         assert not operator_allowed(header, token), header
+
+
+async def test_workers_share_the_port_and_drain_on_their_own(stack: contextlib.AsyncExitStack,
+                                                             http: aiohttp.ClientSession) -> None:
+    """WORKERS=2: two processes answer on one port (SO_REUSEPORT), calls are served, and SIGTERM (passed on
+    once to each) ends both; the supervisor exits 0."""
+    _standin, url = await start_standin(stack, lambda session: AssistantTurn(ulaw=GREETING))
+    async with relay_process(http, _relay_env(url, WORKERS="2")) as relay:
+        pids = set()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            for _ in range(60):
+                pids.add((await _health(fresh, relay.base_url))[1]["pid"])
+                if len(pids) == 2:
+                    break
+        assert len(pids) == 2 and relay.process.pid not in pids
+        port = int(relay.base_url.rsplit(":", 1)[1])
+        heard = await asyncio.gather(*(_real_call(http, port) for _ in range(4)))
+        assert heard == [GREETING] * 4
+        relay.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(relay.process.wait(), 15) == 0
+    assert "started 2 workers" in relay.output
+    assert relay.output.count(" listening on 0.0.0.0:") == 2 and relay.output.count("stopped") == 2
+    assert relay.output.count("ALLOW_ALL_CALLERS=true") == 1  # warnings once, from the supervisor
+
+
+async def test_workers_on_a_port_in_use_exit_1() -> None:
+    """A worker that cannot bind stops the others, and the supervisor exits 1 with the PORT line."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        env = _relay_env("ws://127.0.0.1:9/v1/realtime", WORKERS="2")
+        env["PORT"] = str(taken.getsockname()[1])
+        process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env,
+                                                       cwd=ROOT / "tests", stdout=subprocess.PIPE,
+                                                       stderr=subprocess.STDOUT)
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+    text = output.decode()
+    assert process.returncode == 1, text
+    assert "is in use by another process" in text and "could not start" in text
