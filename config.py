@@ -99,6 +99,10 @@ class Config:
     tls_cert_file: str | None = None
     """PEM certificate (chain) to serve https/wss directly; with ``tls_key_file``."""
     tls_key_file: str | None = None
+    ngrok_authtoken: str | None = field(default=None, repr=False)
+    """Open an ngrok tunnel at startup and use its URL as ``public_url`` (``tunnel.py``)."""
+    ngrok_domain: str | None = None
+    """A reserved ngrok domain for the tunnel (e.g. ``relay.ngrok.app``); None: ngrok assigns one."""
     public_url: str | None = None
     """Public origin Twilio uses (``https://relay.example.com``); None: the Host header."""
     realtime_url: str = "wss://api.openai.com/v1/realtime"
@@ -210,6 +214,8 @@ class Config:
         for name, path in (("TLS_CERT_FILE", tls_cert), ("TLS_KEY_FILE", tls_key)):
             if path and not Path(path).is_file():
                 problems.append(f"{name} names no readable file")
+        if reader.text("NGROK_AUTHTOKEN", "") and reader.text("WORKERS", "1") not in ("", "1"):
+            problems.append("NGROK_AUTHTOKEN works with WORKERS=1 only (one tunnel per process)")
         music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
         if music_file and music_file.lower() in ("none", "off"):
             music_file = None
@@ -223,6 +229,8 @@ class Config:
             console_token=reader.text("CONSOLE_TOKEN", "") or None,
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
+            ngrok_authtoken=reader.text("NGROK_AUTHTOKEN", "") or None,
+            ngrok_domain=reader.text("NGROK_DOMAIN", "") or None,
             public_url=public_url,
             realtime_url=realtime_url,
             realtime_model=reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
@@ -549,7 +557,7 @@ def startup_warnings(config: Config) -> list[str]:
             "TWILIO_AUTH_TOKEN is not set: webhook and media-stream signatures are not checked, "
             "so anyone who finds this server can open a call"
         )
-    elif not config.public_url:
+    elif not config.public_url and not config.ngrok_authtoken:
         notes.append(
             "TWILIO_AUTH_TOKEN is set but PUBLIC_URL is not: signatures are checked against the URL rebuilt "
             "from the Host header, which a client chooses; set PUBLIC_URL to this server's public https origin"

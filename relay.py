@@ -28,6 +28,7 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ import phone_twilio
 import redact
 import sms as sms_module
 import tools
+import tunnel
 import workers
 from bridge import Call, Stats
 from capacity import Capacity, LoopErrors, raise_open_files_limit
@@ -485,15 +487,29 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
     Returns 1, after one line naming ``PORT``, when the port cannot be bound. A worker of
     ``WORKERS`` binds with ``SO_REUSEPORT``, beside its siblings."""
     asyncio.get_running_loop().set_exception_handler(LoopErrors())
+    worker = os.environ.get(workers.WORKER_ENV)
+    close_tunnel = None
+    if config.ngrok_authtoken:
+        try:
+            url, close_tunnel = await tunnel.open_tunnel(config.port, config.ngrok_authtoken, config.ngrok_domain)
+        except tunnel.TunnelError as exc:
+            logger.error("%s", exc)
+            return 1
+        if config.public_url:
+            logger.warning("PUBLIC_URL is replaced by the ngrok tunnel's URL")
+        config = replace(config, public_url=url)
+        app[CONFIG] = config
+        logger.info("ngrok tunnel open: %s; Twilio voice webhook: %s/incoming-call", url, url)
     runner = _runner(app, 5.0)
     await runner.setup()
-    worker = os.environ.get(workers.WORKER_ENV)
     try:
         await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=tls, reuse_port=worker is not None).start()
     except OSError as exc:
         await runner.cleanup()
         why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
         logger.error("PORT %d %s; set PORT to a free port", config.port, why)
+        if close_tunnel is not None:
+            await close_tunnel()
         return 1
     logger.info(
         "%s listening on 0.0.0.0:%d%s (realtime %s, model %s)",
@@ -514,6 +530,8 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
     await stop.wait()
     await drain(app, config.drain_timeout_s, hurry)
     await runner.cleanup()
+    if close_tunnel is not None:
+        await close_tunnel()
     logger.info("stopped")
     return 0
 

@@ -424,3 +424,26 @@ async def test_workers_on_a_port_in_use_exit_1() -> None:
     text = output.decode()
     assert process.returncode == 1, text
     assert "is in use by another process" in text and "could not start" in text
+
+
+async def _relay_output(env: dict[str, str]) -> tuple[int | None, str]:
+    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env, cwd=ROOT / "tests",
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 40)
+    return process.returncode, output.decode()
+
+
+async def test_ngrok_tunnel_that_cannot_open_is_one_clear_line(tmp_path: Path) -> None:
+    """NGROK_AUTHTOKEN with no way to reach ngrok (this machine is offline): one line saying the tunnel could not
+    open, exit 1, and the token never printed. With the package missing: one line saying to install it."""
+    token = "2ngrokTestToken_" + "x" * 30
+    code, output = await _relay_output(_relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token))
+    assert code == 1 and "the ngrok tunnel could not open" in output, output
+    assert token not in output and "Traceback" not in output
+    (tmp_path / "ngrok.py").write_text("raise ImportError('ngrok is not installed here')\n")
+    env = _relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token, PYTHONPATH=str(tmp_path))
+    code, output = await _relay_output(env)
+    assert code == 1 and "the ngrok package is not installed: pip install ngrok" in output, output
+    env = _relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token, WORKERS="2")
+    code, output = await _relay_output(env)
+    assert code == 1 and "NGROK_AUTHTOKEN works with WORKERS=1 only" in output
