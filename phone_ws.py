@@ -112,7 +112,8 @@ class WebSocketLeg:
 
     Iterate it for phone events (``async for event in leg``) until the socket closes; unusable
     frames are dropped with one warning per kind and call. Nothing may be sent before the start
-    (outbound messages carry its stream id).
+    (outbound messages carry its stream id). ``transport`` (the request's) tells whether the phone is
+    still taking what is sent (``write_stalled``) and lets a stalled one be dropped (``abort``).
     """
 
     def __init__(self, ws: web.WebSocketResponse, dialect: Dialect, transport: asyncio.Transport | None) -> None:
