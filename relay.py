@@ -527,7 +527,12 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    orphan_watch = asyncio.create_task(workers.orphaned()) if worker else None
+    if orphan_watch is not None:
+        orphan_watch.add_done_callback(lambda task: task.cancelled() or on_signal())
     await stop.wait()
+    if orphan_watch is not None and not orphan_watch.done():
+        orphan_watch.cancel()
     await drain(app, config.drain_timeout_s, hurry)
     await runner.cleanup()
     if close_tunnel is not None:

@@ -9,6 +9,7 @@ through here, and not twice (a second signal would cut the drain short).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -21,6 +22,8 @@ logger = logging.getLogger("relay")
 
 WORKER_ENV = "RELAY_WORKER"
 """Set (to the worker's number, from 1) in each worker's environment."""
+SUPERVISOR_ENV = "RELAY_SUPERVISOR"
+"""The supervisor's pid, in each worker's environment."""
 STARTUP_GRACE_S = 5.0
 """A worker that exits with an error this soon after starting failed to start (a bad port): stop all."""
 RESTART_DELAY_S = 1.0
@@ -28,6 +31,17 @@ RESTART_DELAY_S = 1.0
 
 def is_worker() -> bool:
     return WORKER_ENV in os.environ
+
+
+async def orphaned() -> None:
+    """Return once this worker's supervisor is gone (killed without passing a signal on): the
+    worker then drains like on SIGTERM instead of serving on alone. Checked once a second."""
+    supervisor = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())  # it may be gone already
+    while True:
+        if os.getppid() != supervisor:
+            logger.warning("the supervisor is gone; draining")
+            return
+        await asyncio.sleep(1.0)
 
 
 def supervise(count: int, argv: Sequence[str]) -> int:
@@ -49,7 +63,7 @@ def supervise(count: int, argv: Sequence[str]) -> int:
     started: dict[int, float] = {}
 
     def start(number: int) -> None:
-        env = {**os.environ, WORKER_ENV: str(number)}
+        env = {**os.environ, WORKER_ENV: str(number), SUPERVISOR_ENV: str(os.getpid())}
         workers[number] = subprocess.Popen(list(argv), env=env, start_new_session=True)
         started[number] = time.monotonic()
 

@@ -195,7 +195,9 @@ async def relay_process(http: aiohttp.ClientSession, env: dict[str, str]) -> Asy
         if process.returncode is None:
             process.kill()
             await process.wait()
-        running.output = (await process.stdout.read()).decode() if process.stdout else ""
+        if process.stdout:  # bounded: an orphaned child could hold the pipe open
+            with contextlib.suppress(TimeoutError):
+                running.output = (await asyncio.wait_for(process.stdout.read(), 10)).decode()
 
 
 # --- Email over a real SMTP server on loopback --------------------------------------------------

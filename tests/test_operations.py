@@ -393,13 +393,15 @@ async def test_workers_share_the_port_and_drain_on_their_own(stack: contextlib.A
     once to each) ends both; the supervisor exits 0."""
     _standin, url = await start_standin(stack, lambda session: AssistantTurn(ulaw=GREETING))
     async with relay_process(http, _relay_env(url, WORKERS="2")) as relay:
-        pids = set()
+        pids: set[int] = set()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
-            for _ in range(60):
+
+            async def both_answered() -> bool:  # the second worker may still be starting
                 pids.add((await _health(fresh, relay.base_url))[1]["pid"])
-                if len(pids) == 2:
-                    break
-        assert len(pids) == 2 and relay.process.pid not in pids
+                return len(pids) == 2
+
+            await until(both_answered, timeout=15, what="both workers answering")
+        assert relay.process.pid not in pids
         port = int(relay.base_url.rsplit(":", 1)[1])
         heard = await asyncio.gather(*(_real_call(http, port) for _ in range(4)))
         assert heard == [GREETING] * 4
@@ -437,7 +439,8 @@ async def test_ngrok_tunnel_that_cannot_open_is_one_clear_line(tmp_path: Path) -
     """NGROK_AUTHTOKEN with no way to reach ngrok (this machine is offline): one line saying the tunnel could not
     open, exit 1, and the token never printed. With the package missing: one line saying to install it."""
     token = "2ngrokTestToken_" + "x" * 30
-    code, output = await _relay_output(_relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token))
+    code, output = await _relay_output(_relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token,
+                                                  LOG_LEVEL="DEBUG", LOG_LEVEL_LIBRARIES="DEBUG"))
     assert code == 1 and "the ngrok tunnel could not open" in output, output
     assert token not in output and "Traceback" not in output
     (tmp_path / "ngrok.py").write_text("raise ImportError('ngrok is not installed here')\n")
@@ -447,3 +450,23 @@ async def test_ngrok_tunnel_that_cannot_open_is_one_clear_line(tmp_path: Path) -
     env = _relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token, WORKERS="2")
     code, output = await _relay_output(env)
     assert code == 1 and "NGROK_AUTHTOKEN works with WORKERS=1 only" in output
+
+
+async def test_workers_drain_when_the_supervisor_is_killed(stack: contextlib.AsyncExitStack,
+                                                           http: aiohttp.ClientSession) -> None:
+    """A supervisor killed outright (SIGKILL passes nothing on) leaves no worker serving alone: each notices
+    within a second or two and drains."""
+    _standin, url = await start_standin(stack, lambda session: AssistantTurn(ulaw=GREETING))
+    async with relay_process(http, _relay_env(url, WORKERS="2")) as relay:
+        relay.process.kill()
+        await relay.process.wait()
+
+        async def refused() -> bool:
+            try:
+                async with http.get(relay.base_url + "/healthz"):
+                    return False
+            except aiohttp.ClientConnectionError:
+                return True
+
+        await until(refused, timeout=15, what="both workers gone")
+    assert relay.output.count("the supervisor is gone; draining") == 2
