@@ -168,14 +168,27 @@ def process_env(**variables: str) -> dict[str, str]:
     return env
 
 
+async def spawn_relay(env: dict[str, str], preexec_fn: Callable[[], None] | None = None) -> asyncio.subprocess.Process:
+    """``python relay.py`` with ``env`` (working directory ``tests/``, so no ``.env`` is read), its
+    stdout and stderr in one pipe; ``preexec_fn`` runs in the child before it starts (limits)."""
+    return await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env, cwd=ROOT / "tests",
+                                                preexec_fn=preexec_fn, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT)
+
+
+async def relay_output(env: dict[str, str], timeout: float = 40.0) -> tuple[int | None, str]:
+    """Run ``python relay.py`` until it exits by itself (a startup failure); its exit code and output."""
+    process = await spawn_relay(env)
+    output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    return process.returncode, output.decode()
+
+
 @contextlib.asynccontextmanager
 async def relay_process(http: aiohttp.ClientSession, env: dict[str, str]) -> AsyncIterator[RelayProcess]:
     """Start ``python relay.py`` (working directory ``tests/``, so no ``.env`` is read) with ``env``
     (which must set PORT), wait until ``/healthz`` answers, and on exit make sure it has ended
     (SIGKILL if still running) and read its output."""
-    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env,
-                                                   cwd=ROOT / "tests", stdout=subprocess.PIPE,
-                                                   stderr=subprocess.STDOUT)
+    process = await spawn_relay(env)
     running = RelayProcess(process, f"http://127.0.0.1:{env['PORT']}")
     try:
         deadline = time.monotonic() + 15

@@ -9,8 +9,6 @@ import resource
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +18,12 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     CALLER,
-    ROOT,
     RawLeg,
     make_config,
     process_env,
+    relay_output,
     relay_process,
+    spawn_relay,
     speech,
     start_relay,
     start_standin,
@@ -209,9 +208,7 @@ async def _limited_relay(url: str, soft: int, hard: int) -> Any:
     def lower() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env,
-                                                   cwd=ROOT / "tests", preexec_fn=lower,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = await spawn_relay(env, preexec_fn=lower)
     try:
         yield process, int(env["PORT"])
     finally:
@@ -293,9 +290,7 @@ async def test_tls_from_certificate_files(stack: contextlib.AsyncExitStack, http
     _standin, url = await start_standin(stack, [AssistantTurn(ulaw=GREETING)])
     env = _relay_env(url, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
     port = env["PORT"]
-    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env,
-                                                   cwd=ROOT / "tests", stdout=subprocess.PIPE,
-                                                   stderr=subprocess.STDOUT)
+    process = await spawn_relay(env)
     base = f"https://127.0.0.1:{port}"
     try:
         async def up() -> bool:
@@ -317,10 +312,8 @@ async def test_tls_from_certificate_files(stack: contextlib.AsyncExitStack, http
         assert await asyncio.wait_for(process.wait(), 10) == 0
     (tmp_path / "junk.pem").write_text("not a certificate")
     env = _relay_env(url, TLS_CERT_FILE=str(tmp_path / "junk.pem"), TLS_KEY_FILE=str(key))
-    bad = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env, cwd=ROOT / "tests",
-                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output, _ = await asyncio.wait_for(bad.communicate(), 30)
-    assert bad.returncode == 1 and "TLS_CERT_FILE / TLS_KEY_FILE: not a usable PEM" in output.decode()
+    code, output = await relay_output(env)
+    assert code == 1 and "TLS_CERT_FILE / TLS_KEY_FILE: not a usable PEM" in output
 
 
 async def test_metrics_after_a_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
@@ -419,36 +412,25 @@ async def test_workers_on_a_port_in_use_exit_1() -> None:
         taken.listen()
         env = _relay_env("ws://127.0.0.1:9/v1/realtime", WORKERS="2")
         env["PORT"] = str(taken.getsockname()[1])
-        process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env,
-                                                       cwd=ROOT / "tests", stdout=subprocess.PIPE,
-                                                       stderr=subprocess.STDOUT)
-        output, _ = await asyncio.wait_for(process.communicate(), 20)
-    text = output.decode()
-    assert process.returncode == 1, text
+        code, text = await relay_output(env)
+    assert code == 1, text
     assert "is in use by another process" in text and "could not start" in text
-
-
-async def _relay_output(env: dict[str, str]) -> tuple[int | None, str]:
-    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), env=env, cwd=ROOT / "tests",
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output, _ = await asyncio.wait_for(process.communicate(), 40)
-    return process.returncode, output.decode()
 
 
 async def test_ngrok_tunnel_that_cannot_open_is_one_clear_line(tmp_path: Path) -> None:
     """NGROK_AUTHTOKEN with no way to reach ngrok (this machine is offline): one line saying the tunnel could not
     open, exit 1, and the token never printed. With the package missing: one line saying to install it."""
     token = "2ngrokTestToken_" + "x" * 30
-    code, output = await _relay_output(_relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token,
+    code, output = await relay_output(_relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token,
                                                   LOG_LEVEL="DEBUG", LOG_LEVEL_LIBRARIES="DEBUG"))
     assert code == 1 and "the ngrok tunnel could not open" in output, output
     assert token not in output and "Traceback" not in output
     (tmp_path / "ngrok.py").write_text("raise ImportError('ngrok is not installed here')\n")
     env = _relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token, PYTHONPATH=str(tmp_path))
-    code, output = await _relay_output(env)
+    code, output = await relay_output(env)
     assert code == 1 and "the ngrok package is not installed: pip install ngrok" in output, output
     env = _relay_env("ws://127.0.0.1:9/v1/realtime", NGROK_AUTHTOKEN=token, WORKERS="2")
-    code, output = await _relay_output(env)
+    code, output = await relay_output(env)
     assert code == 1 and "NGROK_AUTHTOKEN works with WORKERS=1 only" in output
 
 
