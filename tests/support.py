@@ -161,6 +161,12 @@ class RelayProcess:
     output: str = field(default="")
 
 
+async def health(http: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, Any]]:
+    """``GET /health``: the status code and the JSON body."""
+    async with http.get(base + "/health") as resp:
+        return resp.status, await resp.json()
+
+
 def process_env(**variables: str) -> dict[str, str]:
     """A clean environment for a relay process: PATH, HOME and LANG from this one, plus ``variables``."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
@@ -184,11 +190,12 @@ async def relay_output(env: dict[str, str], timeout: float = 40.0) -> tuple[int 
 
 
 @contextlib.asynccontextmanager
-async def relay_process(http: aiohttp.ClientSession, env: dict[str, str]) -> AsyncIterator[RelayProcess]:
-    """Start ``python relay.py`` (working directory ``tests/``, so no ``.env`` is read) with ``env``
-    (which must set PORT), wait until ``/healthz`` answers, and on exit make sure it has ended
-    (SIGKILL if still running) and read its output."""
-    process = await spawn_relay(env)
+async def relay_process(http: aiohttp.ClientSession, env: dict[str, str],
+                        preexec_fn: Callable[[], None] | None = None) -> AsyncIterator[RelayProcess]:
+    """Start ``python relay.py`` (``spawn_relay``) with ``env`` (which must set PORT), wait until
+    ``/healthz`` answers, and on exit make sure it has ended (SIGKILL if still running) and read its
+    output."""
+    process = await spawn_relay(env, preexec_fn)
     running = RelayProcess(process, f"http://127.0.0.1:{env['PORT']}")
     try:
         deadline = time.monotonic() + 15

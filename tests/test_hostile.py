@@ -10,18 +10,13 @@ import time
 
 import aiohttp
 import pytest
-from support import RawLeg, make_config, start_relay, start_standin, until
+from support import RawLeg, health, make_config, start_relay, start_standin, until
 from test_bridge_memory import MemoryLeg
 
 import bridge
 from bridge import Call, Stats
 from protocol import PhoneStart
 from standin_openai import AssistantTurn
-
-
-async def _health(http: aiohttp.ClientSession, base: str) -> dict[str, object]:
-    async with http.get(base + "/health") as resp:
-        return dict(await resp.json())
 
 
 async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: contextlib.AsyncExitStack,
@@ -39,7 +34,7 @@ async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: conte
     started = time.monotonic()
     assert await leg.closed(timeout=10) == 1011
     assert time.monotonic() - started < 5
-    assert (await _health(http, base))["errors"] == 1
+    assert (await health(http, base))[1]["errors"] == 1
 
 
 async def test_a_response_create_never_answered_ends_the_call(stack: contextlib.AsyncExitStack,
@@ -55,7 +50,7 @@ async def test_a_response_create_never_answered_ends_the_call(stack: contextlib.
     await leg.start()
     assert await leg.closed(timeout=10) == 1011
     assert "no response.created within 1s of response.create" in caplog.text
-    assert (await _health(http, base))["errors"] == 1
+    assert (await health(http, base))[1]["errors"] == 1
 
 
 class GoneLeg(MemoryLeg):
@@ -144,7 +139,7 @@ async def test_a_silent_phone_is_hung_up(stack: contextlib.AsyncExitStack, http:
     assert await leg.closed(timeout=10) == 1000
     assert "no frame from the phone for 2s; hanging up" in caplog.text
     await until(lambda: "reason=twilio silent" in caplog.text, what="the call's end logged")
-    assert (await _health(http, base))["errors"] == 0
+    assert (await health(http, base))[1]["errors"] == 0
 
 
 @pytest.mark.parametrize("stream_sid", ["MZ1\ncall started call_sid=CAforged", "MZ" + "7" * 30_000],

@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import (
     CALLER,
     RawLeg,
+    health,
     make_config,
     process_env,
     relay_output,
@@ -77,11 +79,6 @@ async def _webhook(http: aiohttp.ClientSession, base: str) -> str:
         return await resp.text()
 
 
-async def _health(http: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, Any]]:
-    async with http.get(base + "/health") as resp:
-        return resp.status, await resp.json()
-
-
 def _relay_env(url: str, **more: str) -> dict[str, str]:
     return process_env(OPENAI_API_KEY="sk-ops", OPENAI_REALTIME_URL=url, PORT=str(simulate.free_port()),
                        ALLOW_ALL_CALLERS="true", VAD_TYPE="none", **more)
@@ -114,12 +111,13 @@ async def test_a_call_survives_sigterm_and_new_calls_are_turned_away(stack: cont
 
 
 async def until_health(http: aiohttp.ClientSession, base: str, status: str) -> tuple[int, dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    while True:
-        code, body = await _health(http, base)
-        if body["status"] == status or time.monotonic() > deadline:
-            return code, body
-        await asyncio.sleep(0.05)
+    """``/health`` once its status is ``status`` (the test fails after 5 s)."""
+
+    async def reached() -> tuple[int, dict[str, Any]] | None:
+        code, body = await health(http, base)
+        return (code, body) if body["status"] == status else None
+
+    return await until(reached, what=f"/health {status}")
 
 
 async def test_the_drain_timeout_ends_the_call_with_a_closing_line(stack: contextlib.AsyncExitStack,
@@ -166,10 +164,10 @@ async def test_max_calls(stack: contextlib.AsyncExitStack, http: aiohttp.ClientS
     first = await RawLeg.open(http, base)
     await first.start()
     await _listen(first, len(GREETING))
-    code, body = await _health(http, base)
+    code, body = await health(http, base)
     assert code == 200 and body["status"] == "healthy" and (body["capacity"], body["active"]) == (2, 1)
     assert "<Stream" in await _webhook(http, base)  # the second place, reserved for its stream
-    code, body = await _health(http, base)
+    code, body = await health(http, base)
     assert code == 503 and body["status"] == "full" and body["active"] == 2
     busy = await _webhook(http, base)
     assert BUSY_MESSAGE in busy and "<Stream" not in busy
@@ -185,10 +183,14 @@ async def test_max_calls(stack: contextlib.AsyncExitStack, http: aiohttp.ClientS
 
 
 async def _room(http: aiohttp.ClientSession, base: str) -> bool:
-    return (await _health(http, base))[0] == 200
+    return (await health(http, base))[0] == 200
 
 
 IDLE_CLIENTS = 200
+
+
+def _port(base: str) -> int:
+    return int(base.rsplit(":", 1)[1])
 
 
 async def _idle_clients(port: int, n: int) -> list[asyncio.StreamWriter]:
@@ -200,39 +202,13 @@ async def _idle_clients(port: int, n: int) -> list[asyncio.StreamWriter]:
     return writers
 
 
-@contextlib.asynccontextmanager
-async def _limited_relay(url: str, soft: int, hard: int) -> Any:
-    """``python relay.py`` started under ``ulimit -n`` soft/hard limits."""
-    env = _relay_env(url)
-
-    def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-    process = await spawn_relay(env, preexec_fn=lower)
-    try:
-        yield process, int(env["PORT"])
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 10)
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+def _limit_descriptors(soft: int, hard: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that starts the relay under ``ulimit -n`` soft/hard limits."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def _started(http: aiohttp.ClientSession, port: int) -> None:
-    async def up() -> bool:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                return resp.status == 200
-        return False
-
-    await until(up, timeout=15, what="the relay up")
-
-
-async def _real_call(http: aiohttp.ClientSession, port: int) -> bytes:
-    leg = await RawLeg.open(http, f"http://127.0.0.1:{port}")
+async def _real_call(http: aiohttp.ClientSession, base: str) -> bytes:
+    leg = await RawLeg.open(http, base)
     await leg.start(key="sk-ops")
     heard = await _listen(leg, len(GREETING))
     await leg.stop()
@@ -244,14 +220,14 @@ async def test_idle_clients_do_not_exhaust_descriptors(stack: contextlib.AsyncEx
     """Started at a soft limit of 128 descriptors (hard 4,096), the relay raises its own limit: 200 idle
     clients hold descriptors and a real call is still served, with no accept error logged."""
     _standin, url = await start_standin(stack, lambda session: AssistantTurn(ulaw=GREETING))
-    async with _limited_relay(url, 128, 4096) as (process, port):
-        await _started(http, port)
-        idle = await _idle_clients(port, IDLE_CLIENTS)
+    async with relay_process(http, _relay_env(url), _limit_descriptors(128, 4096)) as relay:
+        idle = await _idle_clients(_port(relay.base_url), IDLE_CLIENTS)
         await asyncio.sleep(0.5)
-        assert await _real_call(http, port) == GREETING
+        assert await _real_call(http, relay.base_url) == GREETING
         for writer in idle:
             writer.close()
-    output = (await process.stdout.read()).decode()
+        relay.process.send_signal(signal.SIGINT)
+    output = relay.output
     assert "cannot accept" not in output and "Traceback" not in output
 
 
@@ -261,16 +237,16 @@ async def test_descriptor_exhaustion_is_one_line_and_the_relay_recovers(stack: c
     line (asyncio alone logs thousands of tracebacks a second), the process lives, and once the idle clients
     go a real call is served."""
     _standin, url = await start_standin(stack, lambda session: AssistantTurn(ulaw=GREETING))
-    async with _limited_relay(url, 128, 128) as (process, port):
-        await _started(http, port)
-        idle = await _idle_clients(port, IDLE_CLIENTS)
+    async with relay_process(http, _relay_env(url), _limit_descriptors(128, 128)) as relay:
+        idle = await _idle_clients(_port(relay.base_url), IDLE_CLIENTS)
         await asyncio.sleep(3)
         for writer in idle:
             writer.close()
         await asyncio.sleep(1.5)  # asyncio retries accept within a second
-        assert await _real_call(http, port) == GREETING
-        assert process.returncode is None
-    output = (await process.stdout.read()).decode()
+        assert await _real_call(http, relay.base_url) == GREETING
+        assert relay.process.returncode is None
+        relay.process.send_signal(signal.SIGINT)
+    output = relay.output
     assert output.count("cannot accept connections: Too many open files") == 1, output[-2000:]
     assert "Traceback" not in output and "short of MAX_CALLS" in output
     assert len(output.splitlines()) < 40
@@ -390,13 +366,12 @@ async def test_workers_share_the_port_and_drain_on_their_own(stack: contextlib.A
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
 
             async def both_answered() -> bool:  # the second worker may still be starting
-                pids.add((await _health(fresh, relay.base_url))[1]["pid"])
+                pids.add((await health(fresh, relay.base_url))[1]["pid"])
                 return len(pids) == 2
 
             await until(both_answered, timeout=15, what="both workers answering")
         assert relay.process.pid not in pids
-        port = int(relay.base_url.rsplit(":", 1)[1])
-        heard = await asyncio.gather(*(_real_call(http, port) for _ in range(4)))
+        heard = await asyncio.gather(*(_real_call(http, relay.base_url) for _ in range(4)))
         assert heard == [GREETING] * 4
         relay.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(relay.process.wait(), 15) == 0
