@@ -185,7 +185,8 @@ async def drain(app: web.Application, timeout_s: float, hurry: asyncio.Event) ->
     """A restart's drain, with the listener still open: ``/health`` answers 503 ``draining`` and new
     calls are turned away (``_answer``, ``_bridge``) while live calls go on for up to ``timeout_s``
     minus ``CLOSING_LINE_S``; each call still live then hears a closing line from the assistant and
-    ends 1001 (cut after ``CLOSING_LINE_S``). ``hurry`` (a second signal) skips to the close."""
+    ends 1001. ``hurry`` (a second signal) skips to the end. Calls still live on return are closed
+    1001 by ``_close_calls`` when the caller shuts the runner down."""
     app[DRAINING].set()
     calls = app[CALLS]
     logger.info("draining: %d live call(s), up to %.0fs", len(calls), timeout_s)
@@ -195,7 +196,6 @@ async def drain(app: web.Application, timeout_s: float, hurry: asyncio.Event) ->
         left = dict(calls)
         await asyncio.gather(*(call.say_goodbye("server restarting", CLOSING_INSTRUCTION) for call in left))
         await _until_ended(list(left.values()), CLOSING_LINE_S, hurry)
-    await asyncio.gather(*(call.close(WSCloseCode.GOING_AWAY, "server restarting") for call in list(calls)))
 
 
 async def _until_ended(tasks: list[asyncio.Task[web.StreamResponse]], timeout_s: float, hurry: asyncio.Event) -> None:
