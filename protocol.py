@@ -273,6 +273,20 @@ def system_message(text: str) -> dict[str, Any]:
     }
 
 
+def text_message(role: str, text: str) -> dict[str, Any]:
+    """``conversation.item.create`` of a past turn replayed as text into a new session: the caller's
+    (``role="user"``, ``input_text``) or the assistant's (``role="assistant"``, ``output_text``; an
+    assistant item cannot be created with audio). The same shapes LiveKit's agents replay on a session
+    reconnect (livekit/agents-js PR #977)."""
+    if role not in ("user", "assistant"):
+        raise ValueError(f"a replayed turn is a user or an assistant message, not {role!r}")
+    part = "input_text" if role == "user" else "output_text"
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": role, "content": [{"type": part, "text": text}]},
+    }
+
+
 def function_call_output(call_id: str, output: str) -> dict[str, Any]:
     """``conversation.item.create`` answering the function call ``call_id`` with ``output``
     (a JSON string)."""
@@ -330,6 +344,47 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    """``input_audio_buffer.speech_stopped``: the caller's turn ended (its item is committed next)."""
+
+    item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InputCommitted:
+    """``input_audio_buffer.committed``: the caller's turn is a user item in the conversation, in
+    this order (its transcript, when transcription is on, comes later)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerTranscript:
+    """``conversation.item.input_audio_transcription.completed``: what the caller said in
+    ``item_id`` (asynchronous: it may arrive after the assistant has answered)."""
+
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    """``response.output_audio_transcript.delta``: more of the text of assistant item ``item_id``."""
+
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDone:
+    """``response.output_audio_transcript.done``: the whole text of assistant item ``item_id`` as
+    generated (a barge-in may have cut what the caller heard of it)."""
+
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseCreated:
     """``response.created``: a response is now active (one at a time per conversation)."""
 
@@ -384,6 +439,11 @@ ServerEvent = (
     | AudioDelta
     | AudioDone
     | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | CallerTranscript
+    | TranscriptDelta
+    | TranscriptDone
     | ResponseCreated
     | ResponseDone
     | RealtimeError
@@ -472,6 +532,20 @@ _PARSERS: dict[str, Any] = {
     "response.output_audio.done": lambda e: AudioDone(_text(e, "item_id", "response.output_audio.done")),
     "session.updated": _session_updated,
     "input_audio_buffer.speech_started": lambda e: SpeechStarted(_optional_text(e, "item_id")),
+    "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(_optional_text(e, "item_id")),
+    "input_audio_buffer.committed": lambda e: InputCommitted(_text(e, "item_id", "input_audio_buffer.committed")),
+    "conversation.item.input_audio_transcription.completed": lambda e: CallerTranscript(
+        _text(e, "item_id", "conversation.item.input_audio_transcription.completed"),
+        _text(e, "transcript", "conversation.item.input_audio_transcription.completed"),
+    ),
+    "response.output_audio_transcript.delta": lambda e: TranscriptDelta(
+        _text(e, "item_id", "response.output_audio_transcript.delta"),
+        _text(e, "delta", "response.output_audio_transcript.delta"),
+    ),
+    "response.output_audio_transcript.done": lambda e: TranscriptDone(
+        _text(e, "item_id", "response.output_audio_transcript.done"),
+        _text(e, "transcript", "response.output_audio_transcript.done"),
+    ),
     "response.created": lambda e: ResponseCreated(_text(_object(e, "response", "response.created"), "id",
                                                         "response.created")),
     "response.done": _response_done,
@@ -554,6 +628,14 @@ class ResponseSlot:
         if self.create_in_flight:
             self.create_in_flight, self.wanted = False, True
 
+    def reset(self) -> bool:
+        """The session was lost with its responses: start empty. True when a response was active,
+        awaited or wanted (the new session should be asked for one)."""
+        answering = self.active is not None or self.create_in_flight or self.wanted
+        self.active, self.create_in_flight, self.wanted = None, False, False
+        self.interrupted.clear()
+        return answering
+
     def interrupt(self) -> str | None:
         """A barge-in cut the active response; returns its id (None when none is active)."""
         if self.active is not None:
@@ -586,6 +668,8 @@ class Truncation:
     item_id: str
     audio_end_ms: int
     """Milliseconds of the item the caller heard, clamped to the audio sent for it."""
+    sent_ms: int
+    """Milliseconds of the item sent to the phone by the cut (``audio_end_ms`` of them were heard)."""
 
 
 class Playback:
@@ -691,6 +775,11 @@ class Playback:
         self._anchor_offset, self._anchor_time = offset, now
         return True
 
+    def forget_items(self) -> None:
+        """The Realtime session was replaced: its items are not in the new one, so a later barge-in
+        truncates none of them (what is queued at the phone still plays and is still accounted)."""
+        self._items.clear()
+
     def close_item(self, item_id: str) -> None:
         """The model will send no more audio for ``item_id`` (``response.output_audio.done``)."""
         item = self._items.get(item_id)
@@ -714,7 +803,7 @@ class Playback:
         """
         played = self.played(now)
         cuts = [
-            Truncation(item_id, item.heard_ms(played))
+            Truncation(item_id, item.heard_ms(played), item.sent // BYTES_PER_MS)
             for item_id, item in self._items.items()
             if item.start + item.sent > played or not item.closed
         ]

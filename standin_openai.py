@@ -234,9 +234,11 @@ class Truncate:
 class RealtimeSession:
     """One connection to the Realtime stand-in: GA session state, VAD, scripted responses."""
 
-    def __init__(self, standin: RealtimeStandIn, ws: web.WebSocketResponse) -> None:
+    def __init__(self, standin: RealtimeStandIn, ws: web.WebSocketResponse,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.standin = standin
         self.ws = ws
+        self._transport = transport
         self.session: dict[str, Any] = {
             "type": "realtime",
             "model": "gpt-realtime",
@@ -284,6 +286,30 @@ class RealtimeSession:
         self.updated_at: float | None = None
         """When the first session.updated was sent."""
         self._later: list[asyncio.Task[None]] = []
+
+    async def expire(self) -> None:
+        """End the session as the service does at its 60-minute limit: an ``error`` with code
+        ``session_expired``, then close 1001 (protocols.md §C6)."""
+        message = "Your session hit the maximum duration of 60 minutes."
+        self._note("session expired")
+        await self.error("session_expired", message)
+        await self.ws.close(code=1001, message=message.encode())
+
+    def drop(self) -> None:
+        """Lose the connection as a network failure does: no close frame (the relay sees 1006)."""
+        self._note("connection dropped")
+        if self._transport is not None:
+            self._transport.abort()
+
+    def replayed(self) -> list[tuple[str, str]]:
+        """``(role, text)`` of every user or assistant message item the relay created, in order."""
+        return [
+            (event["item"]["role"], part.get("text", ""))
+            for _, event in self.received
+            if event["type"] == "conversation.item.create"
+            and event.get("item", {}).get("role") in ("user", "assistant")
+            for part in event["item"].get("content", [])
+        ]
 
     def system_texts(self) -> list[str]:
         """The text of every system message item the relay created, in order."""
@@ -432,8 +458,25 @@ class RealtimeSession:
                 {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": self.last_item_id}
             )
             self.last_item_id = item_id
+            if self.session["audio"]["input"].get("transcription"):
+                self._later.append(asyncio.create_task(self._transcribe(item_id, ms)))
             if td.get("create_response", True) and self.active is None:
                 self._start_response()
+
+    async def _transcribe(self, item_id: str, end_ms: int) -> None:
+        """The caller's transcript, a little after the commit (asynchronous, as the service's is):
+        the next of ``caller_transcripts``, or a placeholder naming the turn's end."""
+        await asyncio.sleep(0.05)
+        texts = self.standin.caller_transcripts
+        transcript = texts.pop(0) if texts else f"(caller speech ending at {end_ms} ms)"
+        self._note(f"caller transcript {transcript[:50]!r}")
+        await self.send({
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": item_id,
+            "content_index": 0,
+            "transcript": transcript,
+            "usage": {"type": "duration", "seconds": round(end_ms / 1000, 2)},
+        })
 
     def _start_response(self) -> None:
         turn = self.standin.next_turn(self)
@@ -670,6 +713,11 @@ class RealtimeStandIn:
         """After session.updated, stop reading the socket (a hung service: pings go unanswered)."""
         self.ignore_response_create = False
         """Answer response.create with nothing at all."""
+        self.refuse = False
+        """Refuse every new websocket handshake with 503 (the service is down)."""
+        self.caller_transcripts: list[str] = []
+        """What the caller said, turn by turn: sent as input transcriptions (when the session asks for
+        transcription) in order of the committed turns."""
         self._turns: dict[int, int] = {}
         self._attribution: dict[str, deque[tuple[str, int]]] = {}
         self.input_audio: dict[int, bytearray] = {}
@@ -767,9 +815,11 @@ class RealtimeStandIn:
         self.handshake_headers.append(dict(request.headers))
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             raise web.HTTPUnauthorized(text="missing bearer token")
+        if self.refuse:
+            raise web.HTTPServiceUnavailable(text="the service is down")
         ws = web.WebSocketResponse(max_msg_size=16 * 2**20)
         await ws.prepare(request)
-        session = RealtimeSession(self, ws)
+        session = RealtimeSession(self, ws, request.transport)
         session.session["model"] = request.query.get("model", "gpt-realtime")
         self.sessions.append(session)
         if "OpenAI-Beta" in request.headers:

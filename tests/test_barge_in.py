@@ -27,7 +27,7 @@ def test_heard_position_from_clock_and_acks() -> None:
     assert pb.heard_ms("A", now=0.05) == 50
     assert pb.on_mark("0.800", now=0.102)
     assert pb.heard_ms("A", now=0.152) == 150
-    assert pb.barge_in(now=0.152) == [Truncation("A", 150)]
+    assert pb.barge_in(now=0.152) == [Truncation("A", 150, 200)]
 
 
 def test_late_ack_pulls_the_estimate_back() -> None:
@@ -46,14 +46,14 @@ def test_clear_then_echoes_of_cleared_marks() -> None:
     pb = Playback()
     pb.on_audio_sent("A", 800, now=0.0)
     pb.on_audio_sent("A", 800, now=0.0)
-    assert pb.barge_in(now=0.05) == [Truncation("A", 50)]
+    assert pb.barge_in(now=0.05) == [Truncation("A", 50, 200)]
     assert pb.generation == 1
     assert not pb.on_mark("0.800", now=0.051)
     assert not pb.on_mark("0.1600", now=0.051)
     assert not pb.is_playing(now=0.051)
     assert pb.on_audio_sent("B", 1600, now=0.2) == "1.3200"
     assert pb.heard_ms("B", now=0.25) == 50  # B is measured from its own first byte
-    assert pb.barge_in(now=0.25) == [Truncation("B", 50)]
+    assert pb.barge_in(now=0.25) == [Truncation("B", 50, 200)]
 
 
 def test_later_responses_measured_from_their_own_start() -> None:
@@ -63,7 +63,7 @@ def test_later_responses_measured_from_their_own_start() -> None:
         pb.on_audio_sent("A", 800, now=i * 0.01)
     assert pb.on_mark("0.8000", now=1.0)  # the last echo settles the nine before it
     assert not pb.is_playing(now=2.0)
-    assert pb.barge_in(now=2.0) == [Truncation("A", 1000)]  # still open: the model may say more
+    assert pb.barge_in(now=2.0) == [Truncation("A", 1000, 1000)]  # still open: the model may say more
     closed = Playback()
     closed.on_audio_sent("A", 8000, now=0.0)
     closed.close_item("A")
@@ -76,7 +76,7 @@ def test_later_responses_measured_from_their_own_start() -> None:
     pb2.close_item("A")
     pb2.on_audio_sent("B", 4000, now=3.0)  # sent into an empty queue: plays from 3.0
     pb2.on_audio_sent("B", 4000, now=3.05)
-    assert pb2.barge_in(now=3.2) == [Truncation("B", 200)]
+    assert pb2.barge_in(now=3.2) == [Truncation("B", 200, 1000)]
 
 
 def test_clamped_to_audio_sent() -> None:
@@ -84,10 +84,10 @@ def test_clamped_to_audio_sent() -> None:
     pb = Playback()
     pb.on_audio_sent("A", 800, now=0.0)
     assert pb.is_playing(now=5.0)  # its mark is not echoed yet
-    assert pb.barge_in(now=5.0) == [Truncation("A", 100)]
+    assert pb.barge_in(now=5.0) == [Truncation("A", 100, 100)]
     pb.on_audio_sent("B", 800, now=6.0)
     pb.close_item("B")
-    assert pb.barge_in(now=6.05) == [Truncation("B", 50)]
+    assert pb.barge_in(now=6.05) == [Truncation("B", 50, 100)]
 
 
 def test_items_queued_behind_are_cut_at_zero() -> None:
@@ -95,7 +95,7 @@ def test_items_queued_behind_are_cut_at_zero() -> None:
     pb = Playback()
     pb.on_audio_sent("A", 800, now=0.0)
     pb.on_audio_sent("B", 800, now=0.0)
-    assert pb.barge_in(now=0.05) == [Truncation("A", 50), Truncation("B", 0)]
+    assert pb.barge_in(now=0.05) == [Truncation("A", 50, 100), Truncation("B", 0, 100)]
 
 
 @pytest.mark.parametrize("name", ["hello", "0.x", "5.100", "0.999999", ".", ""])
