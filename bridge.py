@@ -12,7 +12,12 @@ and nothing of any phone network's wire format. A call's flow (``Call.run``):
 5. One response at a time (``ResponseSlot``); function calls answered by ``ToolRunner`` with
    ``WaitingMusic`` filling a slow tool's silence; ``end_call`` hangs up once the ``Goodbye``
    has played.
-6. Whichever side ends first, the call's tasks are cancelled and awaited, both sockets closed.
+6. The Realtime session is replaced without hanging up (``_replace_session``): before its
+   60-minute limit at a quiet moment (``SESSION_ROLLOVER_S``), when the service ends it
+   (``session_expired``, close 1001), or once when it drops. The new session gets the same
+   ``session.update`` and the conversation so far as text (``transcript.Transcript``); caller
+   audio is held meanwhile. When no session can be had, the caller hears the bundled apology.
+7. Whichever side ends first, the call's tasks are cancelled and awaited, both sockets closed.
 
 Observers (the console, metrics) get ``CallEvent``s through one hook; the bridge imports none.
 """
@@ -20,13 +25,16 @@ Observers (the console, metrics) get ``CallEvent``s through one hook; the bridge
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
+import functools
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -41,7 +49,9 @@ from music import WaitingMusic
 from protocol import (
     AudioDelta,
     AudioDone,
+    CallerTranscript,
     FunctionCall,
+    InputCommitted,
     MalformedEvent,
     PhoneAudio,
     PhoneDtmf,
@@ -56,10 +66,14 @@ from protocol import (
     ResponseSlot,
     SessionUpdated,
     SpeechStarted,
+    SpeechStopped,
+    TranscriptDelta,
+    TranscriptDone,
     Truncation,
 )
 from tokens import StreamTokens
 from tools import ToolContext, ToolError
+from transcript import Transcript
 
 logger = logging.getLogger("bridge")
 
@@ -98,6 +112,22 @@ PHONE_WRITE_TIMEOUT_S = 5
 dropped: sends wait on it meanwhile, so the relay's memory stays bounded by that buffer."""
 RESPONSE_CREATED_TIMEOUT_S = 10.0
 """How long the service has to answer ``response.create`` with ``response.created``."""
+RECONNECT_TIMEOUT_S = 5.0
+"""How long opening and configuring a replacement session may take while the caller waits."""
+RECONNECT_WINDOW_S = 30.0
+"""A session that drops within this long of the last reconnect is not reconnected again: the call
+ends with the apology (a service failing over and over must not keep a caller on hold)."""
+ROLLOVER_QUIET_S = 1.0
+"""A planned rollover waits for the call to be this long quiet: no response active or wanted, the
+caller not speaking, no tool running, nothing left to play."""
+ROLLOVER_RETRY_S = 30.0
+"""After a planned rollover could not open a new session, how long until the next try (the old
+session goes on meanwhile)."""
+APOLOGY_FILE = Path(__file__).resolve().parent / "assets" / "apology.ulaw"
+"""What a caller hears when the assistant cannot be reached: raw 8 kHz µ-law, made by
+``assets/make_assets.sh``."""
+APOLOGY_CHUNK_BYTES = 1600
+"""The apology is sent in 200 ms media messages, each followed by a mark."""
 
 
 # --- Call events (one hook for observers) -------------------------------------------------------
@@ -122,6 +152,12 @@ class CallEventKind(enum.StrEnum):
     """data: ``digit``."""
     REALTIME_ERROR = "realtime.error"
     """data: ``type``, ``code``, ``message``."""
+    TRANSCRIPT = "transcript"
+    """A turn's text is known: data ``role`` (``user``: the caller; ``assistant``), ``item_id``,
+    ``text`` (for a cut assistant turn, the part heard), ``cut``."""
+    SESSION_REPLACED = "session.replaced"
+    """The call moved to a new Realtime session: data ``cause`` (``rollover``, ``expired``,
+    ``dropped``), ``replayed`` (turns replayed), ``gap_ms`` (caller audio held meanwhile)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +184,13 @@ class Stats:
     active: int = 0
     total: int = 0
     errors: int = 0
-    """Calls that ended on a failure: Realtime unreachable, unconfigured or closed abnormally, or a
-    bug in the relay."""
+    """Calls that ended on a failure: Realtime unreachable, unconfigured or lost mid-call, or a bug in
+    the relay."""
+    upstream_lost: int = 0
+    """Calls that ended with the apology: no Realtime session could be had (at the start or after a
+    drop)."""
+    session_replacements: int = 0
+    """Realtime sessions replaced mid-call (rollovers and reconnects)."""
 
 
 @dataclass(slots=True)
@@ -162,6 +203,8 @@ class CallCounts:
     barge_ins: int = 0
     responses: int = 0
     realtime_errors: int = 0
+    sessions: int = 0
+    """Realtime sessions the call used (more than one after a rollover or a reconnect)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +219,10 @@ class CallEnd:
 
 class HangUp(Exception):
     """Ends the call from inside one of its tasks; the message is the end reason."""
+
+
+class UpstreamUnavailable(Exception):
+    """No configured Realtime session could be had; the message says why, for the log."""
 
 
 class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -260,8 +307,6 @@ class KeyPresses:
             self._task = asyncio.create_task(self._after_gap(), name="dtmf sequence")
         try:
             await self._on_sequence(digits)
-        except HangUp:
-            pass  # the Realtime socket is gone; the Realtime pump ends the call
         except Exception:
             self._log.exception("dtmf sequence failed")
 
@@ -423,7 +468,7 @@ class ToolRunner:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None and not isinstance(exc, HangUp):  # HangUp: the Realtime pump ends the call too
+        if exc is not None:
             self._log.error("tool answers failed", exc_info=exc)
 
 
@@ -462,8 +507,13 @@ class Call:
         self.playback = Playback()
         self.counts = CallCounts()
         self.session_ready = False
+        """The first session is configured and the caller greeted."""
+        self.forwarding = False
+        """Caller audio goes straight to the session; False while a session is being opened or
+        replaced (the audio is held meanwhile)."""
         self.held: deque[str] = deque(maxlen=HELD_AUDIO_FRAMES)
-        """Caller audio (base64 µ-law) received before ``session.updated``."""
+        """Caller audio (base64 µ-law) received while not ``forwarding``."""
+        self.transcript = Transcript()
         self.slot = ResponseSlot()
         self.goodbye = Goodbye()
         self.log = CallLog(logger)
@@ -487,6 +537,17 @@ class Call:
         self._close_code: int | None = None
         self._closing = asyncio.Event()
         self._create_sent_at: float | None = None
+        self._generation = 0
+        """Sessions opened so far; tool answers check it (a replaced session's call_ids are void)."""
+        self._live = asyncio.Event()
+        """Set while a configured session is open."""
+        self._swap_lock = asyncio.Lock()
+        """Held while the session is being replaced (a rollover and a drop must not both do it)."""
+        self._session_opened_at = 0.0
+        self._caller_speaking = False
+        self._expired = False
+        """The service said ``session_expired``: its close is the end of the session, not a drop."""
+        self._last_reconnect_at: float | None = None
 
     # -- lifecycle --
 
@@ -513,9 +574,9 @@ class Call:
             c = self.counts
             self.log.info(
                 "call ended call_sid=%s duration=%.1fs reason=%s frames_in=%d frames_out=%d marks_acked=%d "
-                "responses=%d barge_ins=%d realtime_errors=%d",
+                "responses=%d barge_ins=%d realtime_errors=%d sessions=%d",
                 self.call_sid, end.duration_s, reason, c.frames_in, c.frames_out, c.marks_acked, c.responses,
-                c.barge_ins, c.realtime_errors,
+                c.barge_ins, c.realtime_errors, c.sessions,
             )
             self._publish(CallEventKind.ENDED, reason=reason, failed=end.failed, duration_s=end.duration_s,
                           counts=asdict(c))
@@ -573,32 +634,12 @@ class Call:
         )
         self._publish(CallEventKind.STARTED, network=self.phone.network, caller=mask_number(self.caller.number),
                       group=str(self.caller.group), call_sid=self.call_sid)
-        try:
-            self.realtime = await asyncio.wait_for(
-                connect(
-                    self.config.realtime_connect_url(),
-                    additional_headers={"Authorization": f"Bearer {self.config.openai_api_key}"},
-                    max_size=2**24,
-                    compression=None,
-                    open_timeout=None,
-                    ping_interval=REALTIME_PING_INTERVAL_S,
-                    ping_timeout=REALTIME_PING_TIMEOUT_S,
-                    close_timeout=REALTIME_CLOSE_TIMEOUT_S,
-                ),
-                UPSTREAM_CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            self._failed = True
-            self._close_code = WSCloseCode.INTERNAL_ERROR
-            self.log.error("realtime connect failed: %s", _describe(exc))
-            return "realtime unavailable"
-        await self._send_realtime(protocol.session_update(self._session()))
         tasks = [
             asyncio.create_task(self._pump_phone(), name="phone->realtime"),
             asyncio.create_task(self._pump_realtime(), name="realtime->phone"),
-            asyncio.create_task(self._session_watchdog(), name="session watchdog"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._hang_up_after_goodbye(), name="hang up"),
+            asyncio.create_task(self._rollover_when_due(), name="session rollover"),
             asyncio.create_task(self._closing.wait(), name="close request"),
         ]
         try:
@@ -626,14 +667,6 @@ class Call:
         except TimeoutError:
             logger.warning("no %s start within %.0fs; closing", self.phone.network, START_TIMEOUT_S)
         return None
-
-    async def _session_watchdog(self) -> str:
-        await asyncio.sleep(SESSION_TIMEOUT_S)
-        if self.session_ready:
-            await asyncio.Event().wait()  # done: idle until cancelled
-        self._failed = True
-        self.log.error("no session.updated within %.0fs", SESSION_TIMEOUT_S)
-        raise HangUp("realtime session not configured")
 
     async def _watchdog(self) -> str:
         """Once a second: a ``response.create`` the service never answers (no ``response.created``)
@@ -672,7 +705,7 @@ class Call:
 
     def _session(self) -> dict[str, Any]:
         config = self.config
-        noise = None if config.noise_reduction is NoiseReduction.OFF else config.noise_reduction.value
+        noise = None if self._noise_reduction == NoiseReduction.OFF.value else self._noise_reduction
         return protocol.realtime_session(
             instructions=config.instructions,
             voice=config.voice,
@@ -682,6 +715,184 @@ class Call:
             tools=tools.definitions(config.tools),
         )
 
+    # -- Realtime sessions --
+
+    async def _open_session(self, connect_timeout_s: float, session_timeout_s: float) -> ClientConnection:
+        """Open a Realtime websocket and configure it: ``session.update``, then wait for
+        ``session.updated`` (other events before it are ignored; errors are logged).
+
+        Raises:
+            UpstreamUnavailable: the service could not be reached or refused the handshake within
+                ``connect_timeout_s``, closed, or did not confirm within ``session_timeout_s``.
+        """
+        try:
+            realtime = await asyncio.wait_for(
+                connect(
+                    self.config.realtime_connect_url(),
+                    additional_headers={"Authorization": f"Bearer {self.config.openai_api_key}"},
+                    max_size=2**24,
+                    compression=None,
+                    open_timeout=None,
+                    ping_interval=REALTIME_PING_INTERVAL_S,
+                    ping_timeout=REALTIME_PING_TIMEOUT_S,
+                    close_timeout=REALTIME_CLOSE_TIMEOUT_S,
+                ),
+                connect_timeout_s,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            raise UpstreamUnavailable(f"realtime connect failed: {_describe(exc)}") from None
+        configured = False
+        try:
+            await realtime.send(json.dumps(protocol.session_update(self._session())))
+            async with asyncio.timeout(session_timeout_s):
+                async for raw in realtime:
+                    try:
+                        event = protocol.parse_server_event(raw)
+                    except MalformedEvent:
+                        continue
+                    if type(event) is SessionUpdated:
+                        if event.noise_reduction is not None:
+                            self._noise_reduction = event.noise_reduction
+                        configured = True
+                        return realtime
+                    if type(event) is RealtimeError:
+                        await self._on_error(event)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"no session.updated within {session_timeout_s:.0f}s") from None
+        except ConnectionClosed:
+            pass
+        finally:
+            if not configured:
+                await realtime.close()
+        raise UpstreamUnavailable(f"realtime closed the session before session.updated code={realtime.close_code}")
+
+    def _session_began(self) -> None:
+        self._generation += 1
+        self._session_opened_at = time.monotonic()
+        self.counts.sessions += 1
+        self._live.set()
+
+    async def _replace_session(self, cause: str) -> None:
+        """Move the call to a new session: open and configure it like the first, replay the
+        conversation as text, then send the caller audio held meanwhile. The old session is left
+        for the caller of this method to close.
+
+        Args:
+            cause: ``rollover`` (planned, at a quiet moment), ``expired`` (the service ended it) or
+                ``dropped``.
+
+        Raises:
+            UpstreamUnavailable: no new session within ``RECONNECT_TIMEOUT_S`` per step; on a
+                rollover the old session, still open, stays in use.
+        """
+        started = time.monotonic()
+        self.forwarding = False
+        try:
+            realtime = await self._open_session(RECONNECT_TIMEOUT_S, RECONNECT_TIMEOUT_S)
+        except UpstreamUnavailable:
+            if cause == "rollover":
+                await self._flush_held()  # the old session goes on
+            raise
+        self.realtime = realtime
+        self._session_began()
+        self._caller_speaking = False
+        self.playback.forget_items()  # what still plays at the phone cannot be truncated in the new session
+        turns = self.transcript.replay()
+        name = self.caller.first_name if self.caller else "the caller"
+        await self._send_realtime(protocol.system_message(replay_intro(name)))
+        for turn in turns:
+            await self._send_realtime(protocol.text_message(turn.role, turn.text.strip()))
+        await self._flush_held()
+        gap_ms = (time.monotonic() - started) * 1000
+        self.stats.session_replacements += 1
+        self.log.info("realtime session replaced (%s) in %.0f ms; %d turns replayed", cause, gap_ms, len(turns))
+        self._publish(CallEventKind.SESSION_REPLACED, cause=cause, replayed=len(turns), gap_ms=gap_ms)
+
+    async def _rollover_when_due(self) -> str:
+        """Before the service's 60-minute limit (``session_rollover_s`` into a session), move the
+        call to a new session once it has been ``ROLLOVER_QUIET_S`` quiet. Runs for the whole
+        call; a reconnect starts the count again."""
+        after_s = self.config.session_rollover_s
+        if not after_s:
+            await asyncio.Event().wait()  # off: idle until cancelled
+        await self._live.wait()
+        while True:
+            due = self._session_opened_at + after_s
+            if time.monotonic() < due:
+                await asyncio.sleep(due - time.monotonic())
+                continue  # a reconnect may have renewed the session meanwhile: look again
+            await self._until_quiet()
+            async with self._swap_lock:
+                old = self.realtime
+                if not self._live.is_set() or time.monotonic() < self._session_opened_at + after_s:
+                    continue
+                try:
+                    await self._replace_session("rollover")
+                except UpstreamUnavailable as exc:
+                    self.log.warning("session rollover failed (%s); trying again in %.0fs", exc, ROLLOVER_RETRY_S)
+                    old = None
+            if old is None:
+                await asyncio.sleep(ROLLOVER_RETRY_S)
+            else:
+                await old.close()  # the Realtime pump sees it close and reads the new session
+
+    async def _until_quiet(self) -> None:
+        """Return once the call has been quiet for ``ROLLOVER_QUIET_S``: a session live, no response
+        active, awaited or wanted, the caller not speaking, no tool running, nothing left to play,
+        no goodbye under way. (Polled: it runs only once a rollover is due.)"""
+        quiet_since: float | None = None
+        while True:
+            now = time.monotonic()
+            slot = self.slot
+            quiet = (
+                self._live.is_set()
+                and slot.active is None
+                and not slot.create_in_flight
+                and not slot.wanted
+                and not self._caller_speaking
+                and self.tools.batches_running == 0
+                and self.goodbye.state is GoodbyeState.NONE
+                and not self.playback.is_playing(now)
+            )
+            if not quiet:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= ROLLOVER_QUIET_S:
+                return
+            await asyncio.sleep(0.1)
+
+    async def _flush_held(self) -> None:
+        """Send the caller audio held meanwhile, in order, then forward again."""
+        while self.held:
+            await self._send_realtime_text(protocol.input_audio_append(self.held.popleft()))
+        self.forwarding = True
+
+    async def _upstream_lost(self, message: str, reason: str) -> str:
+        """No session: log ``message``, play the apology, and return ``reason`` (the call ends 1011)."""
+        self._failed = True
+        self._close_code = WSCloseCode.INTERNAL_ERROR
+        self.stats.upstream_lost += 1
+        self.log.error("%s; the caller hears the apology", message)
+        await self._apologise()
+        return reason
+
+    async def _apologise(self) -> None:
+        """Play the bundled apology after whatever is still queued, and return once the phone has
+        played it (its last mark) or its length plus ``GOODBYE_MARGIN_S`` has passed."""
+        await self.music.stop()
+        try:
+            for payload in apology_payloads():
+                await self._send_audio("apology", payload)
+        except (ConnectionError, RuntimeError):  # the caller is gone already
+            return
+        deadline_s = self.playback.unplayed_ms(time.monotonic()) / 1000 + GOODBYE_MARGIN_S
+        try:
+            async with asyncio.timeout(deadline_s):
+                await self.goodbye.wait_until(lambda: not self.playback.marks_pending)
+        except TimeoutError:
+            self.log.warning("apology marks not echoed within %.1f s", deadline_s)
+
     # -- phone -> Realtime --
 
     async def _pump_phone(self) -> str:
@@ -690,7 +901,7 @@ class Call:
         async for event in self.phone:
             if type(event) is PhoneAudio:  # the hot path: 50 a second
                 self.counts.frames_in += 1
-                if self.session_ready:
+                if self.forwarding:
                     await self._send_realtime_text(append(event.payload))
                 else:
                     self.held.append(event.payload)
@@ -711,19 +922,55 @@ class Call:
     # -- Realtime -> phone --
 
     async def _pump_realtime(self) -> str:
-        """Dispatch Realtime server events until the service closes the socket."""
-        assert self.realtime is not None
+        """Open the session and greet the caller, then dispatch server events, session after
+        session: one that ends mid-call is replaced (``_after_session_end``); when none can be had,
+        the caller hears the apology and the call ends."""
+        try:
+            self.realtime = await self._open_session(UPSTREAM_CONNECT_TIMEOUT_S, SESSION_TIMEOUT_S)
+        except UpstreamUnavailable as exc:
+            return await self._upstream_lost(str(exc), "realtime unavailable")
+        self._session_began()
+        await self._flush_held()  # caller audio held during setup goes first, in order
+        self.session_ready = True
+        name = self.caller.first_name if self.caller else "there"
+        await self._send_realtime(
+            protocol.system_message(
+                f"The caller, whose first name is {name}, has just been connected. Greet them "
+                "by name in one short sentence and ask how you can help."
+            )
+        )
+        await self._request_response()
+        while True:
+            realtime = self.realtime
+            ended = await self._dispatch(realtime)
+            if ended is not None:
+                return ended
+            async with self._swap_lock:
+                if self.realtime is not realtime:
+                    continue  # a rollover replaced it: read the new one
+                ended = await self._after_session_end(realtime)
+            if ended is not None:
+                return ended
+
+    async def _dispatch(self, realtime: ClientConnection) -> str | None:
+        """Dispatch ``realtime``'s server events until it closes (None), or the end reason when
+        the caller hung up mid-send."""
         handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
             AudioDelta: self._on_audio_delta,
             AudioDone: self._on_audio_done,
             SessionUpdated: self._on_session_updated,
             SpeechStarted: self._on_speech_started,
+            SpeechStopped: self._on_speech_stopped,
+            InputCommitted: self._on_input_committed,
+            CallerTranscript: self._on_caller_transcript,
+            TranscriptDelta: self._on_transcript_delta,
+            TranscriptDone: self._on_transcript_done,
             ResponseCreated: self._on_response_created,
             ResponseDone: self._on_response_done,
             RealtimeError: self._on_error,
         }
         try:
-            async for raw in self.realtime:
+            async for raw in realtime:
                 try:
                     event = protocol.parse_server_event(raw)
                 except MalformedEvent as exc:
@@ -740,13 +987,44 @@ class Call:
                     return f"{self.phone.network} hung up"
         except ConnectionClosed:
             pass
-        code = self.realtime.close_code
-        if code != 1000:
-            self._failed = True
-            self.log.error("realtime closed the session code=%s reason=%s", code, self.realtime.close_reason or "-")
-        if code not in (1000, 1001):  # not an orderly end (1011: no answer to pings; 1006: dropped)
-            self._close_code = WSCloseCode.INTERNAL_ERROR
-        return f"realtime closed ({code})"
+        return None
+
+    async def _after_session_end(self, realtime: ClientConnection) -> str | None:
+        """The service closed the session mid-call. Replace it (at its time limit, or once after a
+        drop) and return None, or end the call: return the reason."""
+        self._live.clear()
+        self.forwarding = False
+        code, why = realtime.close_code, realtime.close_reason or "-"
+        expired, self._expired = self._expired or code == 1001, False
+        if self.goodbye.state is not GoodbyeState.NONE:  # the call was ending anyway
+            if code != 1000:
+                self._failed = True
+                self.log.error("realtime closed the session during the goodbye code=%s reason=%s", code, why)
+            if code not in (1000, 1001):
+                self._close_code = WSCloseCode.INTERNAL_ERROR
+            return f"realtime closed ({code})"
+        now = time.monotonic()
+        if expired:
+            cause = "expired"
+            self.log.info("realtime session ended (code=%s reason=%s); moving the call to a new one", code, why)
+        elif self._last_reconnect_at is not None and now - self._last_reconnect_at < RECONNECT_WINDOW_S:
+            return await self._upstream_lost(
+                f"realtime closed the session again within {RECONNECT_WINDOW_S:.0f}s of a reconnect "
+                f"code={code} reason={why}",
+                f"realtime closed ({code})",
+            )
+        else:
+            cause = "dropped"
+            self._last_reconnect_at = now
+            self.log.warning("realtime closed the session code=%s reason=%s; reconnecting", code, why)
+        answering = self.slot.reset()  # the lost session's responses are gone with it
+        try:
+            await self._replace_session(cause)
+        except UpstreamUnavailable as exc:
+            return await self._upstream_lost(f"no new realtime session after it {cause}: {exc}", "realtime lost")
+        if answering:  # it was answering when it went: the new one carries on from the replay
+            await self._request_response()
+        return None
 
     async def _on_session_updated(self, event: SessionUpdated) -> None:
         if event.noise_reduction is not None:  # the confirmed state; a tool's switch waits for it
@@ -755,19 +1033,6 @@ class Call:
                 if mode == self._noise_reduction and not confirmed.done():
                     confirmed.set_result(None)
                     del self._noise_reduction_waiters[event_id]
-        if self.session_ready:
-            return
-        while self.held:  # caller audio held during setup goes first, in order
-            await self._send_realtime_text(protocol.input_audio_append(self.held.popleft()))
-        self.session_ready = True
-        name = self.caller.first_name if self.caller else "there"
-        await self._send_realtime(
-            protocol.system_message(
-                f"The caller, whose first name is {name}, has just been connected. Greet them "
-                "by name in one short sentence and ask how you can help."
-            )
-        )
-        await self._request_response()
 
     async def _on_audio_delta(self, event: AudioDelta) -> None:
         """Assistant audio: forward to the phone unchanged, then a mark (the hot path)."""
@@ -793,6 +1058,7 @@ class Call:
 
     async def _on_speech_started(self, event: SpeechStarted) -> None:
         """Barge-in: the caller spoke while assistant audio is queued at the phone."""
+        self._caller_speaking = True
         await self.music.stop()
         now = time.monotonic()
         if not self.playback.is_playing(now):
@@ -811,8 +1077,28 @@ class Call:
             await self._send_realtime(protocol.response_cancel())
         for cut in cuts:
             await self._send_realtime(protocol.item_truncate(cut.item_id, cut.audio_end_ms))
+            turn = self.transcript.cut(cut.item_id, cut.audio_end_ms, cut.sent_ms)
+            self._publish(CallEventKind.TRANSCRIPT, role="assistant", item_id=cut.item_id, text=turn.text, cut=True)
         self.goodbye.playback_moved()  # cleared: nothing is left to play (a goodbye included)
         return cuts
+
+    async def _on_speech_stopped(self, event: SpeechStopped) -> None:
+        self._caller_speaking = False
+
+    async def _on_input_committed(self, event: InputCommitted) -> None:
+        self.transcript.caller_committed(event.item_id)
+
+    async def _on_caller_transcript(self, event: CallerTranscript) -> None:
+        turn = self.transcript.caller_said(event.item_id, event.transcript)
+        self._publish(CallEventKind.TRANSCRIPT, role="user", item_id=event.item_id, text=turn.text, cut=False)
+
+    async def _on_transcript_delta(self, event: TranscriptDelta) -> None:
+        self.transcript.assistant_delta(event.item_id, event.delta)
+
+    async def _on_transcript_done(self, event: TranscriptDone) -> None:
+        turn = self.transcript.assistant_done(event.item_id, event.transcript)
+        if turn is not None:
+            self._publish(CallEventKind.TRANSCRIPT, role="assistant", item_id=event.item_id, text=turn.text, cut=False)
 
     async def _on_response_created(self, event: ResponseCreated) -> None:
         ours = self.slot.on_created(event.response_id)
@@ -840,6 +1126,8 @@ class Call:
             return
         if event.code == "conversation_already_has_active_response":
             self.slot.on_refused()
+        elif event.code == "session_expired":  # the close that follows ends the session, not a drop
+            self._expired = True
         self.log.once_a_second(
             logging.WARNING, f"error {event.code}", "realtime error type=%s code=%s message=%s",
             event.type, event.code, event.message,
@@ -869,13 +1157,19 @@ class Call:
         ``end_call`` that response is the goodbye, unless the response that called it had
         already spoken (that was the goodbye).
         """
+        generation = self._generation
         self.music.start()
         outputs = await self.tools.run(calls)
         if self.tools.batches_running == 0 and not self.music.playing:
             await self.music.cancel()  # done within the threshold: no music at all
+        await self._live.wait()  # a session being replaced: answer the new one
+        names = {call.call_id: call.name for call in calls}
         for call_id, output in outputs:
             text = json.dumps(output, ensure_ascii=False)
-            await self._send_realtime(protocol.function_call_output(call_id, text))
+            if generation == self._generation:
+                await self._send_realtime(protocol.function_call_output(call_id, text))
+            else:  # the session that made the call is gone, and the new one knows no call_id
+                await self._send_realtime(protocol.system_message(f"Your {names[call_id]} call returned: {text}"))
         if self.goodbye.after_tools(spoke):
             await self._request_response()
 
@@ -940,11 +1234,15 @@ class Call:
         await self._send_realtime_text(json.dumps(event))
 
     async def _send_realtime_text(self, text: str) -> None:
-        assert self.realtime is not None
+        """Send to the current session. On a session that has just closed the event is dropped and
+        caller audio is held from then on: the Realtime pump replaces the session or ends the call."""
+        realtime = self.realtime
+        if realtime is None:
+            return
         try:
-            await self.realtime.send(text)
+            await realtime.send(text)
         except ConnectionClosed:
-            raise HangUp("realtime closed") from None
+            self.forwarding = False
 
     def _on_music(self, playing: bool) -> None:
         self.log.debug("wait music %s", "started" if playing else "stopped")
@@ -965,6 +1263,28 @@ class Call:
         if key not in self._warned:
             self._warned.add(key)
             self.log.warning("%s", message)
+
+
+def replay_intro(name: str) -> str:
+    """The system message that opens a replayed conversation in a new session."""
+    return (
+        f"This phone call with {name} is already under way on a new connection; the conversation so far "
+        "follows. Carry on from where it left off and do not greet the caller again. A turn of yours "
+        "ending in … was cut off there because the caller interrupted."
+    )
+
+
+@functools.cache
+def apology_payloads() -> tuple[str, ...]:
+    """The apology clip as base64 µ-law media payloads of ``APOLOGY_CHUNK_BYTES`` (read once);
+    empty, with one error logged, when the file cannot be read."""
+    try:
+        clip = APOLOGY_FILE.read_bytes()
+    except OSError as exc:
+        logger.error("apology clip unreadable (%s); callers hear silence instead", _describe(exc))
+        return ()
+    step = APOLOGY_CHUNK_BYTES
+    return tuple(base64.b64encode(clip[i : i + step]).decode() for i in range(0, len(clip), step))
 
 
 def _describe(exc: BaseException) -> str:

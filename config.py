@@ -87,11 +87,15 @@ class Config:
     openai_api_key: str = field(repr=False)
     port: int = 10000
     max_calls: int = 100
+    """Calls one process takes at once; beyond it the webhook answers busy (``capacity.Capacity``)."""
     workers: int = 1
     """Processes serving the port (``workers.py``); each takes ``max_calls`` and drains on its own."""
-    """Calls one process takes at once; beyond it the webhook answers busy (``capacity.Capacity``)."""
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long live calls may go on before each is ended with a spoken line."""
+    session_rollover_s: float = 3300.0
+    """Seconds into a Realtime session (limit: 60 minutes) after which the call moves to a new one at
+    its next quiet moment, the conversation replayed as text; 0: never (the service's expiry still
+    rolls the call over)."""
     metrics: bool = False
     """Serve ``/metrics`` (Prometheus text format)."""
     console_token: str | None = field(default=None, repr=False)
@@ -116,7 +120,9 @@ class Config:
     vad_silence_duration_ms: int = 500
     vad_interrupt_response: bool = True
     noise_reduction: NoiseReduction = NoiseReduction.NEAR_FIELD
-    transcription_model: str | None = None
+    transcription_model: str | None = "gpt-transcribe"
+    """Caller transcription (``audio.input.transcription.model``), for the replay after a session
+    rollover and for observers; None: off."""
     twilio_account_sid: str | None = field(default=None, repr=False)
     twilio_auth_token: str | None = field(default=None, repr=False)
     twilio_api_key: str | None = field(default=None, repr=False)
@@ -198,7 +204,9 @@ class Config:
         realtime_url = reader.text("OPENAI_REALTIME_URL", default["realtime_url"])
         if urlsplit(realtime_url).scheme not in ("ws", "wss"):
             problems.append("OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
-        transcription = reader.text("TRANSCRIPTION_MODEL", "")
+        transcription: str | None = reader.text("TRANSCRIPTION_MODEL", default["transcription_model"] or "")
+        if transcription and transcription.lower() in ("none", "off"):
+            transcription = None
         base_url = reader.text("OPENAI_BASE_URL", default["openai_base_url"]).rstrip("/")
         if urlsplit(base_url).scheme not in ("http", "https"):
             problems.append("OPENAI_BASE_URL must be an http(s):// URL")
@@ -225,6 +233,7 @@ class Config:
             max_calls=reader.integer("MAX_CALLS", default["max_calls"], 1, 100_000),
             workers=reader.integer("WORKERS", default["workers"], 1, 256),
             drain_timeout_s=reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
+            session_rollover_s=reader.number("SESSION_ROLLOVER_S", default["session_rollover_s"], 0.0, 3540.0),
             metrics=reader.boolean("METRICS", default["metrics"]),
             console_token=reader.text("CONSOLE_TOKEN", "") or None,
             tls_cert_file=tls_cert,

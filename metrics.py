@@ -57,8 +57,10 @@ class Metrics:
                                        registry=r)
         self.frames = Counter("relay_frames", "Audio frames, counted when each call ends.", ["direction"],
                               registry=r)
-        self.session_rollovers = Counter("relay_session_rollovers", "Realtime sessions renewed mid-call.",
-                                         registry=r)
+        self.session_rollovers = Counter(
+            "relay_session_rollovers", "Realtime sessions replaced mid-call, by cause (rollover, expired, dropped).",
+            ["cause"], registry=r,
+        )
         self.loop_lag = Histogram(
             "relay_event_loop_lag_seconds", f"How late a {LOOP_LAG_INTERVAL_S} s timer fires.", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
@@ -87,6 +89,8 @@ class Metrics:
             self.tool_seconds.labels(name).observe(float(data.get("duration_ms", 0)) / 1000)
         elif kind is CallEventKind.REALTIME_ERROR:
             self.realtime_errors.labels(self._bounded("code", str(data.get("code")))).inc()
+        elif kind is CallEventKind.SESSION_REPLACED:
+            self.session_rollovers.labels(self._bounded("cause", str(data.get("cause")))).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -238,6 +238,8 @@ async def health(request: web.Request) -> web.Response:
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "connections": {"active": stats.active, "total": stats.total},
         "errors": stats.errors,
+        "upstream_lost": stats.upstream_lost,
+        "session_replacements": stats.session_replacements,
         "openai_configured": bool(request.app[CONFIG].openai_api_key),
     }
     return web.json_response(body, status=200 if status == "healthy" else 503)

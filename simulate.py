@@ -228,6 +228,7 @@ async def simulate_call(
             standin, realtime_url = await stack.enter_async_context(
                 realtime_standin(scenario.assistant, timeline.add, seed, scenario.web_search)
             )
+            standin.caller_transcripts = [turn.text for turn in scenario.caller if turn.ulaw and turn.text]
             auth_token = auth_token or secrets.token_hex(16)
             port = free_port()
             values: dict[str, Any] = {

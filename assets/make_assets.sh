@@ -23,3 +23,8 @@ say "$assistant" assistant_weather.wav "It's sunny in Paris today, around eighte
 say "$assistant" assistant_goodbye.wav "You're welcome, Jordan. Goodbye!"
 sox -n -r 8000 -c 1 -b 16 wait_music.wav synth 4 pluck C4 pluck E4 pluck G4 fade 0 4 0.5 norm -6 2>/dev/null \
   || sox -n -r 8000 -c 1 -b 16 wait_music.wav synth 4 sine 440 norm -6
+# The apology a caller hears when the assistant cannot be reached (bridge.APOLOGY_FILE): raw 8 kHz µ-law,
+# played as it is, so it needs no conversion at call time.
+espeak-ng -v en-us+f3 -s 175 -w /tmp/espeak_$$.wav "Sorry, the assistant cannot be reached right now. Please call again in a few minutes."
+sox /tmp/espeak_$$.wav -r 8000 -c 1 -e mu-law -t raw apology.ulaw silence 1 0.01 0.5% reverse silence 1 0.01 0.5% reverse pad 0.1 0.2 norm -3
+rm -f /tmp/espeak_$$.wav

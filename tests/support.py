@@ -4,6 +4,7 @@ a real SMTP server, and polling with a deadline. (Fixtures are in conftest.py.)"
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email
 import email.policy
@@ -134,6 +135,33 @@ class RawLeg:
         """The next relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
         event = await self.recv(timeout)
         return None if event is None else self.network.read(event)
+
+    async def listen(self, until_bytes: int, timeout: float = 10.0) -> bytes:
+        """Hear audio, echoing marks as a phone does, until ``until_bytes`` arrived and the mark
+        after them; fails the test if the relay closes first."""
+        heard = bytearray()
+        while True:
+            event = await self.recv(timeout)
+            assert event is not None, "the relay closed the call early"
+            kind, value = self.network.read(event)
+            if kind == "media":
+                heard += base64.b64decode(value)
+            elif kind == "mark":
+                await self.mark(value)
+                if len(heard) >= until_bytes:
+                    return bytes(heard)
+
+    async def until_closed(self, timeout: float = 15.0) -> tuple[bytes, int | None]:
+        """Everything heard (marks echoed) until the relay closes the call, and the close code."""
+        heard = bytearray()
+        async with asyncio.timeout(timeout):
+            while (event := await self.recv(timeout)) is not None:
+                kind, value = self.network.read(event)
+                if kind == "media":
+                    heard += base64.b64decode(value)
+                elif kind == "mark":
+                    await self.mark(value)
+        return bytes(heard), self.ws.close_code
 
     async def closed(self, timeout: float = 5.0) -> int | None:
         """Read until the relay closes; returns the close code."""

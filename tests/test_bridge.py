@@ -119,35 +119,12 @@ async def test_realtime_error_keeps_the_call(stack: contextlib.AsyncExitStack, h
     assert "type=rate_limit_error" in caplog.text
 
 
-async def test_upstream_close_ends_the_call(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
-    """When the Realtime service closes the session, the relay hangs up the Twilio stream."""
-    standin, base, leg = await _greeted_call(stack, http, seed=6)
-    await standin.sessions[0].ws.close(code=1001, message=b"Your session hit the maximum duration of 60 minutes.")
-    assert await leg.closed() == 1000
-    async with http.get(base + "/health") as resp:
-        body = await resp.json()
-    assert body["connections"] == {"active": 0, "total": 1}
-    assert body["errors"] == 1
-
-
 async def test_twilio_stop_closes_upstream(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
     """Twilio's stop closes the Realtime socket."""
     standin, _, leg = await _greeted_call(stack, http, seed=7)
     await leg.stop()
     await until(lambda: standin.sessions[0].ws.closed, what="upstream closed")
     assert await leg.closed() == 1000
-
-
-async def test_unreachable_realtime(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
-                                    caplog: pytest.LogCaptureFixture) -> None:
-    """If the Realtime socket cannot be opened, the call ends at once (1011), logged once, counted."""
-    base = await start_relay(stack, make_config(f"ws://127.0.0.1:{simulate.free_port()}/v1/realtime"))
-    leg = await RawLeg.open(http, base)
-    await leg.start()
-    assert await leg.closed() == 1011
-    assert len([r for r in caplog.records if r.message.startswith("realtime connect failed")]) == 1
-    async with http.get(base + "/health") as resp:
-        assert (await resp.json())["errors"] == 1
 
 
 async def test_malformed_frames_are_dropped(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,

@@ -111,18 +111,27 @@ async def test_greeting_barge_in_and_tool_call_without_a_phone_network(stack: co
     assert (truncate.item_id, truncate.error) == (greeting_item, None)
     assert 50 <= truncate.audio_end_ms <= min(truncate.generated_ms, 2000)
     [barge_in] = [e for e in events if e.kind is CallEventKind.BARGE_IN]
-    assert barge_in.data == {"truncations": [{"item_id": greeting_item, "audio_end_ms": truncate.audio_end_ms}]}
+    assert barge_in.data == {"truncations": [{"item_id": greeting_item, "audio_end_ms": truncate.audio_end_ms,
+                                              "sent_ms": (len(leg.heard()) - len(answer)) // 8}]}
     # The tool call: answered once, applied, then one response.create that brought the answer.
     [output] = session.function_outputs
     result = json.loads(output["output"])
     assert (result["ok"], result["status"], result["mode"]) == (True, "applied", "far_field")
     assert session.session["audio"]["input"]["noise_reduction"] == {"type": "far_field"}
     assert kinds.count("clear") == 1 and kinds[-2:] == ["audio", "mark"]
-    assert [e.kind for e in events] == [CallEventKind.STARTED, CallEventKind.BARGE_IN, CallEventKind.TOOL_STARTED,
+    # The events: transcripts (the caller's come whenever the transcription is ready) among the rest.
+    await until(lambda: any(e.data.get("role") == "user" for e in events), what="the caller's transcript")
+    said = [e.data for e in events if e.kind is CallEventKind.TRANSCRIPT]
+    others = [e for e in events if e.kind is not CallEventKind.TRANSCRIPT]
+    assert [e.kind for e in others] == [CallEventKind.STARTED, CallEventKind.BARGE_IN, CallEventKind.TOOL_STARTED,
                                         CallEventKind.TOOL_FINISHED]
-    assert events[0].data == {"network": "memory", "caller": "+*******0100", "group": "primary", "call_sid": "CALL-1"}
-    assert events[3].data["ok"] is True and events[3].data["name"] == "update_mic_distance"
+    assert others[0].data == {"network": "memory", "caller": "+*******0100", "group": "primary", "call_sid": "CALL-1"}
+    assert others[3].data["ok"] is True and others[3].data["name"] == "update_mic_distance"
     assert {e.stream_sid for e in events} == {"MEM-1"}
+    assistant = [(d["item_id"], d["text"], d["cut"]) for d in said if d["role"] == "assistant"]
+    assert assistant[0][0] == greeting_item and assistant[0][2] and assistant[1][1:] == ("Switched.", False)
+    [caller] = [d["text"] for d in said if d["role"] == "user"]
+    assert caller.startswith("(caller speech ending at")  # the stand-in's transcript of the barge-in
 
     leg.inbox.put_nowait(PhoneStop())
     end = await asyncio.wait_for(running, 5)

@@ -22,17 +22,20 @@ from standin_openai import AssistantTurn
 async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: contextlib.AsyncExitStack,
                                                                     http: aiohttp.ClientSession,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A service that stops reading (pings unanswered) is detected by ping timeout, and the call ends with 1011, counted
-    as an error, instead of leaving the caller on a silent line for ~50 s."""
+    """A service that stops reading (pings unanswered) is detected by ping timeout instead of leaving the caller on a
+    silent line for ~50 s; the reconnect stalls too, so the caller hears the apology and the call ends 1011, counted
+    as an error."""
     monkeypatch.setattr(bridge, "REALTIME_PING_INTERVAL_S", 0.5)
     monkeypatch.setattr(bridge, "REALTIME_PING_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(bridge, "REALTIME_CLOSE_TIMEOUT_S", 0.5)  # a stalled service answers no close either
     standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
     standin.stall = True
     base = await start_relay(stack, make_config(url))
     leg = await RawLeg.open(http, base)
     await leg.start()
     started = time.monotonic()
-    assert await leg.closed(timeout=10) == 1011
+    heard, code = await leg.until_closed(timeout=10)
+    assert code == 1011 and heard.endswith(bridge.APOLOGY_FILE.read_bytes()) and len(standin.sessions) == 2
     assert time.monotonic() - started < 5
     assert (await health(http, base))[1]["errors"] == 1
 

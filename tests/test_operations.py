@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import resource
 import signal
@@ -45,34 +44,6 @@ ANSWER = bytes(range(0x20, 0x70)) * 20
 CLOSING = bytes(range(0x30, 0x78)) * 25
 
 
-async def _listen(leg: RawLeg, until_bytes: int) -> bytes:
-    """Hear audio (echoing marks as a phone does) until ``until_bytes`` arrived and the mark after them."""
-    audio = bytearray()
-    while True:
-        event = await leg.recv(timeout=10)
-        assert event is not None, "the relay closed the call early"
-        if event["event"] == "media":
-            audio += base64.b64decode(event["media"]["payload"])
-        elif event["event"] == "mark":
-            await leg.mark(event["mark"]["name"])
-            if len(audio) >= until_bytes:
-                return bytes(audio)
-
-
-async def _until_closed(leg: RawLeg) -> tuple[bytes, int | None]:
-    """Everything heard until the relay closes the call (marks echoed), and the close code."""
-    audio = bytearray()
-    while True:
-        msg = await asyncio.wait_for(leg.ws.receive(), 15)
-        if msg.type is not aiohttp.WSMsgType.TEXT:
-            return bytes(audio), leg.ws.close_code
-        event = simulate.json.loads(msg.data)
-        if event["event"] == "media":
-            audio += base64.b64decode(event["media"]["payload"])
-        elif event["event"] == "mark":
-            await leg.mark(event["mark"]["name"])
-
-
 async def _webhook(http: aiohttp.ClientSession, base: str) -> str:
     async with http.post(base + "/incoming-call", data={"From": CALLER, "CallSid": "CA" + "1" * 32}) as resp:
         assert resp.status == 200
@@ -93,7 +64,7 @@ async def test_a_call_survives_sigterm_and_new_calls_are_turned_away(stack: cont
     async with relay_process(http, _relay_env(url, DRAIN_TIMEOUT_S="60")) as relay:
         leg = await RawLeg.open(http, relay.base_url)
         await leg.start(key="sk-ops")
-        assert await _listen(leg, len(GREETING)) == GREETING
+        assert await leg.listen(len(GREETING)) == GREETING
         relay.process.send_signal(signal.SIGTERM)
         status, body = await until_health(http, relay.base_url, "draining")
         assert (status, body["status"]) == (503, "draining")
@@ -102,7 +73,7 @@ async def test_a_call_survives_sigterm_and_new_calls_are_turned_away(stack: cont
         late = await RawLeg.open(http, relay.base_url)
         assert await late.closed() == 1013
         await leg.dtmf("1")  # the live call still works: the key press is answered
-        assert await _listen(leg, len(ANSWER)) == ANSWER
+        assert await leg.listen(len(ANSWER)) == ANSWER
         await leg.stop()
         assert await asyncio.wait_for(relay.process.wait(), 10) == 0
     assert "reason=twilio stop" in relay.output
@@ -128,10 +99,10 @@ async def test_the_drain_timeout_ends_the_call_with_a_closing_line(stack: contex
     async with relay_process(http, _relay_env(url, DRAIN_TIMEOUT_S="6")) as relay:
         leg = await RawLeg.open(http, relay.base_url)
         await leg.start(key="sk-ops")
-        await _listen(leg, len(GREETING))
+        await leg.listen(len(GREETING))
         started = time.monotonic()
         relay.process.send_signal(signal.SIGTERM)
-        heard, code = await _until_closed(leg)
+        heard, code = await leg.until_closed()
         assert heard == CLOSING and code == 1001
         assert 0.5 < time.monotonic() - started < 7
         assert await asyncio.wait_for(relay.process.wait(), 10) == 0
@@ -145,7 +116,7 @@ async def test_a_second_signal_ends_the_drain_at_once(stack: contextlib.AsyncExi
     async with relay_process(http, _relay_env(url, DRAIN_TIMEOUT_S="60")) as relay:
         leg = await RawLeg.open(http, relay.base_url)
         await leg.start(key="sk-ops")
-        await _listen(leg, len(GREETING))
+        await leg.listen(len(GREETING))
         relay.process.send_signal(signal.SIGTERM)
         await until_health(http, relay.base_url, "draining")
         started = time.monotonic()
@@ -163,7 +134,7 @@ async def test_max_calls(stack: contextlib.AsyncExitStack, http: aiohttp.ClientS
     base = await start_relay(stack, make_config(url, max_calls=2, vad_type=VadType.NONE))
     first = await RawLeg.open(http, base)
     await first.start()
-    await _listen(first, len(GREETING))
+    await first.listen(len(GREETING))
     code, body = await health(http, base)
     assert code == 200 and body["status"] == "healthy" and (body["capacity"], body["active"]) == (2, 1)
     assert "<Stream" in await _webhook(http, base)  # the second place, reserved for its stream
@@ -173,7 +144,7 @@ async def test_max_calls(stack: contextlib.AsyncExitStack, http: aiohttp.ClientS
     assert BUSY_MESSAGE in busy and "<Stream" not in busy
     second = await RawLeg.open(http, base)  # the answered call's stream takes its place
     await second.start()
-    await _listen(second, len(GREETING))
+    await second.listen(len(GREETING))
     third = await RawLeg.open(http, base)
     assert await third.closed() == 1013
     await first.stop()
@@ -210,7 +181,7 @@ def _limit_descriptors(soft: int, hard: int) -> Callable[[], None]:
 async def _real_call(http: aiohttp.ClientSession, base: str) -> bytes:
     leg = await RawLeg.open(http, base)
     await leg.start(key="sk-ops")
-    heard = await _listen(leg, len(GREETING))
+    heard = await leg.listen(len(GREETING))
     await leg.stop()
     return heard
 
@@ -281,7 +252,7 @@ async def test_tls_from_certificate_files(stack: contextlib.AsyncExitStack, http
         ws = await http.ws_connect(f"wss://127.0.0.1:{port}/media-stream", ssl=client_tls)
         leg = RawLeg(ws, Twilio())
         await leg.start(key="sk-ops")
-        assert await _listen(leg, len(GREETING)) == GREETING
+        assert await leg.listen(len(GREETING)) == GREETING
         await leg.stop()
     finally:
         process.send_signal(signal.SIGINT)
