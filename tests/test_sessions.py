@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support import RawLeg, health, make_config, speech, start_relay, start_standin, until
 
 import audio
@@ -61,7 +62,7 @@ async def test_an_expired_session_is_replaced_and_the_conversation_replayed(stac
         AssistantTurn(ulaw=LATER, transcript="It was called Lutetia."),
     ))
     standin.caller_transcripts = ["Tell me about Paris.", "What was its Roman name?"]
-    base = await start_relay(stack, make_config(url))
+    base = await start_relay(stack, make_config(url, metrics=True))
     leg = await RawLeg.open(http, base)
     await leg.start()
     assert await leg.listen(len(GREETING)) == GREETING
@@ -85,13 +86,20 @@ async def test_an_expired_session_is_replaced_and_the_conversation_replayed(stac
     assert not [e for _, e in second.received if e["type"] == "response.create"]  # VAD answered; no greeting
     _, body = await health(http, base)
     assert (body["session_replacements"], body["errors"], body["connections"]["active"]) == (1, 0, 1)
+    async with http.get(base + "/metrics") as resp:
+        families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+    rollovers = {s.labels["cause"]: s.value for s in families["relay_session_rollovers"].samples
+                 if s.name == "relay_session_rollovers_total"}
+    assert rollovers == {"expired": 1.0}
 
 
 async def test_a_planned_rollover_waits_for_a_quiet_moment(stack: contextlib.AsyncExitStack,
                                                            http: aiohttp.ClientSession,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     """With ``SESSION_ROLLOVER_S`` passed mid-answer, the new session opens only once the answer has played and the
-    line has been quiet; the old one is closed 1000 by the relay; key presses go on to be answered there."""
+    line has been quiet; caller audio is held for well under a second; the old session is closed 1000 by the relay;
+    key presses go on to be answered in the new one."""
     monkeypatch.setattr(bridge, "ROLLOVER_QUIET_S", 0.3)
     monkeypatch.setattr(bridge, "DTMF_SEQUENCE_GAP_S", 0.1)
     long_answer = bytes(range(0x20, 0x70)) * 200  # 2 s: the rollover falls due while it plays
@@ -120,6 +128,9 @@ async def test_a_planned_rollover_waits_for_a_quiet_moment(stack: contextlib.Asy
     assert await leg.listen(len(LATER)) == LATER
     assert any(text == "The caller pressed 2." for text in second.system_texts())
     assert (await health(http, base))[1]["session_replacements"] == 1
+    [gap_ms] = [int(r.message.split(" in ")[1].split(" ms")[0]) for r in caplog.records
+                if r.message.startswith("realtime session replaced (rollover)")]
+    assert gap_ms < 1000
 
 
 async def test_a_drop_mid_answer_reconnects_and_the_answer_resumes(stack: contextlib.AsyncExitStack,
