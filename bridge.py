@@ -50,6 +50,7 @@ from protocol import (
     AudioDelta,
     AudioDone,
     CallerTranscript,
+    CallerTranscriptDelta,
     FunctionCall,
     InputCommitted,
     MalformedEvent,
@@ -73,7 +74,7 @@ from protocol import (
 )
 from tokens import StreamTokens
 from tools import ToolContext, ToolError
-from transcript import Transcript
+from transcript import Transcript, Turn
 
 logger = logging.getLogger("bridge")
 
@@ -154,7 +155,13 @@ class CallEventKind(enum.StrEnum):
     """data: ``type``, ``code``, ``message``."""
     TRANSCRIPT = "transcript"
     """A turn's text is known: data ``role`` (``user``: the caller; ``assistant``), ``item_id``,
-    ``text`` (for a cut assistant turn, the part heard), ``cut``."""
+    ``text`` (for a cut assistant turn, the part heard), ``cut``, ``unheard`` (the words of a cut
+    turn the caller did not hear; sent again when the whole text arrives)."""
+    CALLER_TURN = "caller.turn"
+    """The caller's turn ``item_id`` is committed: it takes its place in the conversation now, its
+    transcript comes later."""
+    TRANSCRIPT_DELTA = "transcript.delta"
+    """More text of a turn in progress: data ``role``, ``item_id``, ``delta``."""
     SESSION_REPLACED = "session.replaced"
     """The call moved to a new Realtime session: data ``cause`` (``rollover``, ``expired``,
     ``dropped``), ``replayed`` (turns replayed), ``gap_ms`` (caller audio held meanwhile)."""
@@ -548,6 +555,9 @@ class Call:
         self._expired = False
         """The service said ``session_expired``: its close is the end of the session, not a drop."""
         self._last_reconnect_at: float | None = None
+        self._logged_turns: dict[str, bool] = {}
+        """Turns whose text has been logged, and whether as cut (a turn logged whole when generated gets
+        one more line if the caller then cuts it)."""
 
     # -- lifecycle --
 
@@ -963,6 +973,7 @@ class Call:
             SpeechStopped: self._on_speech_stopped,
             InputCommitted: self._on_input_committed,
             CallerTranscript: self._on_caller_transcript,
+            CallerTranscriptDelta: self._on_caller_delta,
             TranscriptDelta: self._on_transcript_delta,
             TranscriptDone: self._on_transcript_done,
             ResponseCreated: self._on_response_created,
@@ -1077,8 +1088,7 @@ class Call:
             await self._send_realtime(protocol.response_cancel())
         for cut in cuts:
             await self._send_realtime(protocol.item_truncate(cut.item_id, cut.audio_end_ms))
-            turn = self.transcript.cut(cut.item_id, cut.audio_end_ms, cut.sent_ms)
-            self._publish(CallEventKind.TRANSCRIPT, role="assistant", item_id=cut.item_id, text=turn.text, cut=True)
+            self._said(self.transcript.cut(cut.item_id, cut.audio_end_ms, cut.sent_ms))
         self.goodbye.playback_moved()  # cleared: nothing is left to play (a goodbye included)
         return cuts
 
@@ -1087,18 +1097,35 @@ class Call:
 
     async def _on_input_committed(self, event: InputCommitted) -> None:
         self.transcript.caller_committed(event.item_id)
+        self._publish(CallEventKind.CALLER_TURN, item_id=event.item_id)
+
+    async def _on_caller_delta(self, event: CallerTranscriptDelta) -> None:
+        self._publish(CallEventKind.TRANSCRIPT_DELTA, role="user", item_id=event.item_id, delta=event.delta)
 
     async def _on_caller_transcript(self, event: CallerTranscript) -> None:
-        turn = self.transcript.caller_said(event.item_id, event.transcript)
-        self._publish(CallEventKind.TRANSCRIPT, role="user", item_id=event.item_id, text=turn.text, cut=False)
+        self._said(self.transcript.caller_said(event.item_id, event.transcript))
 
     async def _on_transcript_delta(self, event: TranscriptDelta) -> None:
         self.transcript.assistant_delta(event.item_id, event.delta)
+        self._publish(CallEventKind.TRANSCRIPT_DELTA, role="assistant", item_id=event.item_id, delta=event.delta)
 
     async def _on_transcript_done(self, event: TranscriptDone) -> None:
-        turn = self.transcript.assistant_done(event.item_id, event.transcript)
-        if turn is not None:
-            self._publish(CallEventKind.TRANSCRIPT, role="assistant", item_id=event.item_id, text=turn.text, cut=False)
+        self._said(self.transcript.assistant_done(event.item_id, event.transcript))
+
+    def _said(self, turn: Turn) -> None:
+        """A turn's text is known (or, for a cut one, more of what went unheard): tell observers, and
+        the log (``LOG_TRANSCRIPTS``) once per turn."""
+        self._publish(CallEventKind.TRANSCRIPT, role=turn.role, item_id=turn.item_id, text=turn.text, cut=turn.cut,
+                      unheard=turn.unheard)
+        if not self.config.log_transcripts:
+            return
+        logged = self._logged_turns.get(turn.item_id)
+        if logged is None:
+            who = "caller" if turn.role == "user" else "assistant"
+            self.log.info("%s said: %s%s", who, turn.text or "-", " (cut off by the caller)" if turn.cut else "")
+        elif turn.cut and not logged:  # logged whole when generated, then the caller cut it
+            self.log.info("assistant cut off by the caller; heard: %s", turn.text or "-")
+        self._logged_turns[turn.item_id] = turn.cut
 
     async def _on_response_created(self, event: ResponseCreated) -> None:
         ours = self.slot.on_created(event.response_id)

@@ -120,6 +120,8 @@ class Config:
     vad_silence_duration_ms: int = 500
     vad_interrupt_response: bool = True
     noise_reduction: NoiseReduction = NoiseReduction.NEAR_FIELD
+    log_transcripts: bool = True
+    """One INFO line per finished turn with what the caller or the assistant said."""
     transcription_model: str | None = "gpt-transcribe"
     """Caller transcription (``audio.input.transcription.model``), for the replay after a session
     rollover and for observers; None: off."""
@@ -255,6 +257,7 @@ class Config:
             vad_interrupt_response=reader.boolean("VAD_INTERRUPT_RESPONSE", default["vad_interrupt_response"]),
             noise_reduction=reader.choice("NOISE_REDUCTION", NoiseReduction, default["noise_reduction"]),
             transcription_model=transcription or None,
+            log_transcripts=reader.boolean("LOG_TRANSCRIPTS", default["log_transcripts"]),
             twilio_account_sid=reader.text("TWILIO_ACCOUNT_SID", "") or None,
             twilio_auth_token=reader.text("TWILIO_AUTH_TOKEN", "") or None,
             twilio_api_key=reader.text("TWILIO_API_KEY", "") or None,

@@ -368,6 +368,14 @@ class CallerTranscript:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerTranscriptDelta:
+    """``conversation.item.input_audio_transcription.delta``: more of what the caller said in ``item_id``."""
+
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
 class TranscriptDelta:
     """``response.output_audio_transcript.delta``: more of the text of assistant item ``item_id``."""
 
@@ -442,6 +450,7 @@ ServerEvent = (
     | SpeechStopped
     | InputCommitted
     | CallerTranscript
+    | CallerTranscriptDelta
     | TranscriptDelta
     | TranscriptDone
     | ResponseCreated
@@ -537,6 +546,10 @@ _PARSERS: dict[str, Any] = {
     "conversation.item.input_audio_transcription.completed": lambda e: CallerTranscript(
         _text(e, "item_id", "conversation.item.input_audio_transcription.completed"),
         _text(e, "transcript", "conversation.item.input_audio_transcription.completed"),
+    ),
+    "conversation.item.input_audio_transcription.delta": lambda e: CallerTranscriptDelta(
+        _text(e, "item_id", "conversation.item.input_audio_transcription.delta"),
+        _text(e, "delta", "conversation.item.input_audio_transcription.delta"),
     ),
     "response.output_audio_transcript.delta": lambda e: TranscriptDelta(
         _text(e, "item_id", "response.output_audio_transcript.delta"),

@@ -46,7 +46,7 @@ import sms as sms_module
 import tools
 import tunnel
 import workers
-from bridge import Call, Stats
+from bridge import Call, CallEvent, CallEventHook, Stats
 from capacity import Capacity, LoopErrors, raise_open_files_limit
 from config import (
     BUSY_MESSAGE,
@@ -60,12 +60,13 @@ from config import (
     startup_warnings,
     welcome_message,
 )
+from console import Console, Watcher
 from metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from metrics import Metrics
 from music import load_wait_music
 from phone_ws import Dialect, WebSocketLeg
 from sms import SmsReplies
-from tokens import StreamTokens, operator_allowed
+from tokens import StreamTokens, feed_ticket, feed_ticket_valid, operator_allowed
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")
@@ -89,6 +90,8 @@ CALLS = web.AppKey("calls", dict[Call, asyncio.Task[web.StreamResponse]])
 """Live calls and the request handler task holding each."""
 CAPACITY = web.AppKey("capacity", Capacity)
 METRICS = web.AppKey("metrics", Metrics | None)
+CONSOLE = web.AppKey("console", Console | None)
+CONSOLE_HTML = web.AppKey("console_html", str)
 """None unless ``METRICS=true``."""
 TWILIO_SIGNATURES = web.AppKey("twilio_signatures", phone_twilio.Signatures)
 PLIVO_SIGNATURES = web.AppKey("plivo_signatures", phone_plivo.Signatures)
@@ -116,6 +119,8 @@ def make_app(config: Config) -> web.Application:
     app[CALLS] = {}
     app[CAPACITY] = Capacity(config.max_calls)
     app[METRICS] = Metrics(lambda: app[STATS].active) if config.metrics else None
+    app[CONSOLE] = Console() if config.console_token else None
+    app[CONSOLE_HTML] = CONSOLE_PAGE.read_text(encoding="utf-8") if config.console_token else ""
     app.cleanup_ctx.append(_loop_lag)
     app[TWILIO_SIGNATURES] = phone_twilio.Signatures(config.twilio_auth_token)
     app[PLIVO_SIGNATURES] = phone_plivo.Signatures(config.plivo_auth_token)
@@ -132,7 +137,10 @@ def make_app(config: Config) -> web.Application:
     app.router.add_route("POST", "/plivo/answer", plivo_answer)
     app.router.add_get("/plivo/media-stream", plivo_media_stream)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/console", console_page)
+    app.router.add_get("/console/ws", console_feed)
     app.on_shutdown.append(_close_calls)
+    app.on_shutdown.append(_close_console)
     return app
 
 
@@ -254,6 +262,100 @@ async def metrics(request: web.Request) -> web.Response:
     if not operator_allowed(request.headers.get("Authorization"), request.app[CONFIG].console_token):
         return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="relay"'})
     return web.Response(body=collected.render(), headers={"Content-Type": PROMETHEUS_TEXT})
+
+
+CONSOLE_PAGE = Path(__file__).resolve().parent / "assets" / "console.html"
+
+
+def _operator_refused(request: web.Request) -> web.Response | None:
+    """The operator pages' gate: 404 when ``CONSOLE_TOKEN`` is not set (the console is off), 401
+    without it as the Basic auth password; None when the request may go on."""
+    token = request.app[CONFIG].console_token
+    if token is None or request.app[CONSOLE] is None:
+        raise web.HTTPNotFound()
+    if operator_allowed(request.headers.get("Authorization"), token):
+        return None
+    if request.path == "/console/ws" and feed_ticket_valid(token, request.query.get("ticket", "")):
+        return None
+    return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="relay"'})
+
+
+async def console_page(request: web.Request) -> web.Response:
+    """``GET /console``: the live call console, one self-contained page (no CDN), carrying the ticket
+    its script opens ``/console/ws`` with. Behind ``CONSOLE_TOKEN`` (``_operator_refused``)."""
+    refused = _operator_refused(request)
+    if refused is not None:
+        return refused
+    token = request.app[CONFIG].console_token
+    assert token is not None
+    page = request.app[CONSOLE_HTML].replace("__FEED_TICKET__", feed_ticket(token))
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'",
+            "X-Frame-Options": "DENY",
+        },
+    )
+
+
+async def console_feed(request: web.Request) -> web.WebSocketResponse | web.Response:
+    """``GET /console/ws``: the call-event feed (``console.Console``): a snapshot of every call, then
+    each event as it happens. Browsers that fall behind are dropped; incoming messages are ignored."""
+    refused = _operator_refused(request)
+    if refused is not None:
+        return refused
+    console = request.app[CONSOLE]
+    assert console is not None
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
+    await ws.prepare(request)
+    transport = request.transport
+    watcher = Watcher(transport.abort if transport is not None else lambda: None)
+    if not console.add(watcher):
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too many console watchers")
+        return ws
+
+    async def send() -> None:
+        await ws.send_str(console.snapshot())
+        while True:
+            await ws.send_str(await watcher.queue.get())
+
+    sender = asyncio.create_task(send(), name="console feed")
+    try:
+        async for _ in ws:  # the browser sends nothing we need; reading keeps pings and the close working
+            if sender.done():
+                break
+    finally:
+        console.remove(watcher)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _close_console(app: web.Application) -> None:
+    """on_shutdown: cut every console feed (they would hold the runner's shutdown open)."""
+    console = app[CONSOLE]
+    if console is not None:
+        console.drop_all()
+
+
+def _call_observers(app: web.Application) -> CallEventHook | None:
+    """The bridge's one call-event hook, fanned out to the metrics and the console (whichever are on)."""
+    observers = [observer.on_event for observer in (app[METRICS], app[CONSOLE]) if observer is not None]
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def on_event(event: CallEvent) -> None:
+        for observer in observers:
+            observer(event)
+
+    return on_event
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -395,9 +497,8 @@ async def _bridge(request: web.Request, dialect: Dialect, signed: bool) -> web.W
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why.encode())
         return ws
     leg = WebSocketLeg(ws, dialect, request.transport)
-    watcher = app[METRICS]
     call = Call(leg, app[CONFIG], app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
-                openai_client=app[OPENAI_CLIENT], on_event=watcher.on_event if watcher is not None else None)
+                openai_client=app[OPENAI_CLIENT], on_event=_call_observers(app))
     task = asyncio.current_task()
     assert task is not None
     app[CALLS][call] = task  # type: ignore[assignment]

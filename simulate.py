@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,12 +211,15 @@ async def simulate_call(
     auth_token: str | None = None,
     seed: int | None = None,
     phone: str = "twilio",
+    after_call: Callable[[CallResult, str], Awaitable[None]] | None = None,
     **relay_overrides: Any,
 ) -> CallResult:
     """Run one scripted call on loopback (or against ``relay_url``) and check it.
 
     Args:
         phone: the network the caller dials through, ``twilio`` or ``plivo``.
+        after_call: awaited with the result and the relay's URL once the call is over, while the
+            relay and the stand-ins still run (``--console`` keeps them up there).
         auth_token: the network's auth token the caller signs with (default: a random one given to
             the relay it starts).
     """
@@ -251,7 +255,10 @@ async def simulate_call(
             problems.append(str(exc) or type(exc).__name__)
         if not problems:
             problems = check_call(caller, standin, scenario)
-    return CallResult(timeline, caller, standin, problems)
+        result = CallResult(timeline, caller, standin, problems)
+        if after_call is not None:
+            await after_call(result, relay_url)
+    return result
 
 
 SMS_NUMBER = "+14155550199"
@@ -339,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("call.wav"), help="where to write the call WAV")
     parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes")
     parser.add_argument("--verbose", action="store_true", help="show the relay's log")
+    parser.add_argument("--console", action="store_true",
+                        help="serve the live call console and keep the relay up after the call (Ctrl-C ends it)")
     args = parser.parse_args(argv)
+    if args.console and args.relay_url:
+        parser.error("--console serves the relay this command starts; open a running relay's own /console instead")
     redactor = redact.install(os.environ)
     level = os.environ.get("LOG_LEVEL", "INFO").strip().upper() if args.verbose else "WARNING"
     if level not in LEVELS:
@@ -355,13 +366,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
     token = args.auth_token or os.environ.get("PLIVO_AUTH_TOKEN" if args.phone == "plivo" else "TWILIO_AUTH_TOKEN")
-    result = asyncio.run(
-        simulate_call(scenario, args.relay_url, token if args.relay_url else None, seed=args.seed, phone=args.phone)
-    )
+    if not args.console:
+        result = asyncio.run(
+            simulate_call(scenario, args.relay_url, token if args.relay_url else None, seed=args.seed, phone=args.phone)
+        )
+        return _report(result, args.out)
+    console_token = secrets.token_urlsafe(18)
+    code = 1
+
+    async def keep_console(result: CallResult, relay_url: str) -> None:
+        nonlocal code
+        code = _report(result, args.out)
+        print(f"\nconsole: {relay_url}/console  (any user name; password {console_token})")
+        print("the relay stays up with the call in the console's ended calls; Ctrl-C to stop", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(simulate_call(scenario, seed=args.seed, phone=args.phone, after_call=keep_console,
+                                  console_token=console_token))
+    return code
+
+
+def _report(result: CallResult, out: Path) -> int:
+    """Print the timeline and the outcome, write the call's WAV; 0 when the call went as scripted."""
     print(result.timeline.render())
-    args.out.write_bytes(result.caller.render_wav())
+    out.write_bytes(result.caller.render_wav())
     duration = (result.caller.ended_at or result.timeline.t0) - result.timeline.t0
-    print(f"\nwrote {args.out} ({duration:.1f} s, stereo: left caller, right assistant as heard)")
+    print(f"\nwrote {out} ({duration:.1f} s, stereo: left caller, right assistant as heard)")
     print(f"barge-ins: {len(result.caller.barge_ins)}, marks echoed: {result.caller.marks_echoed}")
     if result.ok:
         print("call completed as scripted")

@@ -282,6 +282,10 @@ class RealtimeSession:
         self.active: asyncio.Task[None] | None = None
         self.active_id: str | None = None
         self.last_item_id: str | None = None
+        self.speaking: tuple[dict[str, Any], dict[str, Any], list[str]] | None = None
+        """The assistant audio item being generated: its ids, the item, the transcript's words."""
+        self.spoken_words = 0
+        """Words of ``speaking``'s transcript sent so far."""
         self.input_bytes = 0
         self.updated_at: float | None = None
         """When the first session.updated was sent."""
@@ -470,6 +474,8 @@ class RealtimeSession:
         texts = self.standin.caller_transcripts
         transcript = texts.pop(0) if texts else f"(caller speech ending at {end_ms} ms)"
         self._note(f"caller transcript {transcript[:50]!r}")
+        await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
+                         "content_index": 0, "delta": transcript})
         await self.send({
             "type": "conversation.item.input_audio_transcription.completed",
             "item_id": item_id,
@@ -491,6 +497,11 @@ class RealtimeSession:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        output = []
+        if self.speaking is not None:  # the item being generated ends where generation stopped
+            ids, item, words = self.speaking
+            self.speaking = None
+            output.append(await self._item_done(ids, item, " ".join(words[: self.spoken_words]), "incomplete"))
         self._note(f"response.done cancelled ({reason})")
         await self.send(
             {
@@ -500,7 +511,7 @@ class RealtimeSession:
                     "object": "realtime.response",
                     "status": "cancelled",
                     "status_details": {"type": "cancelled", "reason": reason},
-                    "output": [],
+                    "output": output,
                 },
             }
         )
@@ -579,6 +590,8 @@ class RealtimeSession:
         words = turn.transcript.split()
         sent_words = 0
         pos, total = 0, len(turn.ulaw)
+        self.speaking = (ids, item, words)
+        self.spoken_words = 0
         rng = self.standin.rng
         while pos < total:
             size = rng.randint(*turn.delta_ms) * BYTES_PER_MS
@@ -597,21 +610,24 @@ class RealtimeSession:
                         "delta": " ".join(words[sent_words:due_words]) + " ",
                     }
                 )
-                sent_words = due_words
+                sent_words = self.spoken_words = due_words
             await asyncio.sleep(len(chunk) / BYTES_PER_MS / 1000 / turn.speed)
+        self.speaking = None
+        return await self._item_done(ids, item, turn.transcript, "completed")
+
+    async def _item_done(self, ids: dict[str, Any], item: dict[str, Any], transcript: str, status: str,
+                         ) -> dict[str, Any]:
+        """The events that close an assistant audio item: sent when it is complete, and for the part
+        generated when its response is cancelled (OpenAI Realtime reference: output_audio.done "is
+        also emitted when a Response is interrupted, incomplete, or cancelled")."""
         await self.send({"type": "response.output_audio.done", **ids})
-        await self.send({"type": "response.output_audio_transcript.done", **ids, "transcript": turn.transcript})
-        part = {"type": "audio", "transcript": turn.transcript}
+        await self.send({"type": "response.output_audio_transcript.done", **ids, "transcript": transcript})
+        part = {"type": "audio", "transcript": transcript}
         await self.send({"type": "response.content_part.done", **ids, "part": part})
-        done_item = {
-            **item,
-            "status": "completed",
-            "content": [{"type": "output_audio", "transcript": turn.transcript}],
-        }
-        await self.send(
-            {"type": "response.output_item.done", "response_id": response_id, "output_index": index, "item": done_item}
-        )
-        self.last_item_id = item_id
+        done_item = {**item, "status": status, "content": [{"type": "output_audio", "transcript": transcript}]}
+        await self.send({"type": "response.output_item.done", "response_id": ids["response_id"],
+                         "output_index": ids["output_index"], "item": done_item})
+        self.last_item_id = item["id"]
         return done_item
 
     async def _function_call(

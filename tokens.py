@@ -102,3 +102,30 @@ def operator_allowed(authorization: str | None, token: str | None) -> bool:
     except (binascii.Error, UnicodeDecodeError):
         return False
     return bool(colon) and hmac.compare_digest(password.encode(), token.encode())
+
+
+FEED_TICKET_TTL_S = 3600
+"""How long the console page's feed ticket opens ``/console/ws`` (the page reloads for a new one)."""
+
+
+def feed_ticket(token: str, now: float | None = None) -> str:
+    """A ticket for the console's websocket, handed out in the page the operator authenticated for:
+    browsers do not reliably send Basic auth on a websocket handshake. ``<expiry>.<HMAC-SHA256>``,
+    keyed with the console token."""
+    expires = int((time.time() if now is None else now) + FEED_TICKET_TTL_S)
+    return f"{expires}.{_feed_mac(token, expires)}"
+
+
+def feed_ticket_valid(token: str, ticket: str, now: float | None = None) -> bool:
+    """``ticket`` was made by ``feed_ticket`` with ``token`` and has not expired (constant-time compare)."""
+    expires_text, _, mac = ticket.partition(".")
+    if not expires_text.isascii() or not expires_text.isdigit() or len(expires_text) > 12:
+        return False
+    expires = int(expires_text)
+    if expires < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(mac.encode(), _feed_mac(token, expires).encode())
+
+
+def _feed_mac(token: str, expires: int) -> str:
+    return hmac.new(token.encode(), f"console-feed:{expires}".encode(), hashlib.sha256).hexdigest()

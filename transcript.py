@@ -41,6 +41,8 @@ class Turn:
     """A barge-in cut the assistant here: ``text`` is the part heard, ending in ``…``."""
     heard_share: float = 1.0
     """Of a cut turn: the share of its audio (sent so far) the caller heard."""
+    unheard: str = ""
+    """Of a cut turn: the words the caller did not hear (as far as the text is known)."""
 
 
 class Transcript:
@@ -72,25 +74,32 @@ class Transcript:
         if not turn.final and len(turn.text) < MAX_TURN_CHARS:
             turn.text += delta
 
-    def assistant_done(self, item_id: str, text: str) -> Turn | None:
-        """The whole text of ``item_id`` as generated. Returns the turn, or None when a barge-in
-        already cut it and its heard part stands."""
+    def assistant_done(self, item_id: str, text: str) -> Turn:
+        """The whole text of ``item_id`` as generated. For a turn a barge-in cut, the heard part stands
+        and the rest of ``text`` becomes ``unheard``."""
         turn = self._turn("assistant", item_id)
-        if turn.cut:
-            if turn.text or turn.heard_share == 0:
-                return None
-            turn.text = _share(text.strip()[:MAX_TURN_CHARS], turn.heard_share)  # the cut came before any text
+        text = text.strip()[:MAX_TURN_CHARS]
+        if not turn.cut:
+            turn.text, turn.final = text, True
             return turn
-        turn.text, turn.final = text.strip()[:MAX_TURN_CHARS], True
+        words = text.split()
+        heard = len(turn.text.removesuffix(CUT_MARK).split()) if turn.text else round(len(words) * turn.heard_share)
+        if not turn.text and heard:  # the cut came before any text
+            turn.text = " ".join(words[:heard]) + (CUT_MARK if heard < len(words) else "")
+        turn.unheard = " ".join(words[heard:])
         return turn
 
     def cut(self, item_id: str, heard_ms: int, sent_ms: int) -> Turn:
         """A barge-in cut ``item_id`` after ``heard_ms`` of the ``sent_ms`` sent to the phone: keep
-        that share of the words received so far (or of the whole text, when it comes later)."""
+        that share of the words received so far (or of the whole text, when it comes later) as
+        ``text``, the rest as ``unheard``."""
         turn = self._turn("assistant", item_id)
         if not turn.cut:
             turn.heard_share = min(heard_ms / sent_ms, 1.0) if sent_ms > 0 else 0.0
-            turn.text = _share(turn.text, turn.heard_share)
+            words = turn.text.split()
+            keep = round(len(words) * turn.heard_share)
+            turn.text = " ".join(words[:keep]) + (CUT_MARK if keep and keep < len(words) else "")
+            turn.unheard = " ".join(words[keep:])
             turn.final = turn.cut = True
         return turn
 
@@ -117,11 +126,3 @@ class Transcript:
                 self._turns.popitem(last=False)
         return turn
 
-
-def _share(text: str, share: float) -> str:
-    """The first ``share`` of the words of ``text``, ending in ``…`` when words were left out."""
-    words = text.split()
-    keep = round(len(words) * share)
-    if keep >= len(words):
-        return text
-    return " ".join(words[:keep]) + CUT_MARK if keep else ""

@@ -12,7 +12,7 @@ def test_turns_keep_conversation_order_though_transcripts_come_late() -> None:
     t.assistant_delta("a1", "Paris began ")
     t.assistant_delta("a1", "as a village.")
     t.caller_said("u1", " Tell me about Paris. ")
-    assert t.assistant_done("a1", "Paris began as a village.") is not None
+    assert t.assistant_done("a1", "Paris began as a village.").text == "Paris began as a village."
     assert [(turn.role, turn.text) for turn in t.replay()] == [("user", "Tell me about Paris."),
                                                                 ("assistant", "Paris began as a village.")]
 
@@ -22,16 +22,18 @@ def test_a_cut_keeps_the_share_heard_and_later_text_does_not_undo_it() -> None:
     t = Transcript()
     t.assistant_delta("a1", "one two three four five six")
     turn = t.cut("a1", heard_ms=500, sent_ms=1000)
-    assert (turn.text, turn.cut, turn.final) == ("one two three…", True, True)
+    assert (turn.text, turn.unheard, turn.cut, turn.final) == ("one two three…", "four five six", True, True)
     t.assistant_delta("a1", " seven")
-    assert t.assistant_done("a1", "one two three four five six seven eight") is None
+    done = t.assistant_done("a1", "one two three four five six seven eight")
+    assert (done.text, done.unheard) == ("one two three…", "four five six seven eight")
     assert t.replay()[0].text == "one two three…"
 
 
 def test_a_cut_before_any_text_applies_its_share_to_the_text_when_it_comes() -> None:
     t = Transcript()
     t.cut("a1", heard_ms=250, sent_ms=1000)
-    assert t.assistant_done("a1", "one two three four") is not None
+    done = t.assistant_done("a1", "one two three four")
+    assert (done.text, done.unheard) == ("one…", "two three four")
     assert t.replay()[0].text == "one…"
 
 

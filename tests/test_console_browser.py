@@ -1,0 +1,123 @@
+"""The console in a real browser: headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by
+``selenium``) opens ``/console`` during a call and the caller's and the assistant's words are read from the DOM.
+``.ci/run`` installs the browser; elsewhere the test is skipped when it is missing (never in CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from support import ROOT, RawLeg, make_config, speech, start_relay, start_standin, until
+
+import audio
+from standin_openai import AssistantTurn
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"):
+    pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+TOKEN = "console-" + "b" * 24
+GREETING = bytes(range(0x10, 0x60)) * 30
+LONG = bytes(range(0x20, 0x70)) * 400
+ANSWER = bytes(range(0x30, 0x78)) * 20
+LONG_TEXT = "Paris began as a Celtic village on an island in the Seine, more than two thousand years ago."
+SCREENSHOT = ROOT / "docs" / "console.png"
+
+
+def _browser() -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,760"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """Selenium blocks: run it off the event loop, which serves the relay and the stand-in meanwhile."""
+    return await asyncio.to_thread(function, *args)
+
+
+def _texts(driver: webdriver.Chrome, css: str) -> list[str]:
+    """The text of every element matching ``css``, read in one go (the page redraws on each event)."""
+    texts: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(node => node.textContent)", css)
+    return texts
+
+
+async def _say(leg: RawLeg, name: str) -> None:
+    for frame in audio.frames(speech(name) + audio.ULAW_SILENCE * 8000):
+        await leg.media(frame)
+
+
+async def _hear(leg: RawLeg, nbytes: int) -> None:
+    heard = 0
+    while heard < nbytes:
+        event = await leg.recv(timeout=10)
+        assert event is not None
+        kind, value = leg.network.read(event)
+        heard += len(base64.b64decode(value)) if kind == "media" else 0
+
+
+async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib.AsyncExitStack,
+                                                                http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    standin, url = await start_standin(stack, [
+        AssistantTurn(ulaw=GREETING, transcript="Hello Jordan, how can I help?"),
+        AssistantTurn(ulaw=LONG, transcript=LONG_TEXT),
+        AssistantTurn(function_calls=[("update_mic_distance", {"mode": "far_field"})]),
+        AssistantTurn(ulaw=ANSWER, transcript="Done: I have switched to the speakerphone setting."),
+    ])
+    standin.caller_transcripts = ["Tell me about the history of Paris.", "Sorry, I'm on speakerphone."]
+    base = await start_relay(stack, make_config(url, console_token=TOKEN, tools=("update_mic_distance",)))
+    driver = await _in_thread(_browser)
+    stack.callback(driver.quit)
+    credentials = base64.b64encode(f"operator:{TOKEN}".encode()).decode()
+    await _in_thread(driver.execute_cdp_cmd, "Network.enable", {})
+    await _in_thread(driver.execute_cdp_cmd, "Network.setExtraHTTPHeaders",
+                     {"headers": {"Authorization": f"Basic {credentials}"}})
+    await _in_thread(driver.get, base + "/console")
+    wait = WebDriverWait(driver, 10)
+    await _in_thread(wait.until, lambda d: d.find_element(By.ID, "feed-state").text == "live")
+
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    await leg.listen(len(GREETING))
+    await _say(leg, "caller_question")
+    await until(lambda: any(e.get("transcript") == LONG_TEXT for e in standin.sessions[0].sent),
+                what="the long answer generated (8x faster than it plays)")
+    await _hear(leg, 9600)  # 1.2 s of the long answer, played in real time; then the caller cuts in
+    await _say(leg, "caller_interrupt")
+    await _in_thread(wait.until, lambda d: "Done: I have switched" in " ".join(_texts(d, ".turn.assistant .text")))
+
+    callers = await _in_thread(_texts, driver, ".turn.user .text")
+    assistants = await _in_thread(_texts, driver, ".turn.assistant .text")
+    unheard = await _in_thread(_texts, driver, ".turn.assistant del.unheard")
+    assert callers[0] == "Tell me about the history of Paris."
+    assert assistants[0] == "Hello Jordan, how can I help?"
+    cut = assistants[1]
+    assert cut.startswith("Paris") and cut.endswith("…") and len(unheard) == 1
+    assert cut.removesuffix("…").split() + unheard[0].split() == LONG_TEXT.split()
+    listed = await _in_thread(_texts, driver, "#live .call .who")
+    assert listed == ["+*******0100 · primary"]
+    await _in_thread(wait.until, lambda d: len(_texts(d, ".turn.user .text")) == 2)
+    await _in_thread(driver.save_screenshot, str(tmp_path / "console.png"))
+    if os.environ.get("UPDATE_SCREENSHOT"):  # the README's picture: UPDATE_SCREENSHOT=1 pytest -k browser
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "console.png", SCREENSHOT)
+    await leg.stop()
+    await _in_thread(wait.until, lambda d: _texts(d, "#ended .call .who") == ["+*******0100 · primary"])
