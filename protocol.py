@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -536,6 +536,16 @@ def _error(event: dict[str, Any]) -> RealtimeError:
     )
 
 
+def _item_text(event_type: type, key: str) -> Callable[[dict[str, Any]], Any]:
+    """The parser of a transcript event: ``event_type(item_id, <key>)``, both strings."""
+
+    def parse(event: dict[str, Any]) -> Any:
+        kind = str(event["type"])
+        return event_type(_text(event, "item_id", kind), _text(event, key, kind))
+
+    return parse
+
+
 _PARSERS: dict[str, Any] = {
     "response.output_audio.delta": _audio_delta,
     "response.output_audio.done": lambda e: AudioDone(_text(e, "item_id", "response.output_audio.done")),
@@ -543,22 +553,10 @@ _PARSERS: dict[str, Any] = {
     "input_audio_buffer.speech_started": lambda e: SpeechStarted(_optional_text(e, "item_id")),
     "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(_optional_text(e, "item_id")),
     "input_audio_buffer.committed": lambda e: InputCommitted(_text(e, "item_id", "input_audio_buffer.committed")),
-    "conversation.item.input_audio_transcription.completed": lambda e: CallerTranscript(
-        _text(e, "item_id", "conversation.item.input_audio_transcription.completed"),
-        _text(e, "transcript", "conversation.item.input_audio_transcription.completed"),
-    ),
-    "conversation.item.input_audio_transcription.delta": lambda e: CallerTranscriptDelta(
-        _text(e, "item_id", "conversation.item.input_audio_transcription.delta"),
-        _text(e, "delta", "conversation.item.input_audio_transcription.delta"),
-    ),
-    "response.output_audio_transcript.delta": lambda e: TranscriptDelta(
-        _text(e, "item_id", "response.output_audio_transcript.delta"),
-        _text(e, "delta", "response.output_audio_transcript.delta"),
-    ),
-    "response.output_audio_transcript.done": lambda e: TranscriptDone(
-        _text(e, "item_id", "response.output_audio_transcript.done"),
-        _text(e, "transcript", "response.output_audio_transcript.done"),
-    ),
+    "conversation.item.input_audio_transcription.completed": _item_text(CallerTranscript, "transcript"),
+    "conversation.item.input_audio_transcription.delta": _item_text(CallerTranscriptDelta, "delta"),
+    "response.output_audio_transcript.delta": _item_text(TranscriptDelta, "delta"),
+    "response.output_audio_transcript.done": _item_text(TranscriptDone, "transcript"),
     "response.created": lambda e: ResponseCreated(_text(_object(e, "response", "response.created"), "id",
                                                         "response.created")),
     "response.done": _response_done,

@@ -136,6 +136,22 @@ class RawLeg:
         event = await self.recv(timeout)
         return None if event is None else self.network.read(event)
 
+    async def say(self, name: str) -> None:
+        """Speak an utterance from ``assets/`` and then a second of silence, as fast as the socket takes it
+        (the stand-in's VAD reads the audio, not the clock)."""
+        for frame in audio.frames(speech(name) + audio.ULAW_SILENCE * 8000):
+            await self.media(frame)
+
+    async def hear(self, nbytes: int, timeout: float = 10.0) -> None:
+        """Receive ``nbytes`` of audio without echoing a mark, as a phone still playing it: the relay's
+        clock says how much has been heard."""
+        heard = 0
+        while heard < nbytes:
+            event = await self.recv(timeout)
+            assert event is not None, "the relay closed the call early"
+            kind, value = self.network.read(event)
+            heard += len(base64.b64decode(value)) if kind == "media" else 0
+
     async def listen(self, until_bytes: int, timeout: float = 10.0) -> bytes:
         """Hear audio, echoing marks as a phone does, until ``until_bytes`` arrived and the mark
         after them; fails the test if the relay closes first."""

@@ -16,7 +16,6 @@ import aiohttp
 import pytest
 from support import RawLeg, make_config, speech, start_relay, start_standin, until
 
-import audio
 import console
 import simulate
 from simulate import Scenario
@@ -35,19 +34,8 @@ def _auth(password: str = TOKEN) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"operator:{password}".encode()).decode()}
 
 
-async def _say(leg: RawLeg, name: str) -> None:
-    for frame in audio.frames(speech(name) + audio.ULAW_SILENCE * 8000):
-        await leg.media(frame)
 
 
-async def _hear(leg: RawLeg, nbytes: int) -> None:
-    """Receive ``nbytes`` of audio without echoing a mark: the relay's clock says what has played."""
-    heard = 0
-    while heard < nbytes:
-        event = await leg.recv(timeout=10)
-        assert event is not None
-        kind, value = leg.network.read(event)
-        heard += len(base64.b64decode(value)) if kind == "media" else 0
 
 
 async def _feed(http: aiohttp.ClientSession, base: str) -> aiohttp.ClientWebSocketResponse:
@@ -113,14 +101,14 @@ async def test_the_feed_follows_a_call(stack: contextlib.AsyncExitStack, http: a
     greeting = await _next(feed, "transcript", role="assistant")
     assert (greeting["text"], greeting["cut"], greeting["unheard"]) == ("Hello Jordan, how can I help?", False, "")
     await leg.listen(len(GREETING))
-    await _say(leg, "caller_question")
+    await leg.say("caller_question")
     asked = await _next(feed, "transcript.delta", role="user")
     assert asked["delta"] == "Tell me about Paris."
     said = await _next(feed, "transcript", role="user")
     assert (said["text"], said["stream_sid"]) == ("Tell me about Paris.", sid)
     await _next(feed, "transcript", role="assistant", text=LONG_TEXT)  # generated 8x faster than it plays
-    await _hear(leg, 8000)  # a second of it, played in real time (no mark echoed), then the caller interrupts
-    await _say(leg, "caller_interrupt")
+    await leg.hear(8000)  # a second of it, played in real time (no mark echoed), then the caller interrupts
+    await leg.say("caller_interrupt")
     heard = await _next(feed, "transcript", role="assistant", cut=True)  # what was heard, then the barge-in
     barge_in = await _next(feed, "barge_in")
     [cut] = barge_in["truncations"]

@@ -15,9 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import ROOT, RawLeg, make_config, speech, start_relay, start_standin, until
+from support import ROOT, RawLeg, make_config, start_relay, start_standin, until
 
-import audio
 from standin_openai import AssistantTurn
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -60,18 +59,8 @@ def _texts(driver: webdriver.Chrome, css: str) -> list[str]:
     return texts
 
 
-async def _say(leg: RawLeg, name: str) -> None:
-    for frame in audio.frames(speech(name) + audio.ULAW_SILENCE * 8000):
-        await leg.media(frame)
 
 
-async def _hear(leg: RawLeg, nbytes: int) -> None:
-    heard = 0
-    while heard < nbytes:
-        event = await leg.recv(timeout=10)
-        assert event is not None
-        kind, value = leg.network.read(event)
-        heard += len(base64.b64decode(value)) if kind == "media" else 0
 
 
 async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib.AsyncExitStack,
@@ -97,11 +86,11 @@ async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib
     leg = await RawLeg.open(http, base)
     await leg.start()
     await leg.listen(len(GREETING))
-    await _say(leg, "caller_question")
+    await leg.say("caller_question")
     await until(lambda: any(e.get("transcript") == LONG_TEXT for e in standin.sessions[0].sent),
                 what="the long answer generated (8x faster than it plays)")
-    await _hear(leg, 9600)  # 1.2 s of the long answer, played in real time; then the caller cuts in
-    await _say(leg, "caller_interrupt")
+    await leg.hear(9600)  # 1.2 s of the long answer, played in real time; then the caller cuts in
+    await leg.say("caller_interrupt")
     await _in_thread(wait.until, lambda d: "Done: I have switched" in " ".join(_texts(d, ".turn.assistant .text")))
 
     callers = await _in_thread(_texts, driver, ".turn.user .text")

@@ -12,14 +12,14 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import RawLeg, health, make_config, speech, start_relay, start_standin, until
+from support import RawLeg, health, make_config, start_relay, start_standin, until
 
 import audio
 import bridge
 import simulate
 from bridge import replay_intro
 from config import VadType
-from standin_openai import AssistantTurn, RealtimeSession, WebSearchScript
+from standin_openai import AssistantTurn, RealtimeSession, RealtimeStandIn, WebSearchScript
 
 GREETING = bytes(range(0x10, 0x60)) * 20  # 200 ms, no byte of silence
 ANSWER = bytes(range(0x20, 0x70)) * 40
@@ -33,10 +33,6 @@ def _script(*turns: AssistantTurn) -> Callable[[RealtimeSession], AssistantTurn]
     return lambda session: queue.popleft() if queue else AssistantTurn(ulaw=audio.ULAW_SILENCE * 800)
 
 
-async def _say(leg: RawLeg, name: str) -> None:
-    """An utterance and a second of silence (the stand-in's VAD reads the audio, not the clock)."""
-    for frame in audio.frames(speech(name) + audio.ULAW_SILENCE * 8000):
-        await leg.media(frame)
 
 
 async def _hear_until(leg: RawLeg, ending: bytes) -> bytes:
@@ -45,6 +41,18 @@ async def _hear_until(leg: RawLeg, ending: bytes) -> bytes:
     while not heard.endswith(ending):
         heard += await leg.listen(1)
     return heard
+
+
+async def _greeted_call(stack: contextlib.AsyncExitStack,
+                        http: aiohttp.ClientSession) -> tuple[RealtimeStandIn, str, RawLeg]:
+    """A call without VAD whose greeting has been heard and whose response is done."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=GREETING)])
+    base = await start_relay(stack, make_config(url, vad_type=VadType.NONE))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    await leg.listen(len(GREETING))
+    await until(lambda: standin.sessions[0].done_at, what="the greeting's response.done")
+    return standin, base, leg
 
 
 def _transcribed(session: RealtimeSession) -> int:
@@ -66,7 +74,7 @@ async def test_an_expired_session_is_replaced_and_the_conversation_replayed(stac
     leg = await RawLeg.open(http, base)
     await leg.start()
     assert await leg.listen(len(GREETING)) == GREETING
-    await _say(leg, "caller_question")
+    await leg.say("caller_question")
     assert await leg.listen(len(ANSWER)) == ANSWER
     first = standin.sessions[0]
     await until(lambda: _transcribed(first) == 1, what="the caller's transcript")
@@ -80,7 +88,7 @@ async def test_an_expired_session_is_replaced_and_the_conversation_replayed(stac
     assert second.system_texts() == [replay_intro("Jordan")]
     assert second.replayed() == [("assistant", "Hello Jordan, how can I help?"), ("user", "Tell me about Paris."),
                                  ("assistant", "Paris began as a Celtic village.")]
-    await _say(leg, "caller_search")
+    await leg.say("caller_search")
     assert await leg.listen(len(LATER)) == LATER
     assert second.invalid == [] and second.errors == []
     assert not [e for _, e in second.received if e["type"] == "response.create"]  # VAD answered; no greeting
@@ -165,12 +173,7 @@ async def test_with_the_service_gone_the_caller_hears_the_apology(stack: context
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A drop, and the service refuses the reconnect: the caller hears the bundled apology, whole, then the stream
     closes 1011; /health counts the call as lost."""
-    standin, url = await start_standin(stack, [AssistantTurn(ulaw=GREETING)])
-    base = await start_relay(stack, make_config(url, vad_type=VadType.NONE))
-    leg = await RawLeg.open(http, base)
-    await leg.start()
-    await leg.listen(len(GREETING))
-    await until(lambda: standin.sessions[0].done_at, what="the greeting's response.done")
+    standin, base, leg = await _greeted_call(stack, http)
     standin.refuse = True
     standin.sessions[0].drop()
     heard, code = await leg.until_closed()
@@ -184,12 +187,7 @@ async def test_a_second_drop_soon_after_a_reconnect_ends_with_the_apology(stack:
                                                                           http: aiohttp.ClientSession) -> None:
     """A service that keeps failing is not retried over and over: a drop within RECONNECT_WINDOW_S of the last
     reconnect ends the call with the apology."""
-    standin, url = await start_standin(stack, [AssistantTurn(ulaw=GREETING)])
-    base = await start_relay(stack, make_config(url, vad_type=VadType.NONE))
-    leg = await RawLeg.open(http, base)
-    await leg.start()
-    await leg.listen(len(GREETING))
-    await until(lambda: standin.sessions[0].done_at, what="the greeting's response.done")
+    standin, _, leg = await _greeted_call(stack, http)
     standin.sessions[0].drop()
     await until(lambda: len(standin.sessions) == 2 and standin.sessions[1].updated_at, what="the reconnect")
     await asyncio.sleep(0.1)
