@@ -544,8 +544,6 @@ class Call:
         self._close_code: int | None = None
         self._closing = asyncio.Event()
         self._create_sent_at: float | None = None
-        self._generation = 0
-        """Sessions opened so far; tool answers check it (a replaced session's call_ids are void)."""
         self._live = asyncio.Event()
         """Set while a configured session is open."""
         self._swap_lock = asyncio.Lock()
@@ -777,7 +775,6 @@ class Call:
         raise UpstreamUnavailable(f"realtime closed the session before session.updated code={realtime.close_code}")
 
     def _session_began(self) -> None:
-        self._generation += 1
         self._session_opened_at = time.monotonic()
         self.counts.sessions += 1
         self._live.set()
@@ -896,12 +893,17 @@ class Call:
                 await self._send_audio("apology", payload)
         except (ConnectionError, RuntimeError):  # the caller is gone already
             return
+        await self._until_played("apology")
+
+    async def _until_played(self, what: str) -> None:
+        """Return once the phone has echoed every mark (all sent audio played, or cleared), or when
+        what is still unplayed plus ``GOODBYE_MARGIN_S`` has passed (logged, naming ``what``)."""
         deadline_s = self.playback.unplayed_ms(time.monotonic()) / 1000 + GOODBYE_MARGIN_S
         try:
             async with asyncio.timeout(deadline_s):
                 await self.goodbye.wait_until(lambda: not self.playback.marks_pending)
         except TimeoutError:
-            self.log.warning("apology marks not echoed within %.1f s", deadline_s)
+            self.log.warning("%s marks not echoed within %.1f s; hanging up", what, deadline_s)
 
     # -- phone -> Realtime --
 
@@ -1184,7 +1186,7 @@ class Call:
         ``end_call`` that response is the goodbye, unless the response that called it had
         already spoken (that was the goodbye).
         """
-        generation = self._generation
+        session = self.counts.sessions  # a replaced session's call_ids mean nothing to the next one
         self.music.start()
         outputs = await self.tools.run(calls)
         if self.tools.batches_running == 0 and not self.music.playing:
@@ -1193,7 +1195,7 @@ class Call:
         names = {call.call_id: call.name for call in calls}
         for call_id, output in outputs:
             text = json.dumps(output, ensure_ascii=False)
-            if generation == self._generation:
+            if session == self.counts.sessions:
                 await self._send_realtime(protocol.function_call_output(call_id, text))
             else:  # the session that made the call is gone, and the new one knows no call_id
                 await self._send_realtime(protocol.system_message(f"Your {names[call_id]} call returned: {text}"))
@@ -1243,12 +1245,7 @@ class Call:
                 await goodbye.wait_until(lambda: goodbye.state is GoodbyeState.SPOKEN)
         except TimeoutError:
             self.log.warning("no goodbye within %.0f s of end_call", GOODBYE_RESPONSE_TIMEOUT_S)
-        deadline_s = self.playback.unplayed_ms(time.monotonic()) / 1000 + GOODBYE_MARGIN_S
-        try:
-            async with asyncio.timeout(deadline_s):
-                await goodbye.wait_until(lambda: not self.playback.marks_pending)
-        except TimeoutError:
-            self.log.warning("goodbye marks not echoed within %.1f s; hanging up", deadline_s)
+        await self._until_played("goodbye")
         return str(goodbye.reason)
 
     # -- sending and telling --

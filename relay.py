@@ -259,30 +259,39 @@ async def metrics(request: web.Request) -> web.Response:
     collected = request.app[METRICS]
     if collected is None:
         raise web.HTTPNotFound()
-    if not operator_allowed(request.headers.get("Authorization"), request.app[CONFIG].console_token):
-        return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="relay"'})
+    refused = _operator_refused(request)
+    if refused is not None:
+        return refused
     return web.Response(body=collected.render(), headers={"Content-Type": PROMETHEUS_TEXT})
 
 
 CONSOLE_PAGE = Path(__file__).resolve().parent / "assets" / "console.html"
 
 
-def _operator_refused(request: web.Request) -> web.Response | None:
-    """The operator pages' gate: 404 when ``CONSOLE_TOKEN`` is not set (the console is off), 401
-    without it as the Basic auth password; None when the request may go on."""
+def _operator_refused(request: web.Request, ticket: bool = False) -> web.Response | None:
+    """The operator pages' gate: a 401 answer without ``CONSOLE_TOKEN`` as the Basic auth password
+    (or, with ``ticket``, the console page's feed ticket in the query); None when the request may go
+    on (always, when no token is set)."""
     token = request.app[CONFIG].console_token
-    if token is None or request.app[CONSOLE] is None:
-        raise web.HTTPNotFound()
     if operator_allowed(request.headers.get("Authorization"), token):
         return None
-    if request.path == "/console/ws" and feed_ticket_valid(token, request.query.get("ticket", "")):
+    if ticket and token is not None and feed_ticket_valid(token, request.query.get("ticket", "")):
         return None
     return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="relay"'})
+
+
+def _console(request: web.Request) -> Console:
+    """The console; 404 when it is off (no ``CONSOLE_TOKEN``)."""
+    console = request.app[CONSOLE]
+    if console is None:
+        raise web.HTTPNotFound()
+    return console
 
 
 async def console_page(request: web.Request) -> web.Response:
     """``GET /console``: the live call console, one self-contained page (no CDN), carrying the ticket
     its script opens ``/console/ws`` with. Behind ``CONSOLE_TOKEN`` (``_operator_refused``)."""
+    _console(request)
     refused = _operator_refused(request)
     if refused is not None:
         return refused
@@ -304,11 +313,10 @@ async def console_page(request: web.Request) -> web.Response:
 async def console_feed(request: web.Request) -> web.WebSocketResponse | web.Response:
     """``GET /console/ws``: the call-event feed (``console.Console``): a snapshot of every call, then
     each event as it happens. Browsers that fall behind are dropped; incoming messages are ignored."""
-    refused = _operator_refused(request)
+    console = _console(request)
+    refused = _operator_refused(request, ticket=True)
     if refused is not None:
         return refused
-    console = request.app[CONSOLE]
-    assert console is not None
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     transport = request.transport
