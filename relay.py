@@ -380,12 +380,18 @@ def public_origin(config: Config, request: web.Request) -> str:
     return f"{proto}://{request.host}"
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def stream_origin(config: Config, request: web.Request) -> str:
-    """The websocket origin for stream URLs: ``wss://`` unless ``PUBLIC_URL`` is an ``http://``
-    loopback test origin (phone networks accept only wss)."""
-    if config.public_url and config.public_url.startswith("http://"):
-        return "ws://" + config.public_url.removeprefix("http://")
-    return "wss://" + urlsplit(public_origin(config, request)).netloc
+    """The websocket origin for stream URLs: ``wss://``, as phone networks require, except for an
+    ``http://`` origin that is loopback (``PUBLIC_URL``, or the Host of a plain-http request:
+    ``python simulate.py --relay-url http://127.0.0.1:5050``), where it is ``ws://``. A public Host
+    reached over http is taken to sit behind a TLS proxy that did not say so."""
+    origin = urlsplit(public_origin(config, request))
+    if origin.scheme == "http" and (config.public_url or origin.hostname in LOOPBACK_HOSTS):
+        return "ws://" + origin.netloc
+    return "wss://" + origin.netloc
 
 
 async def _form(request: web.Request) -> dict[str, str]:
