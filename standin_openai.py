@@ -16,6 +16,7 @@ import contextlib
 import functools
 import gc
 import json
+import math
 import random
 import secrets
 import time
@@ -118,16 +119,26 @@ def server_event_problems(event: dict[str, Any]) -> list[str]:
 
 
 class Vad:
-    """Energy VAD over 10 ms sub-frames of µ-law audio, shaped like Realtime ``server_vad``.
+    """Energy VAD over 10 ms sub-frames of µ-law audio that follows the line's noise floor, shaped
+    like Realtime ``server_vad``.
 
-    A sub-frame is voiced when its RMS exceeds ``-60 + 40 * threshold`` dBFS (0.5: -40 dBFS).
-    Speech starts after ``START_FRAMES`` voiced sub-frames in a row; it is reported with
-    ``audio_start_ms`` = onset - ``prefix_padding_ms`` (the service includes the padding).
-    It stops after ``silence_duration_ms`` of unvoiced audio; ``audio_end_ms`` includes it.
+    A sub-frame is voiced when its RMS exceeds both ``-60 + 40 * threshold`` dBFS (0.5: -40 dBFS)
+    and the noise floor plus ``MARGIN_DB``. The floor is learnt from the first ``LEARN_MS`` of
+    audio (a call starts with the line's noise, not with speech), then follows quiet sub-frames
+    down at once and rises at most ``RISE_DB_PER_S`` (slower during speech), so a noisy line is
+    not speech and speech does not become the floor. Speech starts after ``START_FRAMES`` voiced
+    sub-frames in a row; it is reported with ``audio_start_ms`` = onset - ``prefix_padding_ms``
+    (the service includes the padding). It stops after ``silence_duration_ms`` of unvoiced audio;
+    ``audio_end_ms`` includes it.
     """
 
     SUB_FRAME_BYTES = 80
     START_FRAMES = 2
+    MARGIN_DB = 12.0
+    LEARN_MS = 100
+    RISE_DB_PER_S = 3.0
+    SILENT_DBFS = -90.0
+    """Digital silence counts as this level (its RMS is 0, -inf dB)."""
 
     def __init__(self, threshold: float, prefix_padding_ms: int, silence_duration_ms: int) -> None:
         self.level_dbfs = -60 + 40 * threshold
@@ -136,20 +147,36 @@ class Vad:
         self.pos_ms = 0
         self.in_speech = False
         self.onset_ms: int | None = None
+        self.floor_dbfs = math.inf
+        """The noise floor learnt so far (dBFS)."""
         self._voiced_run = 0
         self._silence_ms = 0
         self._pending = b""
+
+    def _voiced(self, level: float, step_ms: int) -> bool:
+        if self.pos_ms < self.LEARN_MS:
+            self.floor_dbfs = min(self.floor_dbfs, level)
+            return False
+        voiced = level > self.level_dbfs and level > self.floor_dbfs + self.MARGIN_DB
+        if level < self.floor_dbfs:
+            self.floor_dbfs = level
+        else:
+            rise = self.RISE_DB_PER_S * step_ms / 1000 / (4 if voiced else 1)
+            self.floor_dbfs = min(level, self.floor_dbfs + rise)
+        return voiced
 
     def feed(self, ulaw: bytes) -> list[tuple[str, int]]:
         """Feed caller audio; returns ``("started", audio_start_ms)`` / ``("stopped", audio_end_ms)``."""
         data = self._pending + ulaw
         out: list[tuple[str, int]] = []
         step = self.SUB_FRAME_BYTES
+        step_ms = step // BYTES_PER_MS
         usable = len(data) - len(data) % step
         for i in range(0, usable, step):
-            voiced = audio.rms_dbfs(audio.ulaw_to_pcm16(data[i : i + step])) > self.level_dbfs
+            level = max(self.SILENT_DBFS, audio.rms_dbfs(audio.ulaw_to_pcm16(data[i : i + step])))
+            voiced = self._voiced(level, step_ms)
             frame_start = self.pos_ms
-            self.pos_ms += step // BYTES_PER_MS
+            self.pos_ms += step_ms
             if not self.in_speech:
                 if voiced:
                     if self._voiced_run == 0:
@@ -163,7 +190,7 @@ class Vad:
             elif voiced:
                 self._silence_ms = 0
             else:
-                self._silence_ms += step // BYTES_PER_MS
+                self._silence_ms += step_ms
                 if self._silence_ms >= self.silence_duration_ms:
                     self.in_speech, self._voiced_run = False, 0
                     out.append(("stopped", self.pos_ms))
@@ -279,6 +306,9 @@ class RealtimeSession:
         """µ-law bytes generated per assistant item."""
         self.function_outputs: list[dict[str, Any]] = []
         self.vad: Vad | None = None
+        self.speech: list[list[int | None]] = []
+        """Each turn the VAD detected: ``[audio_start_ms, audio_end_ms]`` (None while it lasts)."""
+        self.transcribed = 0
         self.active: asyncio.Task[None] | None = None
         self.active_id: str | None = None
         self.last_item_id: str | None = None
@@ -434,7 +464,7 @@ class RealtimeSession:
             item.setdefault("id", _new_id("item"))
             if item.get("type") == "function_call_output":
                 self.function_outputs.append(item)
-                self._note(f"function_call_output {item['output'][:80]}")
+                self._note(f"function_call_output {item['output']}")
             await self.send({"type": "conversation.item.added", "item": item, "previous_item_id": self.last_item_id})
             await self.send({"type": "conversation.item.done", "item": item, "previous_item_id": self.last_item_id})
             self.last_item_id = item["id"]
@@ -451,12 +481,15 @@ class RealtimeSession:
         item_id = self.standin.user_item_ids.setdefault(id(self), _new_id("item"))
         if what == "started":
             self._note(f"speech_started audio_start_ms={ms}")
+            self.speech.append([ms, None])
             await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": ms, "item_id": item_id})
             if td.get("interrupt_response", True) and self.active is not None:
                 await self._cancel("turn_detected")
         else:
             del self.standin.user_item_ids[id(self)]
             self._note(f"speech_stopped audio_end_ms={ms}")
+            if self.speech:
+                self.speech[-1][1] = ms
             await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": ms, "item_id": item_id})
             await self.send(
                 {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": self.last_item_id}
@@ -471,9 +504,12 @@ class RealtimeSession:
         """The caller's transcript, a little after the commit (asynchronous, as the service's is):
         the next of ``caller_transcripts``, or a placeholder naming the turn's end."""
         await asyncio.sleep(0.05)
-        texts = self.standin.caller_transcripts
+        texts, n = self.standin.caller_transcripts, self.transcribed
+        self.transcribed += 1
+        if self.standin.standalone:  # every session is a new call: its own caller's words, from the first
+            texts = texts[n:]
         transcript = texts.pop(0) if texts else f"(caller speech ending at {end_ms} ms)"
-        self._note(f"caller transcript {transcript[:50]!r}")
+        self._note(f"caller transcript {transcript!r}")
         await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
                          "content_index": 0, "delta": transcript})
         await self.send({
@@ -550,7 +586,7 @@ class RealtimeSession:
                 }
             )
             self._note(
-                f"response.created {response_id[-6:]}" + (f' "{turn.transcript[:50]}"' if turn.transcript else "")
+                f"response.created {response_id[-6:]}" + (f' "{turn.transcript}"' if turn.transcript else "")
             )
             index = 0
             if turn.ulaw:
@@ -732,6 +768,10 @@ class RealtimeStandIn:
         self.refuse = False
         """Refuse every new websocket handshake with 503 (the service is down)."""
         self.caller_transcripts: list[str] = []
+        self.standalone = False
+        """Serving a relay in another process for as long as it runs (``simulate.py standins``): every
+        session starts the script and the caller's transcripts over, no payload is kept for
+        ``resolve``, and a session is forgotten when it ends."""
         """What the caller said, turn by turn: sent as input transcriptions (when the session asks for
         transcription) in order of the committed turns."""
         self._turns: dict[int, int] = {}
@@ -754,6 +794,8 @@ class RealtimeStandIn:
 
     def attribute(self, payload: str, item_id: str, offset: int) -> None:
         """Remember which item and byte offset an audio delta payload carries."""
+        if self.standalone:
+            return
         self._attribution.setdefault(payload, deque()).append((item_id, offset))
 
     def resolve(self, payload: str) -> tuple[str, int] | None:
@@ -787,7 +829,7 @@ class RealtimeStandIn:
         self.responses_requests.append(ResponsesRequest(time.monotonic(), body, problems))
         query = body.get("input") if isinstance(body, dict) else None
         if self.note is not None:
-            self.note("responses", f"web search {str(query)[:60]!r}")
+            self.note("responses", f"web search {str(query)!r}")
         if problems:
             return _api_error(400, "invalid_request_error", "Invalid request: " + "; ".join(problems))
         script = self.web_search
@@ -842,17 +884,31 @@ class RealtimeStandIn:
             await session.error("beta_api_shape_disabled", "The Realtime Beta API is no longer supported.")
             await ws.close()
             return ws
-        await session.serve()
+        try:
+            await session.serve()
+        finally:
+            if self.standalone:
+                self.sessions.remove(session)
+                self.input_audio.pop(id(session), None)
+                self._turns.pop(id(session), None)
         return ws
 
 
 @contextlib.asynccontextmanager
-async def serve_on_loopback(app: web.Application) -> AsyncIterator[str]:
-    """Serve a stand-in's ``app`` on a free loopback port; yields ``host:port``."""
+async def serve_on_loopback(app: web.Application, port: int = 0) -> AsyncIterator[str]:
+    """Serve a stand-in's ``app`` on loopback, on ``port`` (0: a free one); yields ``host:port``.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     host, port = runner.addresses[0][:2]
     try:
         yield f"{host}:{port}"

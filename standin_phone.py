@@ -11,12 +11,16 @@ modules, so a misreading of a protocol shows up as a failing call.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import audioop  # the stdlib module to 3.12; the audioop-lts package from 3.13
 import base64
 import contextlib
 import itertools
 import json
+import random
 import secrets
+import sys
 import time
 import typing
 import uuid
@@ -43,10 +47,15 @@ class Timeline:
 
     t0: float = field(default_factory=time.monotonic)
     events: list[tuple[float, str, str]] = field(default_factory=list)
+    listener: Callable[[float, str, str], None] | None = None
+    """Called with each event as it is added (``simulate.py`` prints the call as it happens)."""
 
     def add(self, source: str, text: str, at: float | None = None) -> None:
         """Record ``text`` from ``source`` (caller, twilio, realtime) at ``at`` or now."""
-        self.events.append((time.monotonic() if at is None else at, source, text))
+        event = (time.monotonic() if at is None else at, source, text)
+        self.events.append(event)
+        if self.listener is not None:
+            self.listener(*event)
 
     def ms(self, at: float) -> int:
         return round((at - self.t0) * 1000)
@@ -89,6 +98,8 @@ class PlayedChunk:
     data: bytes
     tag: tuple[str, int] | None
     """(item_id, byte offset) of the assistant audio it carries, when known."""
+    music: bool = False
+    """Waiting music, not the assistant's voice."""
     cut_at: float | None = None
     """When a ``clear`` dropped the rest of it."""
 
@@ -115,9 +126,9 @@ class PhonePlayback:
         self._marks: deque[tuple[float, str]] = deque()
         self.clears: list[float] = []
 
-    def enqueue_media(self, now: float, data: bytes, tag: tuple[str, int] | None = None) -> None:
+    def enqueue_media(self, now: float, data: bytes, tag: tuple[str, int] | None = None, music: bool = False) -> None:
         start = max(now, self.end)
-        self.chunks.append(PlayedChunk(start, data, tag))
+        self.chunks.append(PlayedChunk(start, data, tag, music))
         self.end = start + len(data) / SAMPLE_RATE_HZ
 
     def enqueue_mark(self, now: float, name: str) -> list[str]:
@@ -410,6 +421,67 @@ PhoneNetwork = Twilio | Plivo
 NETWORKS: dict[str, type[Twilio] | type[Plivo]] = {"twilio": Twilio, "plivo": Plivo}
 
 
+@dataclass(frozen=True, slots=True)
+class Line:
+    """The line between the caller's phone and the relay: a one-way network delay with jitter, each
+    direction, and the noise of the caller's side."""
+
+    delay_ms: float = 0.0
+    """One-way delay of every message, each direction."""
+    jitter_ms: float = 0.0
+    """Extra delay per message, uniform in [0, ``jitter_ms``]; messages stay in order, as on TCP."""
+    noise_dbfs: float | None = None
+    """White noise at this RMS level (dBFS) on the caller's channel, between and under speech;
+    None: digital silence between utterances."""
+    seed: int = 0
+
+
+DEFAULT_LINE_NOISE_DBFS = -65.0
+"""A phone line's idle noise: comfort noise and the handset's hiss sit around -70 to -60 dBFS."""
+
+
+class LineNoise:
+    """Two seconds of white noise at ``dbfs`` (RMS), looped 20 ms at a time: alone between
+    utterances, mixed under the caller's speech."""
+
+    SECONDS = 2
+
+    def __init__(self, dbfs: float, seed: int = 0) -> None:
+        rng = random.Random(seed)
+        sigma = 32768 * 10 ** (dbfs / 20)
+        samples = array.array("h", (max(-32768, min(32767, round(rng.gauss(0.0, sigma))))
+                                    for _ in range(SAMPLE_RATE_HZ * self.SECONDS)))
+        if sys.byteorder == "big":
+            samples.byteswap()
+        pcm = samples.tobytes()
+        self._pcm = [pcm[i : i + 2 * FRAME_BYTES] for i in range(0, len(pcm), 2 * FRAME_BYTES)]
+        self._ulaw = [audio.pcm16_to_ulaw(frame) for frame in self._pcm]
+        self._next = 0
+
+    def frame(self, speech: bytes | None = None) -> bytes:
+        """The next 20 ms of the line (µ-law): noise alone, or ``speech`` (µ-law) over it."""
+        i = self._next
+        self._next = (i + 1) % len(self._pcm)
+        if speech is None:
+            return self._ulaw[i]
+        noise = self._pcm[i][: 2 * len(speech)]
+        return audio.pcm16_to_ulaw(audioop.add(audio.ulaw_to_pcm16(speech), noise, 2))
+
+
+@dataclass(slots=True)
+class SpokenTurn:
+    """When a scripted utterance went down the line."""
+
+    index: int
+    """Its place in the script, from 1."""
+    text: str
+    at: float
+    """Monotonic time of its first frame."""
+    start_ms: int
+    """Position of its first frame in the caller's stream (ms since the stream's first frame)."""
+    end_ms: int
+
+
 class CallFailed(Exception):
     """The simulated call did not go as scripted; the message says why."""
 
@@ -438,7 +510,10 @@ class PhoneCaller:
         timeline: where events are recorded.
         auth_token: sign requests like Twilio with this token (None: unsigned).
         resolve: tells which assistant item and offset a received payload carries (the
-            Realtime stand-in's ``resolve``); None: every payload counts as assistant audio.
+            Realtime stand-in's ``resolve``, or ``simulate.ScriptedAudio``); None: not known.
+        music: the base64 payloads of the relay's waiting music (``music.load_wait_music``): a
+            payload among them is music, anything else the assistant's voice.
+        line: network delay, jitter and noise between the phone and the relay.
     """
 
     def __init__(
@@ -451,6 +526,8 @@ class PhoneCaller:
         timeline: Timeline,
         auth_token: str | None = None,
         resolve: Callable[[str], tuple[str, int] | None] | None = None,
+        music: frozenset[str] = frozenset(),
+        line: Line | None = None,
     ) -> None:
         self.number = number
         self.turns = turns
@@ -459,9 +536,12 @@ class PhoneCaller:
         self.timeline = timeline
         self.auth_token = auth_token
         self.resolve = resolve
+        self.music = music
+        self.line = line or Line()
         self.playback = PhonePlayback()
         self.network = network
         self.sent_audio: list[tuple[float, bytes]] = []
+        self.spoken: list[SpokenTurn] = []
         self.mouth: deque[bytes] = deque()
         self.marks_echoed = 0
         self.barge_ins: list[BargeIn] = []
@@ -475,9 +555,15 @@ class PhoneCaller:
         self.twiml_say: list[str] = []
         self.connected_at: float | None = None
         self.ended_at: float | None = None
+        self._waiting: tuple[str, float | None] = ("for the call to connect", None)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._wake = asyncio.Event()
         self._mouth_empty = asyncio.Event()
+        self._stream_ms = 0
+        self._rng = random.Random(self.line.seed)
+        self._outbox: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
+        self._out_due = 0.0
+        self._in_due = 0.0
 
     # -- dialling --
 
@@ -514,19 +600,17 @@ class PhoneCaller:
             self._ws = ws
             self.connected_at = time.monotonic()
             self.timeline.add(network.name, f"stream connected {stream_url}")
+            tasks = [asyncio.create_task(self._receive(ws)), asyncio.create_task(self._deliver_out(ws))]
             for message in network.opening(answer):
                 await self._send(message)
-            tasks = [
-                asyncio.create_task(self._receive(ws)),
-                asyncio.create_task(self._speak_frames()),
-                asyncio.create_task(self._echo_marks()),
-            ]
+            tasks += [asyncio.create_task(self._speak_frames()), asyncio.create_task(self._echo_marks())]
             script = asyncio.create_task(self._script())
             try:
                 async with asyncio.timeout(self.max_duration_s):
                     done, _ = await asyncio.wait([script, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
             except TimeoutError:
-                raise CallFailed(f"call did not finish within {self.max_duration_s:.0f}s") from None
+                raise CallFailed(f"the call did not finish within {self.max_duration_s:.0f} s: "
+                                 f"{self.waiting_for}") from None
             finally:
                 for task in [*tasks, script]:
                     task.cancel()
@@ -539,80 +623,126 @@ class PhoneCaller:
             if self.hung_up_by == "caller":
                 goodbye = network.goodbye()
                 if goodbye is not None:
-                    await self._send(goodbye)
+                    await ws.send_str(goodbye)  # the last word: no delay queue left to carry it
                 await ws.close()
             self.close_code = ws.close_code
 
+    def _due(self, last: float) -> float:
+        """When a message handed to the line now arrives: delay plus jitter, never before the one
+        ahead of it."""
+        line = self.line
+        delay = line.delay_ms + (self._rng.uniform(0.0, line.jitter_ms) if line.jitter_ms else 0.0)
+        return max(last, time.monotonic() + delay / 1000)
+
     async def _send(self, message: str) -> None:
-        assert self._ws is not None
-        await self._ws.send_str(message)
+        """Hand a message to the line towards the relay (delivered by ``_deliver_out``)."""
+        self._out_due = self._due(self._out_due)
+        self._outbox.put_nowait((self._out_due, message))
+
+    async def _deliver_out(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            due, message = await self._outbox.get()
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ws.send_str(message)
 
     # -- the line --
 
     async def _speak_frames(self) -> None:
-        """One 20 ms media frame on a monotonic clock, speech when the mouth has some."""
+        """One 20 ms media frame on a monotonic clock, speech when the mouth has some, the line's
+        noise (or digital silence) between."""
         pacer = audio.FramePacer(max_lag_s=5.0)  # a phone line never skips: late frames go out in a burst
+        noise = LineNoise(self.line.noise_dbfs, self.line.seed) if self.line.noise_dbfs is not None else None
         silence = ULAW_SILENCE * FRAME_BYTES
-        timestamp = 0
         while True:
-            frame = self.mouth.popleft() if self.mouth else silence
-            if frame is not silence:
+            speech = self.mouth.popleft() if self.mouth else None
+            frame = silence if noise is None and speech is None else noise.frame(speech) if noise else speech
+            assert frame is not None
+            if speech is not None or noise is not None:
                 self.sent_audio.append((time.monotonic(), frame))
-                if not self.mouth:
-                    self._mouth_empty.set()
-            await self._send(self.network.media(frame, timestamp))
-            timestamp += 20
+            if speech is not None and not self.mouth:
+                self._mouth_empty.set()
+            await self._send(self.network.media(frame, self._stream_ms))
+            self._stream_ms += 20
             await pacer.wait()
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            now = time.monotonic()
-            kind, value = self.network.read(json.loads(msg.data))
-            if kind == "media":
-                payload = value
-                tag = self.resolve(payload) if self.resolve else None
-                if tag is not None and tag[0] in self.cut_items:
-                    self.late_frames.append((now, tag[0]))
-                was_playing = self.playback.playing(now)
-                previous = self.playback.chunks[-1].tag if self.playback.chunks else None
-                self.playback.enqueue_media(now, base64.b64decode(payload), tag)
-                if not was_playing or (previous is None) != (tag is None):
-                    if tag is None and self.resolve is not None:  # not the assistant's: waiting music
-                        heard = "hears waiting music"
-                    else:
-                        heard = "hears assistant audio" + (f" (item {tag[0][-6:]})" if tag else "")
-                    self.timeline.add("caller", heard, at=max(now, self.playback.chunks[-1].start))
-            elif kind == "mark":
-                for name in self.playback.enqueue_mark(now, value):
-                    await self._echo(name)
-                self._wake.set()
-            else:  # clear
-                current = next(
-                    (c for c in reversed(self.playback.chunks) if c.start <= now and c.played_bytes(now) > 0), None
-                )
-                item = current.tag[0] if current and current.tag else None
-                heard = self.playback.heard_bytes_by_item(now).get(item, 0) if item else 0
-                pending = self.playback.clear(now)
-                if self.network.echoes_cleared_marks:
-                    for name in pending:
-                        await self._echo(name)
-                cleared = self.network.cleared()
-                if cleared is not None:
-                    await self._send(cleared)
-                if current is not None and current.tag is None and self.resolve is not None:
-                    self.music_clears += 1  # the end of waiting music, not a barge-in
-                    self.timeline.add(self.network.name, "clear (waiting music)")
-                    continue
-                if item:
-                    self.cut_items.add(item)
-                self.barge_ins.append(BargeIn(now, item, heard / BYTES_PER_MS))
-                self.timeline.add(
-                    self.network.name,
-                    "clear" + (f": caller heard {heard / BYTES_PER_MS:.0f} ms of item {item[-6:]}" if item else ""),
-                )
+        """Read the relay's messages; each reaches the phone after the line's delay."""
+        if not self.line.delay_ms and not self.line.jitter_ms:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_message(msg.data, time.monotonic())
+        else:
+            inbox: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
+            arrive = asyncio.create_task(self._arrive(inbox))
+            try:
+                async for msg in ws:
+                    if msg.type == WSMsgType.TEXT:
+                        self._in_due = self._due(self._in_due)
+                        inbox.put_nowait((self._in_due, msg.data))
+                inbox.put_nowait((self._due(self._in_due), None))
+                await arrive
+            finally:
+                arrive.cancel()
         self.timeline.add(self.network.name, f"relay closed the stream (code {ws.close_code})")
+
+    async def _arrive(self, inbox: asyncio.Queue[tuple[float, str | None]]) -> None:
+        while True:
+            due, data = await inbox.get()
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if data is None:
+                return
+            await self._on_message(data, time.monotonic())
+
+    async def _on_message(self, data: str, now: float) -> None:
+        """One relay message at the phone: play media, queue a mark, or clear."""
+        kind, value = self.network.read(json.loads(data))
+        if kind == "media":
+            payload = value
+            tag = self.resolve(payload) if self.resolve else None
+            music = tag is None and payload in self.music
+            if tag is not None and tag[0] in self.cut_items:
+                self.late_frames.append((now, tag[0]))
+            was_playing = self.playback.playing(now)
+            previous = self.playback.chunks[-1].music if self.playback.chunks else None
+            self.playback.enqueue_media(now, base64.b64decode(payload), tag, music)
+            if not was_playing or previous != music:
+                if music:
+                    heard = "hears waiting music"
+                else:
+                    heard = "hears assistant audio" + (f" (item {tag[0][-6:]})" if tag else "")
+                self.timeline.add("caller", heard, at=max(now, self.playback.chunks[-1].start))
+        elif kind == "mark":
+            for name in self.playback.enqueue_mark(now, value):
+                await self._echo(name)
+            self._wake.set()
+        else:  # clear
+            current = next(
+                (c for c in reversed(self.playback.chunks) if c.start <= now and c.played_bytes(now) > 0), None
+            )
+            item = current.tag[0] if current and current.tag else None
+            heard = self.playback.heard_bytes_by_item(now).get(item, 0) if item else 0
+            pending = self.playback.clear(now)
+            if self.network.echoes_cleared_marks:
+                for name in pending:
+                    await self._echo(name)
+            cleared = self.network.cleared()
+            if cleared is not None:
+                await self._send(cleared)
+            if current is not None and current.music:
+                self.music_clears += 1  # the end of waiting music, not a barge-in
+                self.timeline.add(self.network.name, "clear (waiting music)")
+                return
+            if item:
+                self.cut_items.add(item)
+            self.barge_ins.append(BargeIn(now, item, heard / BYTES_PER_MS))
+            self.timeline.add(
+                self.network.name,
+                "clear" + (f": caller heard {heard / BYTES_PER_MS:.0f} ms of item {item[-6:]}" if item else ""),
+            )
 
     async def _echo(self, name: str) -> None:
         self.marks_echoed += 1
@@ -668,9 +798,24 @@ class PhoneCaller:
                 raise CallFailed(f"unknown scripted moment {when!r}")
             await asyncio.sleep(0.005)
 
+    @property
+    def waiting_for(self) -> str:
+        """What the script waits for now, and what the caller heard since its last turn (named when
+        the call times out)."""
+        what, since = self._waiting
+        last = self.spoken[-1] if self.spoken else None
+        said = f", after the caller said {last.text or 'something'!r} (turn {last.index})" if last else ""
+        if since is None or any(c.start >= since and not c.music for c in self.playback.chunks):
+            return f"waiting {what}{said}"
+        if last is None:
+            return f"waiting {what}; no assistant audio came"
+        return f"waiting {what}{said}; no assistant audio came after it (was that speech ever detected?)"
+
     async def _script(self) -> None:
         since = time.monotonic()
-        for turn in self.turns:
+        for n, turn in enumerate(self.turns, 1):
+            label = f"turn {n} of {len(self.turns)}" + (f" ({turn.text!r})" if turn.text else "")
+            self._waiting = (f"to begin {label}", since)
             await self._wait_for(turn.when, since)
             if turn.dtmf:
                 self.timeline.add("caller", f"presses {turn.dtmf}")
@@ -680,12 +825,18 @@ class PhoneCaller:
             else:
                 self.timeline.add("caller", f'says "{turn.text}"' if turn.text else "speaks")
                 self._mouth_empty.clear()
-                self.mouth.extend(audio.frames(turn.ulaw))
+                frames = audio.frames(turn.ulaw)
+                start_ms = self._stream_ms + 20 * len(self.mouth)
+                self.spoken.append(SpokenTurn(n, turn.text, time.monotonic(), start_ms, start_ms + 20 * len(frames)))
+                self.mouth.extend(frames)
+                self._waiting = (f"for the caller to finish {label}", None)
                 await self._mouth_empty.wait()
             since = time.monotonic()
         if self.hangup.get("by") == "assistant":
             self.timeline.add("caller", "waits for the assistant to hang up")
+            self._waiting = ("for the assistant to hang up", since)
             await asyncio.Event().wait()  # the call ends when the relay closes the stream
+        self._waiting = ("for the moment to hang up", since)
         await self._wait_for(self.hangup, since)
         self.hung_up_by = "caller"
         self.timeline.add("caller", "hangs up")
