@@ -2,23 +2,33 @@
 
 ``python simulate.py`` starts the OpenAI stand-ins (``standin_openai``), the real relay pointed at
 them (in this process, through ``relay.serving``), and a Twilio caller (``standin_phone``) that
-dials the relay, speaks recorded utterances in real time, plays what the relay sends as Twilio
-does (8000 bytes/s, marks, ``clear``), and writes what the caller heard to a stereo WAV (left:
-caller, right: assistant as heard) and a timeline. This module holds the scenario, the runner
-that checks a call went as scripted, and the command line.
+dials the relay, speaks recorded utterances in real time over a line with noise (and, when the
+scenario says so, network delay), plays what the relay sends as Twilio does (8000 bytes/s, marks,
+``clear``), prints the call as it happens, and writes what the caller heard to a stereo WAV (left:
+caller, right: assistant as heard).
+
+``python simulate.py standins`` serves the stand-ins alone, for a relay started separately with
+``python relay.py``; ``python simulate.py --relay-url URL`` then dials that relay. This module holds
+the scenario, the runner that checks a call went as scripted, and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+import textwrap
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
@@ -28,13 +38,31 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from dotenv import load_dotenv
 
 import audio
+import music
 import redact
 from audio import BYTES_PER_MS
-from config import LEVELS, Config, VadType
-from standin_openai import AssistantTurn, RealtimeStandIn, WebSearchScript, realtime_standin, rest_base_url
-from standin_phone import NETWORKS, CallerTurn, CallFailed, PhoneCaller, Timeline, twilio_signature
+from config import DEFAULT_WAIT_MUSIC, LEVELS, Config, VadType
+from standin_openai import (
+    AssistantTurn,
+    RealtimeStandIn,
+    WebSearchScript,
+    realtime_standin,
+    rest_base_url,
+    serve_on_loopback,
+)
+from standin_phone import (
+    DEFAULT_LINE_NOISE_DBFS,
+    NETWORKS,
+    CallerTurn,
+    CallFailed,
+    Line,
+    PhoneCaller,
+    Timeline,
+    twilio_signature,
+)
 from standin_twilio_rest import twilio_rest_standin
 
 logger = logging.getLogger("simulate")
@@ -42,13 +70,20 @@ logger = logging.getLogger("simulate")
 HERE = Path(__file__).resolve().parent
 ASSETS = HERE / "assets"
 DEFAULT_CALLER = "+14155550100"
+DEFAULT_SCENARIO = HERE / "scenarios" / "default.json"
+STANDINS_PORT = 8765
+"""Where ``python simulate.py standins`` listens by default (``--port``)."""
 
 # --- Scenario --------------------------------------------------------------------------------
 
 
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message names the file, the turn and the field."""
+
+
 @dataclass(slots=True)
 class Scenario:
-    """A whole scripted call."""
+    """A whole scripted call (its JSON form: ``scenario_from_dict``, README "Scenario files")."""
 
     caller_number: str = DEFAULT_CALLER
     caller_name: str = "Jordan"
@@ -60,61 +95,207 @@ class Scenario:
     """The caller must hear waiting music at some point."""
     web_search: WebSearchScript = field(default_factory=WebSearchScript)
     max_duration_s: float = 120.0
+    line_noise_dbfs: float | None = DEFAULT_LINE_NOISE_DBFS
+    """The caller's line noise (RMS dBFS); None: digital silence between utterances."""
+    network_delay_ms: float = 0.0
+    """One-way delay between the phone network and the relay, each direction."""
+    network_jitter_ms: float = 0.0
+    """Extra one-way delay per message, uniform in [0, jitter]; order is kept."""
 
 
-def _load_ulaw(path: str | Path, base: Path) -> bytes:
-    full = Path(path) if Path(path).is_absolute() else base / path
-    return audio.to_ulaw_8k(audio.load_wav(full))
+SCENARIO_KEYS = {
+    "caller_number": "the caller's number, E.164 (default +14155550100); the relay started here allows it",
+    "caller_name": "the caller's first name (default Jordan)",
+    "assistant": "the assistant's responses, in order: list of assistant turns",
+    "caller": "what the caller says or presses, in order: list of caller turns",
+    "hangup": 'when the caller hangs up (a moment), or {"by": "assistant"} to wait for the assistant\'s end_call',
+    "expect_barge_ins": "how many times the caller's phone must receive a clear for a barge-in",
+    "expect_wait_music": "true: the caller must hear waiting music",
+    "web_search": "how the web search stand-in answers: answer, source_url, delay_ms, status",
+    "max_duration_s": "the call fails when it has not ended by then (default 120)",
+    "line_noise_dbfs": "the caller's line noise, RMS dBFS (default -65); null: digital silence",
+    "network": "delay between the phone network and the relay: delay_ms (one way) and jitter_ms",
+}
+ASSISTANT_KEYS = {"audio", "transcript", "function_calls"}
+CALLER_KEYS = {"audio", "text", "when", "dtmf"}
+MOMENT_KEYS = {"after", "delay_ms", "ms", "at_ms", "by"}
+WEB_SEARCH_KEYS = {"answer", "source_url", "delay_ms", "status"}
+NETWORK_KEYS = {"delay_ms", "jitter_ms"}
+
+
+def _object(value: Any, where: str, known: set[str] | dict[str, str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ScenarioError(f"{where}: must be a JSON object, not {type(value).__name__}")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ScenarioError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return value
+
+
+def _number(value: Any, where: str, low: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
+        raise ScenarioError(f"{where}: must be a number >= {low:g}, not {value!r}")
+    return float(value)
+
+
+def _moment(value: Any, where: str, hangup: bool = False) -> dict[str, Any]:
+    when = _object(value, where, MOMENT_KEYS)
+    if hangup and when.get("by") == "assistant":
+        return when
+    if "at_ms" in when:
+        _number(when["at_ms"], f"{where}: at_ms")
+    elif when.get("after") == "assistant_done":
+        _number(when.get("delay_ms", 0), f"{where}: delay_ms")
+    elif when.get("after") == "assistant_audio":
+        _number(when.get("ms", 0), f"{where}: ms")
+    else:
+        raise ScenarioError(f'{where}: needs {{"after": "assistant_done", "delay_ms": N}}, '
+                            f'{{"after": "assistant_audio", "ms": N}} or {{"at_ms": N}}'
+                            + (' or {"by": "assistant"}' if hangup else "") + f", not {json.dumps(value)}")
+    return when
+
+
+def _audio(value: Any, base: Path, where: str) -> bytes:
+    """A WAV named in a scenario as µ-law 8 kHz: an absolute path, or relative to the scenario file,
+    then to the project."""
+    if not isinstance(value, str) or not value:
+        raise ScenarioError(f"{where}: audio must be a WAV file path, not {value!r}")
+    path = Path(value)
+    tried = [path] if path.is_absolute() else [base / path, HERE / path]
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
+        paths = " and ".join(str(p.resolve()) for p in tried)
+        raise ScenarioError(f"{where}: audio {value!r} not found; tried {paths}")
+    try:
+        return audio.to_ulaw_8k(audio.load_wav(found))
+    except (OSError, audio.WavError) as exc:
+        raise ScenarioError(f"{where}: {found}: {exc}") from exc
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read a scenario JSON file (WAV paths relative to the file).
+    """Read a scenario JSON file (audio paths relative to the file, then to the project).
 
     Raises:
-        ValueError: the file is not a valid scenario (message says what is wrong).
+        ScenarioError: the file cannot be read or is not a valid scenario (the message names the
+            file, the turn and the field).
     """
     path = Path(path)
-    data = json.loads(path.read_text())
-    return scenario_from_dict(data, path.parent)
-
-
-def scenario_from_dict(data: dict[str, Any], base: Path) -> Scenario:
-    """Build a Scenario from its JSON form (see ``scenarios/default.json``)."""
     try:
-        assistant = [
-            AssistantTurn(
-                ulaw=_load_ulaw(turn["audio"], base) if turn.get("audio") else b"",
-                transcript=turn.get("transcript", ""),
-                function_calls=[(c["name"], c.get("arguments", {})) for c in turn.get("function_calls", [])],
-            )
-            for turn in data.get("assistant", [])
-        ]
-        caller = [
-            CallerTurn(ulaw=_load_ulaw(turn["audio"], base) if not turn.get("dtmf") else b"",
-                       text=turn.get("text", ""), when=turn["when"], dtmf=str(turn.get("dtmf", "")))
-            for turn in data.get("caller", [])
-        ]
-        web_search = WebSearchScript(**data.get("web_search", {}))
-    except (KeyError, TypeError, OSError, audio.WavError) as exc:
-        raise ValueError(f"bad scenario: {exc}") from exc
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ScenarioError(f"{path}: not JSON: {exc}") from exc
+    try:
+        return scenario_from_dict(data, path.parent)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+def scenario_from_dict(data: Any, base: Path) -> Scenario:
+    """Build a Scenario from its JSON form (keys: ``SCENARIO_KEYS``; see ``scenarios/default.json``).
+
+    Raises:
+        ScenarioError: naming the turn and the field that is missing, unknown or wrong.
+    """
+    data = _object(data, "scenario", SCENARIO_KEYS)
+    assistant = []
+    for n, raw in enumerate(_list(data.get("assistant", []), "assistant"), 1):
+        where = f"assistant turn {n}"
+        turn = _object(raw, where, ASSISTANT_KEYS)
+        if "audio" not in turn and "function_calls" not in turn:
+            raise ScenarioError(f"{where}: missing 'audio' (or 'function_calls')")
+        if "audio" in turn and "transcript" not in turn:
+            raise ScenarioError(f"{where}: missing 'transcript' (the words of its audio)")
+        calls = []
+        for k, call in enumerate(_list(turn.get("function_calls", []), f"{where}: function_calls"), 1):
+            call = _object(call, f"{where}: function call {k}", {"name", "arguments"})
+            if not isinstance(call.get("name"), str):
+                raise ScenarioError(f"{where}: function call {k}: missing 'name'")
+            calls.append((call["name"], call.get("arguments", {})))
+        assistant.append(AssistantTurn(ulaw=_audio(turn["audio"], base, where) if "audio" in turn else b"",
+                                       transcript=str(turn.get("transcript", "")), function_calls=calls))
+    caller = []
+    for n, raw in enumerate(_list(data.get("caller", []), "caller"), 1):
+        where = f"caller turn {n}"
+        turn = _object(raw, where, CALLER_KEYS)
+        if "when" not in turn:
+            raise ScenarioError(f"{where}: missing 'when'")
+        if "audio" not in turn and "dtmf" not in turn:
+            raise ScenarioError(f"{where}: missing 'audio' (or 'dtmf')")
+        dtmf = str(turn.get("dtmf", ""))
+        ulaw = b"" if dtmf else _audio(turn["audio"], base, where)
+        caller.append(CallerTurn(ulaw=ulaw, text=str(turn.get("text", "")),
+                                 when=_moment(turn["when"], f"{where}: when"), dtmf=dtmf))
+    web_search = WebSearchScript(**_object(data.get("web_search", {}), "web_search", WEB_SEARCH_KEYS))
+    network = _object(data.get("network", {}), "network", NETWORK_KEYS)
+    noise = data.get("line_noise_dbfs", DEFAULT_LINE_NOISE_DBFS)
+    expect_barge_ins = data.get("expect_barge_ins")
     return Scenario(
-        caller_number=data.get("caller_number", DEFAULT_CALLER),
-        caller_name=data.get("caller_name", "Jordan"),
+        caller_number=str(data.get("caller_number", DEFAULT_CALLER)),
+        caller_name=str(data.get("caller_name", "Jordan")),
         assistant=assistant,
         caller=caller,
-        hangup=data.get("hangup", {"after": "assistant_done", "delay_ms": 800}),
-        expect_barge_ins=data.get("expect_barge_ins"),
+        hangup=_moment(data.get("hangup", {"after": "assistant_done", "delay_ms": 800}), "hangup", hangup=True),
+        expect_barge_ins=None if expect_barge_ins is None else int(_number(expect_barge_ins, "expect_barge_ins")),
         expect_wait_music=bool(data.get("expect_wait_music", False)),
         web_search=web_search,
-        max_duration_s=float(data.get("max_duration_s", 120.0)),
+        max_duration_s=_number(data.get("max_duration_s", 120.0), "max_duration_s", 1.0),
+        line_noise_dbfs=_noise_level(noise),
+        network_delay_ms=_number(network.get("delay_ms", 0), "network: delay_ms"),
+        network_jitter_ms=_number(network.get("jitter_ms", 0), "network: jitter_ms"),
     )
 
 
-def default_scenario() -> Scenario:
-    """The built-in call: greeting, a question, a long answer interrupted, a short answer,
-    goodbye."""
-    return load_scenario(HERE / "scenarios" / "default.json")
+def _noise_level(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -120 <= value <= 0:
+        raise ScenarioError(f"line_noise_dbfs: must be a level from -120 to 0 dBFS, or null, not {value!r}")
+    return float(value)
 
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ScenarioError(f"{where}: must be a JSON list, not {type(value).__name__}")
+    return value
+
+
+def default_scenario() -> Scenario:
+    """The built-in call: greeting, a question, a long answer interrupted, a short answer, a web
+    search with waiting music, goodbye."""
+    return load_scenario(DEFAULT_SCENARIO)
+
+
+class ScriptedAudio:
+    """Which scripted assistant turn a payload the caller received carries, told by its bytes.
+
+    For a relay in another process whose Realtime stand-in speaks the same scenario
+    (``simulate.py standins``): the relay forwards each audio delta as one media message, so a
+    payload is the continuation of the turn being heard, or the start of another. Items are named
+    ``turn-N`` after the scenario's assistant turn. A payload of neither is not the script's
+    (waiting music, or a real model's voice).
+    """
+
+    def __init__(self, turns: list[AssistantTurn]) -> None:
+        self._audio = [turn.ulaw for turn in turns]
+        self._turn: int | None = None
+        self._offset = 0
+
+    def __call__(self, payload: str) -> tuple[str, int] | None:
+        data = base64.b64decode(payload)
+        if self._turn is not None:
+            at = self._offset
+            if self._audio[self._turn][at : at + len(data)] == data:
+                self._offset += len(data)
+                return f"turn-{self._turn + 1}", at
+        first = 0 if self._turn is None else self._turn + 1
+        count = len(self._audio)
+        for n in (i % count for i in range(first, first + count)):
+            if self._audio[n] and self._audio[n].startswith(data):
+                self._turn, self._offset = n, len(data)
+                return f"turn-{n + 1}", 0
+        return None
 
 
 # --- Running a simulated call -------------------------------------------------------------------
@@ -132,6 +313,13 @@ class CallResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def barge_in_accuracy(self) -> list[tuple[str, float, float | None]]:
+        """Each barge-in: the item, the ms of it the caller heard before the clear, and the
+        ``audio_end_ms`` the relay truncated it at (None when the stand-in runs elsewhere)."""
+        truncated = {cut.item_id: float(cut.audio_end_ms) for s in (self.standin.sessions if self.standin else [])
+                     for cut in s.truncates}
+        return [(b.item_id, b.heard_ms, truncated.get(b.item_id)) for b in self.caller.barge_ins if b.item_id]
 
 
 def free_port() -> int:
@@ -161,6 +349,20 @@ def relay_config(realtime_url: str, **overrides: Any) -> Config:
     return Config(**values)
 
 
+def relay_music_from_env() -> frozenset[str]:
+    """The waiting music a relay configured by this environment plays (``WAIT_MUSIC_FILE``,
+    ``WAIT_MUSIC_VOLUME``), as its base64 payloads; empty when it cannot be read."""
+    env = {**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY") or "sk-unused"}
+    try:
+        config = Config.from_env(env)
+    except Exception:  # any other variable the relay would refuse: assume the default music
+        config = Config(openai_api_key="sk-unused", wait_music_file=str(DEFAULT_WAIT_MUSIC))
+    try:
+        return frozenset(music.load_wait_music(config))
+    except Exception:
+        return frozenset()
+
+
 def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: Scenario) -> list[str]:
     """Everything that makes a simulated call not go as scripted."""
     problems = []
@@ -172,12 +374,13 @@ def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: S
         )
     if scenario.expect_barge_ins is not None and len(caller.barge_ins) != scenario.expect_barge_ins:
         problems.append(
-            f"expected {scenario.expect_barge_ins} barge-in(s), the caller's phone got {len(caller.barge_ins)} clear(s)"
+            f"expected {scenario.expect_barge_ins} barge-in(s), the caller's phone got {len(caller.barge_ins)} "
+            f"clear(s) of assistant audio"
         )
     ended = caller.ended_at or time.monotonic()
-    if not any(c.played_bytes(ended) for c in caller.playback.chunks):
+    if not any(not c.music and c.played_bytes(ended) for c in caller.playback.chunks):
         problems.append("the caller heard no assistant audio")
-    if scenario.expect_wait_music and not any(c.tag is None and c.played_bytes(ended) for c in caller.playback.chunks):
+    if scenario.expect_wait_music and not any(c.music and c.played_bytes(ended) for c in caller.playback.chunks):
         problems.append("the caller heard no waiting music")
     if scenario.hangup.get("by") == "assistant":
         if caller.hung_up_by != "relay":
@@ -205,6 +408,17 @@ def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: S
     return problems
 
 
+def undetected_turns(caller: PhoneCaller, standin: RealtimeStandIn) -> list[str]:
+    """The caller's utterances the Realtime stand-in's VAD never heard as speech."""
+    detected = [(start or 0, math.inf if end is None else end) for s in standin.sessions for start, end in s.speech]
+    out = []
+    for turn in caller.spoken:
+        if not any(start <= turn.end_ms + 300 and end >= turn.start_ms - 300 for start, end in detected):
+            out.append(f"the caller's turn {turn.index} ({turn.text or 'speech'!r}, {turn.start_ms / 1000:.1f}-"
+                       f"{turn.end_ms / 1000:.1f} s into the stream) was never detected as speech")
+    return out
+
+
 async def simulate_call(
     scenario: Scenario,
     relay_url: str | None = None,
@@ -212,20 +426,25 @@ async def simulate_call(
     seed: int | None = None,
     phone: str = "twilio",
     after_call: Callable[[CallResult, str], Awaitable[None]] | None = None,
+    timeline: Timeline | None = None,
     **relay_overrides: Any,
 ) -> CallResult:
     """Run one scripted call on loopback (or against ``relay_url``) and check it.
 
     Args:
+        relay_url: dial this running relay (its stand-ins are ``python simulate.py standins`` with
+            the same scenario) instead of starting one here.
         phone: the network the caller dials through, ``twilio`` or ``plivo``.
         after_call: awaited with the result and the relay's URL once the call is over, while the
             relay and the stand-ins still run (``--console`` keeps them up there).
         auth_token: the network's auth token the caller signs with (default: a random one given to
             the relay it starts).
+        timeline: where the call's events go (default: a new one).
     """
-    timeline = Timeline()
+    timeline = timeline or Timeline()
     async with contextlib.AsyncExitStack() as stack:
         standin: RealtimeStandIn | None = None
+        resolve: Callable[[str], tuple[str, int] | None]
         if relay_url is None:
             import relay
 
@@ -245,14 +464,23 @@ async def simulate_call(
             }
             config = relay_config(realtime_url, **{**values, **relay_overrides})
             relay_url = await stack.enter_async_context(relay.serving(config, port=port))
+            music_payloads = frozenset(music.load_wait_music(config))
+            resolve = standin.resolve
+        else:
+            music_payloads = relay_music_from_env()
+            resolve = ScriptedAudio(scenario.assistant)
         http = await stack.enter_async_context(aiohttp.ClientSession())
+        line = Line(scenario.network_delay_ms, scenario.network_jitter_ms, scenario.line_noise_dbfs, seed or 0)
         caller = PhoneCaller(NETWORKS[phone](), scenario.caller_number, scenario.caller, scenario.hangup,
-                             scenario.max_duration_s, timeline, auth_token, standin.resolve if standin else None)
+                             scenario.max_duration_s, timeline, auth_token, resolve, music_payloads, line)
         problems: list[str] = []
+        timeline.t0 = time.monotonic()  # the call begins now, the relay (if started here) being up
         try:
             await caller.run(http, relay_url)
         except (CallFailed, aiohttp.ClientError, ET.ParseError) as exc:
             problems.append(str(exc) or type(exc).__name__)
+            if standin is not None:
+                problems += undetected_turns(caller, standin)
         if not problems:
             problems = check_call(caller, standin, scenario)
         result = CallResult(timeline, caller, standin, problems)
@@ -327,32 +555,99 @@ def sms_main(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python simulate.py``: run the built-in (or a given) scenario; 0 when it went as scripted.
-    ``python simulate.py sms TEXT``: an SMS exchange instead (``sms_main``)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sms"]:
-        return sms_main(argv[1:])
-    parser = argparse.ArgumentParser(description="Hold a simulated phone call through the relay, offline.")
-    parser.add_argument("--scenario", type=Path, help="scenario JSON (default: scenarios/default.json)")
-    parser.add_argument("--phone", choices=sorted(NETWORKS), default="twilio", help="the network to call through")
-    parser.add_argument("--relay-url", help="dial a relay that is already running instead of starting one")
-    parser.add_argument(
-        "--auth-token",
-        default=None,
-        help="sign requests with this token (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with --phone "
-        "plivo; only with --relay-url)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("call.wav"), help="where to write the call WAV")
-    parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes")
-    parser.add_argument("--verbose", action="store_true", help="show the relay's log")
-    parser.add_argument("--console", action="store_true",
-                        help="serve the live call console and keep the relay up after the call (Ctrl-C ends it)")
-    args = parser.parse_args(argv)
-    if args.console and args.relay_url:
-        parser.error("--console serves the relay this command starts; open a running relay's own /console instead")
+# --- The command line --------------------------------------------------------------------------
+
+
+def terminal_width() -> int:
+    """Columns to wrap output at: the terminal's (``$COLUMNS`` when set; 100 for a pipe), within 60-140."""
+    return max(60, min(shutil.get_terminal_size((100, 24)).columns, 140))
+
+
+class LivePrinter:
+    """Prints a call's timeline as it happens: one line per event, ``ms since the call began,
+    who, what``, long texts wrapped at word boundaries under the text.
+
+    An event dated in the future (audio the phone starts playing once what is queued has played)
+    is printed when it happens.
+    """
+
+    def __init__(self, timeline: Timeline, width: int | None = None) -> None:
+        self.timeline = timeline
+        self.width = width or terminal_width()
+
+    def __call__(self, at: float, source: str, text: str) -> None:
+        delay = at - time.monotonic()
+        if delay > 0.001:
+            with contextlib.suppress(RuntimeError):  # outside a loop: print now
+                asyncio.get_running_loop().call_later(delay, self.print, at, source, text)
+                return
+        self.print(at, source, text)
+
+    def format(self, at: float, source: str, text: str) -> str:
+        prefix = f"{self.timeline.ms(at):>7} ms  {source:<8} "
+        return textwrap.fill(text, self.width, initial_indent=prefix, subsequent_indent=" " * len(prefix),
+                             break_long_words=False, break_on_hyphens=False) or prefix.rstrip()
+
+    def print(self, at: float, source: str, text: str) -> None:
+        print(self.format(at, source, text), flush=True)
+
+
+def _header(scenario: Scenario, name: str, phone: str, relay_url: str | None, out: Path, width: int) -> str:
+    spoken = sum(1 for turn in scenario.caller if not turn.dtmf)
+    expects = []
+    if scenario.expect_barge_ins:
+        expects.append(f"{scenario.expect_barge_ins} barge-in(s)")
+    if scenario.expect_wait_music:
+        expects.append("waiting music")
+    if scenario.hangup.get("by") == "assistant":
+        expects.append("the assistant hanging up")
+    noise = "digital silence" if scenario.line_noise_dbfs is None else f"noise at {scenario.line_noise_dbfs:g} dBFS"
+    network = (f"{scenario.network_delay_ms:g} ms one way (jitter {scenario.network_jitter_ms:g} ms)"
+               if scenario.network_delay_ms or scenario.network_jitter_ms else "no delay")
+    where = (f"the relay at {relay_url} (its stand-ins: python simulate.py standins)" if relay_url
+             else "the relay, started here on loopback with the OpenAI stand-ins (no account, no network)")
+    lines = [
+        f"A simulated {phone.capitalize()} call from {scenario.caller_number} ({scenario.caller_name}) to {where}.",
+        f"  scenario: {name}: {spoken} caller utterance(s), {len(scenario.assistant)} assistant turn(s)"
+        + (f"; expects {', '.join(expects)}" if expects else ""),
+        f"  the line: {noise}; network: {network}",
+        f"  recording: {out} (stereo: left the caller, right what the caller heard)",
+    ]
+    wrapped = [textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+               for line in lines]
+    return "\n".join([*wrapped, "", "     ms since the call began, who, what:"])
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename, so
+    ``path`` is never left empty or half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _noise_arg(value: str) -> float | None:
+    if value.lower() in ("off", "none"):
+        return None
+    try:
+        level = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a level in dBFS (e.g. -65) or 'off'") from None
+    if not -120 <= level <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: a level from -120 to 0 dBFS, or 'off'")
+    return level
+
+
+def _configure_logging(verbose: bool) -> int | None:
+    """The relay's log settings (``LOG_LEVEL`` with ``--verbose``, else warnings only); 2 when bad."""
     redactor = redact.install(os.environ)
-    level = os.environ.get("LOG_LEVEL", "INFO").strip().upper() if args.verbose else "WARNING"
+    level = os.environ.get("LOG_LEVEL", "INFO").strip().upper() if verbose else "WARNING"
     if level not in LEVELS:
         print(f"simulate: LOG_LEVEL must be one of {', '.join(LEVELS)}", file=sys.stderr)
         return 2
@@ -360,16 +655,65 @@ def main(argv: list[str] | None = None) -> int:
     redact.configure_logging(
         level, libraries if libraries in LEVELS else None, os.environ.get("LOG_FORMAT") == "json", redactor
     )
+    return None
+
+
+def _scenario_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", type=Path,
+                        help="scenario JSON (default: scenarios/default.json; keys: README, Scenario files)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python simulate.py``: run the built-in (or a given) scenario; 0 when it went as scripted.
+    ``python simulate.py sms TEXT``: an SMS exchange instead (``sms_main``).
+    ``python simulate.py standins``: the OpenAI stand-ins alone, for a separate relay (``standins_main``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sms"]:
+        return sms_main(argv[1:])
+    if argv[:1] == ["standins"]:
+        return standins_main(argv[1:])
+    parser = argparse.ArgumentParser(description="Hold a simulated phone call through the relay, offline.",
+                                     epilog="python simulate.py standins: serve the OpenAI stand-ins for a relay "
+                                     "started with python relay.py; python simulate.py sms TEXT: text the relay.")
+    _scenario_arg(parser)
+    parser.add_argument("--phone", choices=sorted(NETWORKS), default="twilio", help="the network to call through")
+    parser.add_argument("--relay-url", help="dial a relay that is already running (started with python relay.py, "
+                        "its OpenAI endpoints the stand-ins of python simulate.py standins) instead of starting one")
+    parser.add_argument(
+        "--auth-token",
+        default=None,
+        help="sign requests with this token (default: $TWILIO_AUTH_TOKEN, or $PLIVO_AUTH_TOKEN with --phone "
+        "plivo, from the environment or ./.env; only with --relay-url)",
+    )
+    parser.add_argument("--line-noise-db", type=_noise_arg, default=math.nan, metavar="DBFS",
+                        help=f"the caller's line noise, RMS dBFS, or 'off' (default: the scenario's, else "
+                        f"{DEFAULT_LINE_NOISE_DBFS:g})")
+    parser.add_argument("--out", type=Path, default=Path("call.wav"), help="where to write the call WAV")
+    parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes and the line")
+    parser.add_argument("--verbose", action="store_true", help="show the relay's log")
+    parser.add_argument("--console", action="store_true",
+                        help="serve the live call console and keep the relay up after the call (Ctrl-C ends it)")
+    args = parser.parse_args(argv)
+    if args.console and args.relay_url:
+        parser.error("--console serves the relay this command starts; open a running relay's own /console instead")
+    load_dotenv(Path.cwd() / ".env")  # like the relay: the working directory's .env; real env vars win
+    if (code := _configure_logging(args.verbose)) is not None:
+        return code
     try:
-        scenario = load_scenario(args.scenario) if args.scenario else default_scenario()
-    except (OSError, ValueError) as exc:
+        scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
+    except ScenarioError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
+    if args.line_noise_db is None or not math.isnan(args.line_noise_db):
+        scenario.line_noise_dbfs = args.line_noise_db
     token = args.auth_token or os.environ.get("PLIVO_AUTH_TOKEN" if args.phone == "plivo" else "TWILIO_AUTH_TOKEN")
+    name = str(args.scenario or DEFAULT_SCENARIO.relative_to(HERE))
+    timeline = Timeline()
+    printer = timeline.listener = LivePrinter(timeline)
+    print(_header(scenario, name, args.phone, args.relay_url, args.out, printer.width), flush=True)
     if not args.console:
-        result = asyncio.run(
-            simulate_call(scenario, args.relay_url, token if args.relay_url else None, seed=args.seed, phone=args.phone)
-        )
+        result = asyncio.run(simulate_call(scenario, args.relay_url, token if args.relay_url else None,
+                                           seed=args.seed, phone=args.phone, timeline=timeline))
         return _report(result, args.out)
     console_token = secrets.token_urlsafe(18)
     code = 1
@@ -383,23 +727,84 @@ def main(argv: list[str] | None = None) -> int:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(simulate_call(scenario, seed=args.seed, phone=args.phone, after_call=keep_console,
-                                  console_token=console_token))
+                                  console_token=console_token, timeline=timeline))
     return code
 
 
 def _report(result: CallResult, out: Path) -> int:
-    """Print the timeline and the outcome, write the call's WAV; 0 when the call went as scripted."""
-    print(result.timeline.render())
-    out.write_bytes(result.caller.render_wav())
-    duration = (result.caller.ended_at or result.timeline.t0) - result.timeline.t0
-    print(f"\nwrote {out} ({duration:.1f} s, stereo: left caller, right assistant as heard)")
-    print(f"barge-ins: {len(result.caller.barge_ins)}, marks echoed: {result.caller.marks_echoed}")
+    """Print the outcome and write the call's WAV; 0 when the call went as scripted. A failed
+    call's WAV goes beside ``out`` as ``NAME.failed.wav``, so a good recording is never replaced
+    by a failed one."""
+    caller = result.caller
+    duration = (caller.ended_at or result.timeline.t0) - result.timeline.t0
+    path = out if result.ok else out.with_name(f"{out.stem}.failed{out.suffix}")
+    print()
+    try:
+        write_atomically(path, caller.render_wav())
+        print(f"wrote {path} ({duration:.1f} s, stereo: left the caller, right the assistant as the caller heard it)")
+    except OSError as exc:
+        print(f"could not write {path}: {exc.strerror or exc}")
+    print(f"barge-ins: {len(caller.barge_ins)}, marks echoed: {caller.marks_echoed}")
+    for item, heard, truncated in result.barge_in_accuracy():
+        told = "" if truncated is None else (
+            f"; the relay truncated it at {truncated:.0f} ms "
+            f"({'exact' if abs(truncated - heard) < 0.5 else f'{abs(truncated - heard):.0f} ms '}"
+            f"{'' if abs(truncated - heard) < 0.5 else 'less' if truncated < heard else 'MORE'})")
+        print(textwrap.fill(f"  barge-in: the caller heard {heard:.0f} ms of item {item[-6:]}{told}",
+                            terminal_width(), subsequent_indent="    "))
     if result.ok:
         print("call completed as scripted")
         return 0
     for problem in result.problems:
         print(f"FAILED: {problem}")
+    if out.exists():
+        print(f"{out} from an earlier run is left as it was")
     return 1
+
+
+def standins_main(argv: list[str]) -> int:
+    """``python simulate.py standins``: the Realtime and Responses stand-ins on a fixed local port
+    for a relay started with ``python relay.py``, speaking the scenario's assistant turns on every
+    call; prints the variables to give the relay, then each call's events. Ends on Ctrl-C or
+    SIGTERM (0); 1 when the port cannot be bound."""
+    parser = argparse.ArgumentParser(prog="simulate.py standins",
+                                     description="Serve the OpenAI stand-ins for a relay started separately.")
+    _scenario_arg(parser)
+    parser.add_argument("--port", type=int, default=STANDINS_PORT, help=f"port on 127.0.0.1 (default {STANDINS_PORT})")
+    parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes")
+    args = parser.parse_args(argv)
+    try:
+        scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
+    except ScenarioError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve_standins(scenario, args.port, args.seed))
+
+
+async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
+    timeline = Timeline()
+    timeline.listener = LivePrinter(timeline)
+    standin = RealtimeStandIn(scenario.assistant, timeline.add, seed, scenario.web_search)
+    standin.standalone = True
+    standin.caller_transcripts = [turn.text for turn in scenario.caller if turn.ulaw and turn.text]
+    try:
+        async with serve_on_loopback(standin.app(), port) as address:
+            print(f"OpenAI stand-ins on {address}, for a relay started with python relay.py; give it:\n"
+                  f"  OPENAI_REALTIME_URL=ws://{address}/v1/realtime\n"
+                  f"  OPENAI_BASE_URL=http://{address}/v1\n"
+                  f"  OPENAI_API_KEY=sk-standin-offline   (any value: the stand-ins need one, and check nothing)\n"
+                  "Then: python simulate.py --relay-url http://127.0.0.1:$PORT  (Ctrl-C stops the stand-ins)\n",
+                  flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+    except OSError as exc:
+        print(f"simulate standins: port {port} cannot be bound ({exc.strerror or exc}); choose another with --port",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ say "$caller" caller_question.wav "Hi. Can you tell me something interesting abo
 say "$caller" caller_interrupt.wav "Sorry, wait. Can you make that shorter?"
 say "$caller" caller_search.wav "What's the weather like in Paris today?"
 say "$caller" caller_goodbye.wav "That's all, thanks. Goodbye!"
-say "$assistant" assistant_greeting.wav "Good afternoon, Jordan! How can I help you today?"
+say "$assistant" assistant_greeting.wav "Hi Jordan, it's your assistant. How can I help you today?"
 say "$assistant" assistant_long.wav "Paris has a long and fascinating history. It began as a small settlement of a Celtic tribe called the Parisii on an island in the river Seine, more than two thousand years ago. The Romans later built a town there called Lutetia, with baths, a forum and an arena that you can still visit today."
 say "$assistant" assistant_short.wav "Of course. In short: Paris started as a Celtic village on the Seine, and grew into a great capital."
 say "$assistant" assistant_one_moment.wav "One moment, let me look that up."
@@ -28,3 +28,19 @@ sox -n -r 8000 -c 1 -b 16 wait_music.wav synth 4 pluck C4 pluck E4 pluck G4 fade
 espeak-ng -v en-us+f3 -s 175 -w /tmp/espeak_$$.wav "Sorry, the assistant cannot be reached right now. Please call again in a few minutes."
 sox /tmp/espeak_$$.wav -r 8000 -c 1 -e mu-law -t raw apology.ulaw silence 1 0.01 0.5% reverse silence 1 0.01 0.5% reverse pad 0.1 0.2 norm -3
 rm -f /tmp/espeak_$$.wav
+# Real recorded speech for scenarios/real_speech.json: CMU Arctic utterance arctic_a0007 ("Author of the
+# danger trail, Philip Steels, etc."), shipped with the pysptk package (licence: CMU_ARCTIC_COPYING).
+pip download --no-deps --no-binary :all: -q -d /tmp/pysptk_$$ pysptk==1.0.1
+tar xzf /tmp/pysptk_$$/pysptk-1.0.1.tar.gz -C /tmp/pysptk_$$
+arctic=/tmp/pysptk_$$/pysptk-1.0.1/pysptk/example_audio_data
+{ printf '%s\n' "caller_real_full.wav, caller_real_title.wav and caller_real_name.wav are CMU Arctic utterance arctic_a0007," \
+    "as shipped in the pysptk 1.0.1 package (pysptk/example_audio_data), MODIFIED: resampled from 16 kHz to 8 kHz," \
+    "trimmed (whole utterance, first and second half) and normalised to -3 dBFS with sox (assets/make_assets.sh)." \
+    "The original notice follows, unchanged." ""; cat "$arctic/COPYING"; } > CMU_ARCTIC_COPYING
+sox "$arctic/arctic_a0007.wav" -r 8000 -c 1 -b 16 caller_real_full.wav trim 0.33 3.17 norm -3
+sox "$arctic/arctic_a0007.wav" -r 8000 -c 1 -b 16 caller_real_title.wav trim 0.33 1.52 norm -3
+sox "$arctic/arctic_a0007.wav" -r 8000 -c 1 -b 16 caller_real_name.wav trim 1.90 1.60 norm -3
+rm -rf /tmp/pysptk_$$
+say "$assistant" assistant_book.wav "That sounds like a line from a library catalogue: a book called The Danger Trail, and a name, Philip Steels. Old adventure novels like that were very popular about a century ago, and many of them can now be read for free online."
+say "$assistant" assistant_book_short.wav "Philip Steels. Got it, I'll remember the name."
+say "$assistant" assistant_book_bye.wav "Happy reading, Jordan. Goodbye!"

@@ -198,7 +198,7 @@ async def test_a_simulated_call_in_the_console(http: aiohttp.ClientSession) -> N
     """``simulate_call`` with a console token (what ``python simulate.py --console`` runs): once the call is over,
     the relay is still up and its console holds the ended call, the caller's words and the cut answer included."""
     scenario = Scenario(
-        assistant=[AssistantTurn(speech("assistant_greeting"), "Good afternoon, Jordan! How can I help you today?"),
+        assistant=[AssistantTurn(speech("assistant_greeting"), "Hi Jordan, it's your assistant. How can I help?"),
                    AssistantTurn(speech("assistant_long"), "Paris has a long and fascinating history."),
                    AssistantTurn(speech("assistant_short"), "Of course. In short: Paris started as a Celtic village.")],
         caller=[CallerTurn(speech("caller_question"), "Can you tell me about the history of Paris?",

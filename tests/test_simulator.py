@@ -189,32 +189,53 @@ async def test_standin_rejects_beta_header(stack: contextlib.AsyncExitStack) -> 
 
 def test_simulate_cli_default_scenario(tmp_path: Path) -> None:
     """`python simulate.py` holds the built-in call: a barge-in, a web search with waiting music, the assistant
-    hanging up after its goodbye; a timeline and a stereo WAV with both voices."""
+    hanging up after its goodbye; it prints a header, then each event while the call is under way, with whole texts
+    wrapped at word boundaries; then a stereo WAV with both voices."""
     out = tmp_path / "call.wav"
-    env = process_env(LOG_LEVEL="DEBUG", SECRET_ENV_VAR="sk-simulator-offline")
-    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--out", str(out), "--verbose"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    env = process_env(LOG_LEVEL="DEBUG", SECRET_ENV_VAR="sk-simulator-offline", COLUMNS="90")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "--out", str(out), "--verbose"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    running_at: dict[str, bool] = {}
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        for mark in ("A simulated Twilio call", "POST /incoming-call", "clear: caller heard"):
+            if mark in line and mark not in running_at:
+                running_at[mark] = proc.poll() is None
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, "\n".join(lines) + stderr
+    # Streamed: the header and the first events were readable while the call was still under way.
+    assert running_at == {"A simulated Twilio call": True, "POST /incoming-call": True, "clear: caller heard": True}
+    assert lines[0].startswith("A simulated Twilio call from +14155550100 (Jordan)")
+    assert f"recording: {out} (stereo" in " ".join(line.strip() for line in lines[:8])
     assert "call completed as scripted" in lines
-    assert "barge-ins: 1" in result.stdout
+    assert "barge-ins: 1, marks echoed: " in "\n".join(lines)
     assert any("clear: caller heard" in line for line in lines)
     assert any("truncate" in line and "audio_end_ms=" in line for line in lines)
     assert any("function_call gpt_web_search" in line for line in lines)
     assert any("caller   hears waiting music" in line for line in lines)
     assert any("clear (waiting music)" in line for line in lines)
     assert any("function_call end_call" in line for line in lines)
-    assert lines[-5].endswith("twilio   relay closed the stream (code 1000)")
+    assert any(line.endswith("twilio   relay closed the stream (code 1000)") for line in lines)
+    assert any(line.startswith("  barge-in: the caller heard ") and "the relay truncated it at" in line
+               for line in lines)
+    # Whole texts, wrapped under the text column at word boundaries, never past the terminal's width.
+    assert max(len(line) for line in lines if line.startswith(" ")) <= 90
+    long_answer = json.loads((ROOT / "scenarios" / "default.json").read_text())["assistant"][1]["transcript"]
+    start = next(i for i, line in enumerate(lines) if "Paris has a long" in line)
+    text = " ".join(line.strip() for line in lines[start : start + 6]).split('"')[1]
+    assert text == long_answer
     pcm = audio.load_wav(out)
     assert pcm.channels == 2 and pcm.rate_hz == 8000
     left, right = audio.channel(pcm.samples, 0), audio.channel(pcm.samples, 1)
     assert audio.rms_dbfs(left) > -45 and audio.rms_dbfs(right) > -45  # both voices are in it
     assert pcm.duration_ms > 15000
     # The relay's whole DEBUG log of the call: a few lines a second, never a payload, never the key.
-    log_lines = result.stderr.splitlines()
+    log_lines = stderr.splitlines()
     assert any(" DEBUG bridge: realtime " in line for line in log_lines)
     assert len(log_lines) <= 20 * pcm.duration_ms / 1000, len(log_lines)
-    assert "sk-simulator-offline" not in result.stdout + result.stderr
+    assert "sk-simulator-offline" not in "\n".join(lines) + stderr
 
 
 def test_simulate_cli_over_plivo_with_key_presses(tmp_path: Path) -> None:

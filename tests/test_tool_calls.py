@@ -21,7 +21,7 @@ from standin_phone import CallerTurn, PlayedChunk
 def music_chunks(result: CallResult) -> list[PlayedChunk]:
     """What the caller heard that no assistant item carried: the waiting music."""
     end = result.caller.ended_at or 0.0
-    return [c for c in result.caller.playback.chunks if c.tag is None and c.played_bytes(end) > 0]
+    return [c for c in result.caller.playback.chunks if c.music and c.played_bytes(end) > 0]
 
 
 def heard_until(chunk: PlayedChunk, end: float) -> float:

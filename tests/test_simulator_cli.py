@@ -1,0 +1,218 @@
+"""The simulator as a product: the two-terminal recipe against a separate `python relay.py`, scenario files and their
+errors, the recording kept safe, real recorded speech over a noisy line with network delay, and the stand-in VAD that
+follows the line's noise floor."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ROOT, process_env
+
+import audio
+import simulate
+from simulate import ScenarioError, load_scenario, scenario_from_dict
+from standin_openai import Vad
+from standin_phone import LineNoise
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, lines: list[str]) -> None:
+    """Read ``proc``'s output into ``lines`` until a line holds ``needle`` (the process must be alive)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"{needle!r} never came:\n{''.join(lines)}")
+
+
+def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) -> None:
+    """The README's recipe: `python simulate.py standins` prints the variables; `python relay.py` started with them
+    (no PUBLIC_URL) takes the call that `python simulate.py --relay-url` places, signed with the token it reads from
+    ./.env only; the music's clear is not counted as a barge-in, and the call passes as scripted."""
+    standins_port, relay_port = simulate.free_port(), simulate.free_port()
+    standins = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "standins", "--port", str(standins_port)],
+                                cwd=tmp_path, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    relay = None
+    try:
+        printed: list[str] = []
+        _read_until(standins, "OPENAI_API_KEY=", printed)
+        variables = dict(re.findall(r"^\s+(OPENAI_\w+)=(\S+)", "".join(printed), re.MULTILINE))
+        assert variables["OPENAI_REALTIME_URL"] == f"ws://127.0.0.1:{standins_port}/v1/realtime"
+        assert variables["OPENAI_BASE_URL"] == f"http://127.0.0.1:{standins_port}/v1"
+        env = process_env(**variables, TWILIO_AUTH_TOKEN="recipe-token", PORT=str(relay_port),
+                          PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Jordan")
+        relay = subprocess.Popen([sys.executable, str(ROOT / "relay.py")], cwd=ROOT / "tests", env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _read_until(relay, "listening on", [])
+        (tmp_path / ".env").write_text("TWILIO_AUTH_TOKEN=recipe-token\n")  # the simulator reads it like the relay
+        result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--relay-url",
+                                 f"http://127.0.0.1:{relay_port}"], cwd=tmp_path, env=process_env(),
+                                capture_output=True, text=True, timeout=100)
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        assert "call completed as scripted" in out
+        assert "barge-ins: 1, " in out
+        assert f"stream connected ws://127.0.0.1:{relay_port}/media-stream" in out
+        assert "caller   hears waiting music" in out
+        assert "twilio   clear (waiting music)" in out
+        assert "clear: caller heard" in out and "of item turn-2" in out  # the scripted turn the caller cut
+        assert (tmp_path / "call.wav").is_file()
+    finally:
+        for proc in (relay, standins):
+            if proc is not None:
+                proc.terminate()
+                proc.communicate(timeout=10)
+    assert standins.returncode == 0
+
+
+def test_standins_on_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "standins", "--port", str(port)],
+                                cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"port {port} cannot be bound" in result.stderr and "--port" in result.stderr
+
+
+def test_a_copied_scenario_finds_the_project_assets(tmp_path: Path) -> None:
+    """Audio paths resolve relative to the scenario file, then to the project: a scenario copied anywhere runs."""
+    copy = tmp_path / "mine.json"
+    shutil.copy(ROOT / "scenarios" / "default.json", copy)
+    scenario = load_scenario(copy)
+    assert scenario.caller[0].ulaw == audio.to_ulaw_8k(audio.load_wav(ROOT / "assets" / "caller_question.wav"))
+    (tmp_path / "assets").mkdir()  # a file beside the scenario wins over the project's
+    own = audio.write_wav(b"\x10\x00" * 800)
+    (tmp_path / "assets" / "caller_question.wav").write_bytes(own)
+    assert load_scenario(copy).caller[0].ulaw == audio.to_ulaw_8k(audio.read_wav(own))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["caller"][1].pop("when"), "caller turn 2: missing 'when'"),
+    (lambda d: d["caller"][2].pop("audio"), "caller turn 3: missing 'audio' (or 'dtmf')"),
+    (lambda d: d["assistant"][3].pop("transcript"), "assistant turn 4: missing 'transcript'"),
+    (lambda d: d["assistant"][5]["function_calls"][0].pop("name"), "assistant turn 6: function call 1: missing 'name'"),
+    (lambda d: d["caller"][0].update(wen={}), "caller turn 1: unknown key 'wen' (known: audio, dtmf, text, when)"),
+    (lambda d: d.update(expect_bargeins=1), "scenario: unknown key 'expect_bargeins'"),
+    (lambda d: d["caller"][0].update(when={"after": "asistant_done"}), "caller turn 1: when: needs"),
+    (lambda d: d.update(line_noise_dbfs=20), "line_noise_dbfs: must be a level from -120 to 0 dBFS"),
+    (lambda d: d.update(network={"delay_ms": -5}), "network: delay_ms: must be a number >= 0"),
+    (lambda d: d["caller"].append("hello"), "caller turn 5: must be a JSON object, not str"),
+])
+def test_a_scenario_missing_or_misnaming_a_field_names_it(tmp_path: Path, change: object, message: str) -> None:
+    data = json.loads((ROOT / "scenarios" / "default.json").read_text())
+    change(data)  # type: ignore[operator]
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_a_missing_audio_file_names_the_paths_tried(tmp_path: Path) -> None:
+    data = {"caller": [{"audio": "assets/nope.wav", "when": {"at_ms": 0}}]}
+    with pytest.raises(ScenarioError) as caught:
+        scenario_from_dict(data, tmp_path)
+    assert str(caught.value) == (f"caller turn 1: audio 'assets/nope.wav' not found; tried "
+                                 f"{tmp_path / 'assets' / 'nope.wav'} and {ROOT / 'assets' / 'nope.wav'}")
+
+
+def test_cli_reports_a_bad_scenario_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{"caller": [{"audio": "assets/caller_question.wav"}]}')
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--scenario", str(path)], cwd=tmp_path,
+                            env=process_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == f"simulate: {path}: caller turn 1: missing 'when'\n"
+
+
+def test_no_scripted_greeting_names_a_time_of_day() -> None:
+    """The relay's own welcome says good morning, afternoon or evening by the clock; a scripted assistant that says
+    it too contradicts it a few ms later half the day."""
+    for path in sorted((ROOT / "scenarios").glob("*.json")):
+        for turn in json.loads(path.read_text())["assistant"]:
+            assert not re.search(r"good (morning|afternoon|evening)", turn.get("transcript", ""), re.I), path
+
+
+def test_a_failed_run_keeps_the_last_good_recording(tmp_path: Path) -> None:
+    """A failed call is written to call.failed.wav; the call.wav of the last good run is left as it was."""
+    good = audio.write_wav(b"\x00\x01" * 8000)
+    (tmp_path / "call.wav").write_bytes(good)
+    scenario = {"assistant": [{"audio": "assets/assistant_short.wav", "transcript": "Of course."}],
+                "caller": [], "hangup": {"after": "assistant_done", "delay_ms": 200}, "expect_barge_ins": 2}
+    (tmp_path / "fails.json").write_text(json.dumps(scenario))
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--scenario", "fails.json"], cwd=tmp_path,
+                            env=process_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "FAILED: expected 2 barge-in(s), the caller's phone got 0 clear(s) of assistant audio" in result.stdout
+    assert "call.wav from an earlier run is left as it was" in result.stdout
+    assert (tmp_path / "call.wav").read_bytes() == good
+    failed = audio.load_wav(tmp_path / "call.failed.wav")
+    assert failed.channels == 2 and failed.duration_ms > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["call.failed.wav", "call.wav", "fails.json"]  # no temp file
+
+
+async def test_real_speech_over_a_noisy_line_with_network_delay() -> None:
+    """The real-speech scenario (CMU Arctic recording) passes with -45 dBFS of line noise and 40 ms +- 10 ms one way
+    between the phone and the relay; the barge-in is truncated near one round trip short of what the caller heard,
+    never past it."""
+    scenario = load_scenario(ROOT / "scenarios" / "real_speech.json")
+    scenario.line_noise_dbfs, scenario.network_delay_ms, scenario.network_jitter_ms = -45.0, 40.0, 10.0
+    result = await simulate.simulate_call(scenario, seed=3)
+    assert result.problems == []
+    [(_item, heard, truncated)] = result.barge_in_accuracy()
+    assert truncated is not None
+    assert truncated <= heard + 5, "the relay said the caller heard more than was played"
+    assert heard - truncated <= 2 * (40 + 10) + 60, (heard, truncated)
+    noise = result.caller.sent_audio[0][1]
+    assert -48 < audio.rms_dbfs(audio.ulaw_to_pcm16(noise)) < -42  # the line was noisy from the first frame
+
+
+async def test_an_utterance_never_detected_is_named() -> None:
+    """Under noise louder than the speech, the stand-in never hears turn 1: the failure names that turn."""
+    scenario = load_scenario(ROOT / "scenarios" / "real_speech.json")
+    scenario.line_noise_dbfs, scenario.max_duration_s = -6.0, 9.0
+    result = await simulate.simulate_call(scenario, seed=1)
+    assert result.problems[0].startswith("the call did not finish within 9 s: waiting to begin turn 2 of 3")
+    assert "no assistant audio came after it (was that speech ever detected?)" in result.problems[0]
+    assert result.problems[1].startswith("the caller's turn 1 ('Author of the danger trail, Philip Steels, etc.', ")
+    assert result.problems[1].endswith("was never detected as speech")
+
+
+def _vad_events(ulaw: bytes) -> list[tuple[str, int]]:
+    vad = Vad(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=700)
+    events = []
+    for frame in audio.frames(ulaw):
+        events += vad.feed(frame)
+    return events
+
+
+def _noisy(speech: bytes, dbfs: float, lead_ms: int, tail_ms: int) -> bytes:
+    """``speech`` (µ-law) after ``lead_ms`` and before ``tail_ms`` of line noise at ``dbfs``, noise under it too."""
+    line = LineNoise(dbfs, seed=5)
+    out = [line.frame() for _ in range(lead_ms // 20)]
+    out += [line.frame(frame) for frame in audio.frames(speech)]
+    out += [line.frame() for _ in range(tail_ms // 20)]
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("dbfs", [-65.0, -45.0, -35.0])
+def test_the_vad_follows_the_noise_floor(dbfs: float) -> None:
+    """Real speech under line noise starts within 40 ms of where it starts in digital silence; noise alone, even
+    louder than the fixed -40 dBFS level, is never speech."""
+    speech = audio.to_ulaw_8k(audio.load_wav(ROOT / "assets" / "caller_real_full.wav"))
+    clean = _vad_events(audio.ULAW_SILENCE * 8000 + speech + audio.ULAW_SILENCE * 8000)
+    noisy = _vad_events(_noisy(speech, dbfs, 1000, 1000))
+    assert [kind for kind, _ in noisy] == ["started", "stopped"]
+    assert abs(noisy[0][1] - clean[0][1]) <= 40
+    assert _vad_events(_noisy(b"", dbfs + 10, 6000, 0)) == []
