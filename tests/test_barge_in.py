@@ -129,6 +129,7 @@ def _random_call(rng: random.Random, speech: bytes, turns: int, barge_ins: int) 
                     max_duration_s=150)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("phone", ["twilio", "plivo"])
 async def test_randomized_barge_ins_match_what_the_caller_heard(phone: str) -> None:
     """Over 100+ random barge-ins on either network: |audio_end_ms - heard| <= 20 ms for 90% and never > 40 ms;
