@@ -62,6 +62,15 @@ async def test_get_webhook_and_host_header(stack: contextlib.AsyncExitStack, htt
     assert (root[0].text or "").endswith(", legend. Connecting you to your assistant.")
     stream = root.find("./Connect/Stream")
     assert stream is not None and stream.get("url") == "wss://calls.example.org/media-stream"
+    # A public host reached over plain http sits behind a TLS proxy: still wss. Loopback over http is a local
+    # relay (the simulator's --relay-url recipe): ws, or the caller's TLS handshake fails.
+    for host, url in [("calls.example.org:8080", "wss://calls.example.org:8080/media-stream"),
+                      ("127.0.0.1:5050", "ws://127.0.0.1:5050/media-stream"),
+                      ("localhost", "ws://localhost/media-stream")]:
+        async with http.get(base + "/incoming-call", params={"From": "+442079460958"},
+                            headers={"Host": host}) as resp:
+            stream = ET.fromstring(await resp.text()).find("./Connect/Stream")
+        assert stream is not None and stream.get("url") == url, host
 
 
 async def test_names_are_xml_escaped(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
