@@ -44,7 +44,7 @@ import audio
 import music
 import redact
 from audio import BYTES_PER_MS
-from config import DEFAULT_WAIT_MUSIC, LEVELS, Config, VadType
+from config import LEVELS, Config, VadType
 from standin_openai import (
     AssistantTurn,
     RealtimeStandIn,
@@ -102,20 +102,14 @@ class Scenario:
     network_jitter_ms: float = 0.0
     """Extra one-way delay per message, uniform in [0, jitter]; order is kept."""
 
+    def caller_words(self) -> list[str]:
+        """What the caller says, utterance by utterance (the stand-in's input transcriptions)."""
+        return [turn.text for turn in self.caller if turn.ulaw and turn.text]
 
-SCENARIO_KEYS = {
-    "caller_number": "the caller's number, E.164 (default +14155550100); the relay started here allows it",
-    "caller_name": "the caller's first name (default Jordan)",
-    "assistant": "the assistant's responses, in order: list of assistant turns",
-    "caller": "what the caller says or presses, in order: list of caller turns",
-    "hangup": 'when the caller hangs up (a moment), or {"by": "assistant"} to wait for the assistant\'s end_call',
-    "expect_barge_ins": "how many times the caller's phone must receive a clear for a barge-in",
-    "expect_wait_music": "true: the caller must hear waiting music",
-    "web_search": "how the web search stand-in answers: answer, source_url, delay_ms, status",
-    "max_duration_s": "the call fails when it has not ended by then (default 120)",
-    "line_noise_dbfs": "the caller's line noise, RMS dBFS (default -65); null: digital silence",
-    "network": "delay between the phone network and the relay: delay_ms (one way) and jitter_ms",
-}
+
+SCENARIO_KEYS = {"caller_number", "caller_name", "assistant", "caller", "hangup", "expect_barge_ins",
+                 "expect_wait_music", "web_search", "max_duration_s", "line_noise_dbfs", "network"}
+"""The keys of a scenario file; README "Scenario files" says what each means."""
 ASSISTANT_KEYS = {"audio", "transcript", "function_calls"}
 CALLER_KEYS = {"audio", "text", "when", "dtmf"}
 MOMENT_KEYS = {"after", "delay_ms", "ms", "at_ms", "by"}
@@ -123,10 +117,10 @@ WEB_SEARCH_KEYS = {"answer", "source_url", "delay_ms", "status"}
 NETWORK_KEYS = {"delay_ms", "jitter_ms"}
 
 
-def _object(value: Any, where: str, known: set[str] | dict[str, str]) -> dict[str, Any]:
+def _object(value: Any, where: str, known: set[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ScenarioError(f"{where}: must be a JSON object, not {type(value).__name__}")
-    unknown = sorted(set(value) - set(known))
+    unknown = sorted(set(value) - known)
     if unknown:
         raise ScenarioError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
     return value
@@ -356,7 +350,7 @@ def relay_music_from_env() -> frozenset[str]:
     try:
         config = Config.from_env(env)
     except Exception:  # any other variable the relay would refuse: assume the default music
-        config = Config(openai_api_key="sk-unused", wait_music_file=str(DEFAULT_WAIT_MUSIC))
+        config = Config(openai_api_key="sk-unused")
     try:
         return frozenset(music.load_wait_music(config))
     except Exception:
@@ -451,7 +445,7 @@ async def simulate_call(
             standin, realtime_url = await stack.enter_async_context(
                 realtime_standin(scenario.assistant, timeline.add, seed, scenario.web_search)
             )
-            standin.caller_transcripts = [turn.text for turn in scenario.caller if turn.ulaw and turn.text]
+            standin.caller_transcripts = scenario.caller_words()
             auth_token = auth_token or secrets.token_hex(16)
             port = free_port()
             values: dict[str, Any] = {
@@ -746,10 +740,11 @@ def _report(result: CallResult, out: Path) -> int:
         print(f"could not write {path}: {exc.strerror or exc}")
     print(f"barge-ins: {len(caller.barge_ins)}, marks echoed: {caller.marks_echoed}")
     for item, heard, truncated in result.barge_in_accuracy():
-        told = "" if truncated is None else (
-            f"; the relay truncated it at {truncated:.0f} ms "
-            f"({'exact' if abs(truncated - heard) < 0.5 else f'{abs(truncated - heard):.0f} ms '}"
-            f"{'' if abs(truncated - heard) < 0.5 else 'less' if truncated < heard else 'MORE'})")
+        told = ""
+        if truncated is not None:
+            error = truncated - heard
+            off = "exact" if abs(error) < 0.5 else f"{abs(error):.0f} ms {'less' if error < 0 else 'MORE'}"
+            told = f"; the relay truncated it at {truncated:.0f} ms ({off})"
         print(textwrap.fill(f"  barge-in: the caller heard {heard:.0f} ms of item {item[-6:]}{told}",
                             terminal_width(), subsequent_indent="    "))
     if result.ok:
@@ -786,7 +781,7 @@ async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
     timeline.listener = LivePrinter(timeline)
     standin = RealtimeStandIn(scenario.assistant, timeline.add, seed, scenario.web_search)
     standin.standalone = True
-    standin.caller_transcripts = [turn.text for turn in scenario.caller if turn.ulaw and turn.text]
+    standin.caller_transcripts = scenario.caller_words()
     try:
         async with serve_on_loopback(standin.app(), port) as address:
             print(f"OpenAI stand-ins on {address}, for a relay started with python relay.py; give it:\n"

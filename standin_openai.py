@@ -768,12 +768,12 @@ class RealtimeStandIn:
         self.refuse = False
         """Refuse every new websocket handshake with 503 (the service is down)."""
         self.caller_transcripts: list[str] = []
+        """What the caller said, turn by turn: sent as input transcriptions (when the session asks for
+        transcription) in order of the committed turns."""
         self.standalone = False
         """Serving a relay in another process for as long as it runs (``simulate.py standins``): every
         session starts the script and the caller's transcripts over, no payload is kept for
         ``resolve``, and a session is forgotten when it ends."""
-        """What the caller said, turn by turn: sent as input transcriptions (when the session asks for
-        transcription) in order of the committed turns."""
         self._turns: dict[int, int] = {}
         self._attribution: dict[str, deque[tuple[str, int]]] = {}
         self.input_audio: dict[int, bytearray] = {}

@@ -60,12 +60,6 @@ class Timeline:
     def ms(self, at: float) -> int:
         return round((at - self.t0) * 1000)
 
-    def render(self) -> str:
-        return "\n".join(
-            f"{self.ms(at):>7} ms  {source:<8} {text}" for at, source, text in sorted(self.events, key=lambda e: e[0])
-        )
-
-
 @dataclass(slots=True)
 class CallerTurn:
     """One caller utterance (or key presses) and when.
@@ -475,8 +469,6 @@ class SpokenTurn:
     index: int
     """Its place in the script, from 1."""
     text: str
-    at: float
-    """Monotonic time of its first frame."""
     start_ms: int
     """Position of its first frame in the caller's stream (ms since the stream's first frame)."""
     end_ms: int
@@ -561,7 +553,7 @@ class PhoneCaller:
         self._mouth_empty = asyncio.Event()
         self._stream_ms = 0
         self._rng = random.Random(self.line.seed)
-        self._outbox: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
         self._out_due = 0.0
         self._in_due = 0.0
 
@@ -600,7 +592,8 @@ class PhoneCaller:
             self._ws = ws
             self.connected_at = time.monotonic()
             self.timeline.add(network.name, f"stream connected {stream_url}")
-            tasks = [asyncio.create_task(self._receive(ws)), asyncio.create_task(self._deliver_out(ws))]
+            tasks = [asyncio.create_task(self._receive(ws)),
+                     asyncio.create_task(self._carry(self._outbox, ws.send_str))]
             for message in network.opening(answer):
                 await self._send(message)
             tasks += [asyncio.create_task(self._speak_frames()), asyncio.create_task(self._echo_marks())]
@@ -635,17 +628,22 @@ class PhoneCaller:
         return max(last, time.monotonic() + delay / 1000)
 
     async def _send(self, message: str) -> None:
-        """Hand a message to the line towards the relay (delivered by ``_deliver_out``)."""
+        """Hand a message to the line towards the relay (carried to it by ``_carry``)."""
         self._out_due = self._due(self._out_due)
         self._outbox.put_nowait((self._out_due, message))
 
-    async def _deliver_out(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    @staticmethod
+    async def _carry(queue: asyncio.Queue[tuple[float, str | None]],
+                     deliver: Callable[[str], typing.Awaitable[None]]) -> None:
+        """Deliver each message of ``queue`` when it is due (the line's delay); returns at ``None``."""
         while True:
-            due, message = await self._outbox.get()
+            due, message = await queue.get()
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await ws.send_str(message)
+            if message is None:
+                return
+            await deliver(message)
 
     # -- the line --
 
@@ -657,9 +655,11 @@ class PhoneCaller:
         silence = ULAW_SILENCE * FRAME_BYTES
         while True:
             speech = self.mouth.popleft() if self.mouth else None
-            frame = silence if noise is None and speech is None else noise.frame(speech) if noise else speech
-            assert frame is not None
-            if speech is not None or noise is not None:
+            if noise is not None:
+                frame = noise.frame(speech)
+            else:
+                frame = silence if speech is None else speech
+            if frame is not silence:
                 self.sent_audio.append((time.monotonic(), frame))
             if speech is not None and not self.mouth:
                 self._mouth_empty.set()
@@ -675,7 +675,7 @@ class PhoneCaller:
                     await self._on_message(msg.data, time.monotonic())
         else:
             inbox: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
-            arrive = asyncio.create_task(self._arrive(inbox))
+            arrive = asyncio.create_task(self._carry(inbox, self._arrived))
             try:
                 async for msg in ws:
                     if msg.type == WSMsgType.TEXT:
@@ -687,15 +687,8 @@ class PhoneCaller:
                 arrive.cancel()
         self.timeline.add(self.network.name, f"relay closed the stream (code {ws.close_code})")
 
-    async def _arrive(self, inbox: asyncio.Queue[tuple[float, str | None]]) -> None:
-        while True:
-            due, data = await inbox.get()
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if data is None:
-                return
-            await self._on_message(data, time.monotonic())
+    async def _arrived(self, data: str) -> None:
+        await self._on_message(data, time.monotonic())
 
     async def _on_message(self, data: str, now: float) -> None:
         """One relay message at the phone: play media, queue a mark, or clear."""
@@ -827,7 +820,7 @@ class PhoneCaller:
                 self._mouth_empty.clear()
                 frames = audio.frames(turn.ulaw)
                 start_ms = self._stream_ms + 20 * len(self.mouth)
-                self.spoken.append(SpokenTurn(n, turn.text, time.monotonic(), start_ms, start_ms + 20 * len(frames)))
+                self.spoken.append(SpokenTurn(n, turn.text, start_ms, start_ms + 20 * len(frames)))
                 self.mouth.extend(frames)
                 self._waiting = (f"for the caller to finish {label}", None)
                 await self._mouth_empty.wait()

@@ -29,14 +29,13 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import struct
 import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +170,12 @@ class Call:
     stream_sid: str
     seq: int = 0
     play_end: float = 0.0
-    gaps: Gaps | None = None
-    marks: deque[tuple[float, str]] | None = None
+    gaps: Gaps = field(default_factory=Gaps)
+    marks: deque[tuple[float, str]] = field(default_factory=deque)
+    """Marks to echo: (when the audio before it has played, name)."""
 
 
-async def place_call(http: aiohttp.ClientSession, relay: str, n: int) -> Call:
+async def place_call(http: aiohttp.ClientSession, relay: str) -> Call:
     from standin_phone import Twilio
 
     twilio = Twilio()
@@ -185,15 +185,15 @@ async def place_call(http: aiohttp.ClientSession, relay: str, n: int) -> Call:
     ws = await http.ws_connect(answer.stream_url, compress=0, autoping=True, max_msg_size=1 << 20)
     for message in twilio.opening(answer):
         await ws.send_str(message)
-    return Call(ws, twilio.messages.stream_sid, gaps=Gaps(), marks=deque())
+    return Call(ws, twilio.messages.stream_sid)
 
 
 async def run_callers(relay: str, calls: int, seconds: float, warmup: float) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         live: list[Call] = []
-        for n in range(calls):  # a ramp of ~1 s: 4 ms apart
-            live.append(await place_call(http, relay, n))
+        for _ in range(calls):  # a ramp: 4 ms apart
+            live.append(await place_call(http, relay))
             await asyncio.sleep(0.004)
         t0 = time.monotonic() + warmup
         t1 = t0 + seconds
@@ -203,7 +203,6 @@ async def run_callers(relay: str, calls: int, seconds: float, warmup: float) -> 
         stop = asyncio.Event()
 
         async def receive(call: Call) -> None:
-            assert call.gaps is not None and call.marks is not None
             async for msg in call.ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
@@ -262,8 +261,8 @@ async def run_callers(relay: str, calls: int, seconds: float, warmup: float) -> 
         window_lag = sorted(lag[len(lag) // 4:])
         return {
             "latencies": [ms for sent, ms in latencies if t0_ns <= sent < t1_ns],
-            "lost": sum(c.gaps.lost for c in live if c.gaps is not None),
-            "received": sum(c.gaps.seen for c in live if c.gaps is not None),
+            "lost": sum(c.gaps.lost for c in live),
+            "received": sum(c.gaps.seen for c in live),
             "sent": sum(c.seq for c in live),
             "lag_p99_ms": window_lag[int(len(window_lag) * 0.99)] * 1000 if window_lag else 0.0,
             "t0_ns": t0_ns, "t1_ns": t1_ns,
@@ -311,12 +310,6 @@ def busy_ticks() -> int:
     return sum(fields) - fields[3] - fields[4]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def wait_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -359,6 +352,8 @@ class Point:
 
 async def measure(kind: str, calls: int, seconds: float, workers: int) -> Point:
     """One point: a fresh upstream, relay and callers; the relay's CPU and RSS over the window."""
+    from simulate import free_port  # the orchestrator only: the callers and the stand-in stay light
+
     up_port, relay_port = free_port(), free_port()
     upstream = subprocess.Popen([sys.executable, __file__, "--role", "upstream", "--port", str(up_port)])  # noqa: ASYNC220
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
