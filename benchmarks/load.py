@@ -357,7 +357,7 @@ async def measure(kind: str, calls: int, seconds: float, workers: int) -> Point:
     up_port, relay_port = free_port(), free_port()
     upstream = subprocess.Popen([sys.executable, __file__, "--role", "upstream", "--port", str(up_port)])  # noqa: ASYNC220
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    env.update(PORT=str(relay_port), OPENAI_REALTIME_URL=f"ws://127.0.0.1:{up_port}/v1/realtime",
+    env.update(PORT=str(relay_port), PUBLIC_URL=f"http://127.0.0.1:{relay_port}", OPENAI_REALTIME_URL=f"ws://127.0.0.1:{up_port}/v1/realtime",
                OPENAI_API_KEY="sk-load-benchmark", OPENAI_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
                PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Load",
                MAX_CALLS=str(calls + 50), WORKERS=str(workers), LOG_LEVEL="WARNING", TRANSCRIPTION_MODEL="off",
