@@ -37,10 +37,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
+import orjson
 from aiohttp import WSCloseCode
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 import protocol
 import tools
@@ -72,6 +72,7 @@ from protocol import (
     TranscriptDone,
     Truncation,
 )
+from realtime_ws import RealtimeClient, RealtimeSocket, SessionClosed
 from tokens import StreamTokens
 from tools import ToolContext, ToolError
 from transcript import Transcript, Turn
@@ -100,12 +101,6 @@ DTMF_DIGITS = frozenset("0123456789*#ABCD")
 MAX_PAYLOAD_CHARS = 16_000
 """Largest base64 audio payload sent to the phone in one message (12,000 bytes, 1.5 s): Plivo asks for
 at most 16 KB and both networks refuse messages over 64 KB, so a larger delta is split."""
-REALTIME_PING_INTERVAL_S = 5.0
-REALTIME_PING_TIMEOUT_S = 5.0
-"""A Realtime socket that answers no ping for this long is dead: the call ends within ~10 s instead of
-leaving the caller on a silent line."""
-REALTIME_CLOSE_TIMEOUT_S = 2.0
-"""How long a closing handshake with the service may take (a hung service never answers it)."""
 PHONE_SILENCE_S = 30.0
 """A phone sends 50 frames a second; one that sends none for this long is gone (a half-open socket)."""
 PHONE_WRITE_TIMEOUT_S = 5
@@ -500,14 +495,19 @@ class Call:
         *,
         wait_music: tuple[str, ...] = (),
         openai_client: openai.AsyncOpenAI | None = None,
+        realtime_client: RealtimeClient | None = None,
         on_event: CallEventHook | None = None,
     ) -> None:
+        """``realtime_client`` is the process's pool of Realtime sockets (``relay`` shares one); without
+        one the call opens and closes its own."""
         self.phone = phone
         self.config = config
         self.stats = stats
         self.stream_tokens = stream_tokens
         """Checks the start's single-use token; None only for a leg the caller already trusts (tests)."""
-        self.realtime: ClientConnection | None = None
+        self.realtime: RealtimeSocket | None = None
+        self._realtime_client = realtime_client or RealtimeClient()
+        self._own_realtime_client = realtime_client is None
         self.stream_sid = ""
         self.call_sid = ""
         self.caller: AllowedCaller | None = None
@@ -708,6 +708,8 @@ class Call:
     async def _close_sockets(self) -> None:
         if self.realtime is not None:
             await self.realtime.close()
+        if self._own_realtime_client:
+            await self._realtime_client.close()
         if not self.phone.closed:
             await self.phone.close(self._close_code or WSCloseCode.OK)
 
@@ -725,7 +727,7 @@ class Call:
 
     # -- Realtime sessions --
 
-    async def _open_session(self, connect_timeout_s: float, session_timeout_s: float) -> ClientConnection:
+    async def _open_session(self, connect_timeout_s: float, session_timeout_s: float) -> RealtimeSocket:
         """Open a Realtime websocket and configure it: ``session.update``, then wait for
         ``session.updated`` (other events before it are ignored; errors are logged).
 
@@ -734,26 +736,16 @@ class Call:
                 ``connect_timeout_s``, closed, or did not confirm within ``session_timeout_s``.
         """
         try:
-            realtime = await asyncio.wait_for(
-                connect(
-                    self.config.realtime_connect_url(),
-                    additional_headers={"Authorization": f"Bearer {self.config.openai_api_key}"},
-                    max_size=2**24,
-                    compression=None,
-                    open_timeout=None,
-                    ping_interval=REALTIME_PING_INTERVAL_S,
-                    ping_timeout=REALTIME_PING_TIMEOUT_S,
-                    close_timeout=REALTIME_CLOSE_TIMEOUT_S,
-                ),
-                connect_timeout_s,
+            realtime = await self._realtime_client.connect(
+                self.config.realtime_connect_url(), self.config.openai_api_key, connect_timeout_s
             )
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamUnavailable(f"realtime connect failed: {_describe(exc)}") from None
         configured = False
         try:
-            await realtime.send(json.dumps(protocol.session_update(self._session())))
+            await realtime.send(orjson.dumps(protocol.session_update(self._session())))
             async with asyncio.timeout(session_timeout_s):
-                async for raw in realtime:
+                while (raw := await realtime.receive()) is not None:
                     try:
                         event = protocol.parse_server_event(raw)
                     except MalformedEvent:
@@ -767,7 +759,7 @@ class Call:
                         await self._on_error(event)
         except TimeoutError:
             raise UpstreamUnavailable(f"no session.updated within {session_timeout_s:.0f}s") from None
-        except ConnectionClosed:
+        except SessionClosed:
             pass
         finally:
             if not configured:
@@ -872,7 +864,7 @@ class Call:
     async def _flush_held(self) -> None:
         """Send the caller audio held meanwhile, in order, then forward again."""
         while self.held:
-            await self._send_realtime_text(protocol.input_audio_append(self.held.popleft()))
+            await self._send_realtime_json(protocol.input_audio_append(self.held.popleft()))
         self.forwarding = True
 
     async def _upstream_lost(self, message: str, reason: str) -> str:
@@ -914,7 +906,7 @@ class Call:
             if type(event) is PhoneAudio:  # the hot path: 50 a second
                 self.counts.frames_in += 1
                 if self.forwarding:
-                    await self._send_realtime_text(append(event.payload))
+                    await self._send_realtime_json(append(event.payload))
                 else:
                     self.held.append(event.payload)
             elif type(event) is PhoneMarkPlayed:
@@ -964,7 +956,7 @@ class Call:
             if ended is not None:
                 return ended
 
-    async def _dispatch(self, realtime: ClientConnection) -> str | None:
+    async def _dispatch(self, realtime: RealtimeSocket) -> str | None:
         """Dispatch ``realtime``'s server events until it closes (None), or the end reason when
         the caller hung up mid-send."""
         handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
@@ -982,27 +974,25 @@ class Call:
             ResponseDone: self._on_response_done,
             RealtimeError: self._on_error,
         }
-        try:
-            async for raw in realtime:
-                try:
-                    event = protocol.parse_server_event(raw)
-                except MalformedEvent as exc:
-                    self._warn_once(f"realtime-{exc.kind}", f"malformed realtime event ignored ({exc})")
-                    continue
-                handler = handlers.get(type(event))
-                if handler is None:
-                    kind = getattr(event, "type", type(event).__name__)
-                    self.log.once_a_second(logging.DEBUG, kind, "realtime %s", kind)
-                    continue
-                try:
-                    await handler(event)
-                except ConnectionResetError:  # the caller hung up while audio was being sent: a normal end
-                    return f"{self.phone.network} hung up"
-        except ConnectionClosed:
-            pass
+        receive = realtime.receive
+        while (raw := await receive()) is not None:
+            try:
+                event = protocol.parse_server_event(raw)
+            except MalformedEvent as exc:
+                self._warn_once(f"realtime-{exc.kind}", f"malformed realtime event ignored ({exc})")
+                continue
+            handler = handlers.get(type(event))
+            if handler is None:
+                kind = getattr(event, "type", type(event).__name__)
+                self.log.once_a_second(logging.DEBUG, kind, "realtime %s", kind)
+                continue
+            try:
+                await handler(event)
+            except ConnectionResetError:  # the caller hung up while audio was being sent: a normal end
+                return f"{self.phone.network} hung up"
         return None
 
-    async def _after_session_end(self, realtime: ClientConnection) -> str | None:
+    async def _after_session_end(self, realtime: RealtimeSocket) -> str | None:
         """The service closed the session mid-call. Replace it (at its time limit, or once after a
         drop) and return None, or end the call: return the reason."""
         self._live.clear()
@@ -1255,17 +1245,18 @@ class Call:
         await self._send_realtime(protocol.response_create())
 
     async def _send_realtime(self, event: dict[str, Any]) -> None:
-        await self._send_realtime_text(json.dumps(event))
+        await self._send_realtime_json(orjson.dumps(event))
 
-    async def _send_realtime_text(self, text: str) -> None:
-        """Send to the current session. On a session that has just closed the event is dropped and
-        caller audio is held from then on: the Realtime pump replaces the session or ends the call."""
+    async def _send_realtime_json(self, data: bytes) -> None:
+        """Send one encoded client event to the current session. On a session that has just closed
+        the event is dropped and caller audio is held from then on: the Realtime pump replaces the
+        session or ends the call."""
         realtime = self.realtime
         if realtime is None:
             return
         try:
-            await realtime.send(text)
-        except ConnectionClosed:
+            await realtime.send(data)
+        except SessionClosed:
             self.forwarding = False
 
     def _on_music(self, playing: bool) -> None:

@@ -57,6 +57,14 @@ class LogFormat(enum.StrEnum):
     """One JSON object per line, for log platforms."""
 
 
+class EventLoop(enum.StrEnum):
+    """The asyncio event loop implementation (``EVENT_LOOP``)."""
+
+    UVLOOP = "uvloop"
+    """uvloop where it is installed (a declared dependency except on Windows), else asyncio's own."""
+    ASYNCIO = "asyncio"
+
+
 class CallerGroup(enum.StrEnum):
     """Which allowlist a caller is on."""
 
@@ -90,6 +98,7 @@ class Config:
     """Calls one process takes at once; beyond it the webhook answers busy (``capacity.Capacity``)."""
     workers: int = 1
     """Processes serving the port (``workers.py``); each takes ``max_calls`` and drains on its own."""
+    event_loop: EventLoop = EventLoop.UVLOOP
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long live calls may go on before each is ended with a spoken line."""
     session_rollover_s: float = 3300.0
@@ -234,6 +243,7 @@ class Config:
             port=reader.integer("PORT", default["port"], 1, 65535),
             max_calls=reader.integer("MAX_CALLS", default["max_calls"], 1, 100_000),
             workers=reader.integer("WORKERS", default["workers"], 1, 256),
+            event_loop=reader.choice("EVENT_LOOP", EventLoop, default["event_loop"]),
             drain_timeout_s=reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
             session_rollover_s=reader.number("SESSION_ROLLOVER_S", default["session_rollover_s"], 0.0, 3540.0),
             metrics=reader.boolean("METRICS", default["metrics"]),

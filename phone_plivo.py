@@ -11,12 +11,12 @@ Plivo "Validating requests" (``X-Plivo-Signature-V3``); the ``plivo`` SDK (``pli
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from plivo import plivoxml
 from plivo.utils.signature_v3 import construct_get_url, get_signature_v3, validate_v3_signature
 
@@ -38,22 +38,23 @@ _HEADER_SPLIT = re.compile(r"[,;]")
 # --- Audio Streams messages ------------------------------------------------------------------
 
 
-def play_audio_message(stream_id: str, payload: str) -> str:
-    """Outbound ``playAudio``: base64 µ-law 8 kHz, queued and played in order. Plivo's own SDK sends
-    no ``streamId`` here and pipecat sends one; both are reported to work, so it is sent."""
-    return json.dumps({"event": "playAudio", "streamId": stream_id,
-                       "media": {"contentType": "audio/x-mulaw", "sampleRate": 8000, "payload": payload}})
+def play_audio_message(stream_id: str, payload: str) -> bytes:
+    """Outbound ``playAudio`` (UTF-8 JSON, as are the other outbound messages): base64 µ-law 8 kHz,
+    queued and played in order. Plivo's own SDK sends no ``streamId`` here and pipecat sends one; both
+    are reported to work, so it is sent."""
+    return orjson.dumps({"event": "playAudio", "streamId": stream_id,
+                         "media": {"contentType": "audio/x-mulaw", "sampleRate": 8000, "payload": payload}})
 
 
-def checkpoint_message(stream_id: str, name: str) -> str:
+def checkpoint_message(stream_id: str, name: str) -> bytes:
     """Outbound ``checkpoint``: Plivo answers ``playedStream`` with this name once the audio before
     it has played. After ``clearAudio`` pending checkpoints are never answered."""
-    return json.dumps({"event": "checkpoint", "streamId": stream_id, "name": name})
+    return orjson.dumps({"event": "checkpoint", "streamId": stream_id, "name": name})
 
 
-def clear_audio_message(stream_id: str) -> str:
+def clear_audio_message(stream_id: str) -> bytes:
     """Outbound ``clearAudio``: drops every queued ``playAudio``; Plivo answers ``clearedAudio``."""
-    return json.dumps({"event": "clearAudio", "streamId": stream_id})
+    return orjson.dumps({"event": "clearAudio", "streamId": stream_id})
 
 
 def extra_headers(raw: Any) -> dict[str, str]:
@@ -92,7 +93,7 @@ _MARKS = frozenset({"playedStream", "played"})
 _QUIET = frozenset({"clearedAudio"})
 
 
-def parse_message(text: str) -> PhoneEvent | None:
+def parse_message(text: str | bytes) -> PhoneEvent | None:
     """One Plivo Audio Streams message as a phone event.
 
     Returns:

@@ -9,11 +9,11 @@ Twilio "Webhooks security" docs (``X-Twilio-Signature``).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
@@ -28,26 +28,26 @@ MAX_MESSAGE_BYTES = 64 * 1024
 # --- Media Streams messages ------------------------------------------------------------------
 
 
-def media_message(stream_sid: str, payload: str) -> str:
-    """Outbound ``media``.
+def media_message(stream_sid: str, payload: str) -> bytes:
+    """Outbound ``media`` (UTF-8 JSON, as are the other outbound messages).
 
     Args:
         stream_sid: the ``streamSid`` from Twilio's ``start``.
         payload: base64 µ-law 8 kHz audio, any length, no file header (Twilio docs: "The audio
             can be of any size"; it is buffered and played in the order received).
     """
-    return json.dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}})
+    return orjson.dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}})
 
 
-def mark_message(stream_sid: str, name: str) -> str:
+def mark_message(stream_sid: str, name: str) -> bytes:
     """Outbound ``mark``: Twilio echoes it when the audio sent before it has played, at once if
     nothing is buffered, or immediately on ``clear`` (then it means discarded)."""
-    return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+    return orjson.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
 
 
-def clear_message(stream_sid: str) -> str:
+def clear_message(stream_sid: str) -> bytes:
     """Outbound ``clear``: drops all audio buffered at Twilio and echoes every pending mark."""
-    return json.dumps({"event": "clear", "streamSid": stream_sid})
+    return orjson.dumps({"event": "clear", "streamSid": stream_sid})
 
 
 def _start(event: dict[str, Any]) -> PhoneStart:
@@ -64,7 +64,7 @@ _MARKS = frozenset({"mark"})
 _QUIET = frozenset({"connected"})
 
 
-def parse_message(text: str) -> PhoneEvent | None:
+def parse_message(text: str | bytes) -> PhoneEvent | None:
     """One Twilio Media Streams message as a phone event.
 
     Args:

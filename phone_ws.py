@@ -33,7 +33,7 @@ _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
 def parse_frame(
-    text: str,
+    text: str | bytes,
     network: str,
     start: Callable[[dict[str, Any]], PhoneStart],
     mark_events: frozenset[str],
@@ -45,7 +45,7 @@ def parse_frame(
     start, mark event names and mark name.
 
     Args:
-        text: the frame.
+        text: the frame (UTF-8 bytes as received, or a str).
         network: for messages (``twilio``).
         start: the dialect's start frame to a ``PhoneStart`` (raises MalformedFrame).
         mark_events: the event names that report a mark played (``mark``; ``playedStream``).
@@ -95,13 +95,13 @@ class Dialect:
 
     network: str
     """The network's name in logs and end reasons (``twilio``)."""
-    parse: Callable[[str], PhoneEvent | None]
-    """One text frame to a phone event (None: nothing the bridge uses). Raises MalformedFrame."""
-    media: Callable[[str, str], str]
-    """``(stream_sid, payload)`` to the message that plays base64 µ-law audio."""
-    mark: Callable[[str, str], str]
+    parse: Callable[[str | bytes], PhoneEvent | None]
+    """One text frame (UTF-8) to a phone event (None: nothing the bridge uses). Raises MalformedFrame."""
+    media: Callable[[str, str], bytes]
+    """``(stream_sid, payload)`` to the message (UTF-8 JSON) that plays base64 µ-law audio."""
+    mark: Callable[[str, str], bytes]
     """``(stream_sid, name)`` to the message the phone answers once the audio before it has played."""
-    clear: Callable[[str], str]
+    clear: Callable[[str], bytes]
     """``stream_sid`` to the message that drops the phone's queued audio."""
     max_message_bytes: int
     """Largest frame accepted from the network."""
@@ -151,15 +151,15 @@ class WebSocketLeg:
 
     async def send_audio(self, payload: str) -> None:
         """Queue base64 µ-law audio at the phone. Raises ConnectionResetError once the socket is gone."""
-        await self.ws.send_str(self._media(self.stream_sid, payload))
+        await self.ws.send_frame(self._media(self.stream_sid, payload), WSMsgType.TEXT)
 
     async def send_mark(self, name: str) -> None:
         """Send a mark (Twilio ``mark``, Plivo ``checkpoint``)."""
-        await self.ws.send_str(self.dialect.mark(self.stream_sid, name))
+        await self.ws.send_frame(self.dialect.mark(self.stream_sid, name), WSMsgType.TEXT)
 
     async def clear(self) -> None:
         """Drop the audio queued at the phone."""
-        await self.ws.send_str(self.dialect.clear(self.stream_sid))
+        await self.ws.send_frame(self.dialect.clear(self.stream_sid), WSMsgType.TEXT)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the websocket with ``code``; this hangs up the call. A phone that does not complete

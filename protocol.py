@@ -12,12 +12,13 @@ Twilio Media Streams and Plivo Audio Streams docs for the phone side.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
 
 from audio import BYTES_PER_MS, SAMPLE_RATE_HZ
 
@@ -68,15 +69,16 @@ PhoneEvent = PhoneStart | PhoneAudio | PhoneMarkPlayed | PhoneDtmf | PhoneStop
 
 
 def decode_json_object(raw: str | bytes) -> dict[str, Any]:
-    """One peer frame that must hold a JSON object (phone or Realtime).
+    """One peer frame that must hold a JSON object (phone or Realtime), parsed by ``orjson``
+    (UTF-8 bytes as they came off the socket, or a str).
 
     Raises:
-        ValueError: ``non-JSON frame`` (nesting too deep included: ``json`` raises
-            RecursionError there) or ``non-object frame``.
+        ValueError: ``non-JSON frame`` (invalid UTF-8 and nesting over 1024 deep included) or
+            ``non-object frame``.
     """
     try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise ValueError("non-JSON frame") from None
     if type(value) is not dict:
         raise ValueError("non-object frame")
@@ -164,10 +166,10 @@ class PhoneLeg(Protocol):
 # --- OpenAI Realtime (GA) client events ------------------------------------------------
 
 
-def input_audio_append(payload: str) -> str:
-    """``input_audio_buffer.append`` carrying the phone's base64 µ-law payload unchanged (the hot
-    path; the dialects have checked that the payload is base64)."""
-    return json.dumps({"type": "input_audio_buffer.append", "audio": payload})
+def input_audio_append(payload: str) -> bytes:
+    """``input_audio_buffer.append`` (UTF-8 JSON) carrying the phone's base64 µ-law payload
+    unchanged (the hot path; the dialects have checked that the payload is base64)."""
+    return orjson.dumps({"type": "input_audio_buffer.append", "audio": payload})
 
 
 def session_update(session: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from config import (
     RESTRICTED_MESSAGE,
     Config,
     ConfigError,
+    EventLoop,
     LogFormat,
     find_caller,
     mask_number,
@@ -65,6 +66,7 @@ from metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from metrics import Metrics
 from music import load_wait_music
 from phone_ws import Dialect, WebSocketLeg
+from realtime_ws import RealtimeClient
 from sms import SmsReplies
 from tokens import StreamTokens, feed_ticket, feed_ticket_valid, operator_allowed
 
@@ -100,6 +102,8 @@ WAIT_MUSIC = web.AppKey("wait_music", tuple[str, ...])
 """The waiting music as base64 µ-law 20 ms frames (empty: none)."""
 OPENAI_CLIENT = web.AppKey("openai_client", openai.AsyncOpenAI | None)
 """One REST client (and connection pool) for every call's web searches and every SMS reply."""
+REALTIME_CLIENT = web.AppKey("realtime_client", RealtimeClient)
+"""One connection pool for every call's Realtime websocket."""
 SMS = web.AppKey("sms", SmsReplies)
 STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)
 """Issued by the voice webhooks, checked (once) by the media streams."""
@@ -145,9 +149,9 @@ def make_app(config: Config) -> web.Application:
 
 
 async def _rest_clients(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the Responses API client (when ``gpt_web_search`` is offered or SMS replies are
-    configured) and Twilio's REST client for SMS (with REST credentials); SMS replies still under
-    way are cancelled at shutdown."""
+    """cleanup_ctx: the Realtime websockets' connection pool, the Responses API client (when
+    ``gpt_web_search`` is offered or SMS replies are configured) and Twilio's REST client for SMS
+    (with REST credentials); SMS replies still under way are cancelled at shutdown."""
     config = app[CONFIG]
     twilio = sms_module.twilio_client(config)
     client = None
@@ -160,8 +164,10 @@ async def _rest_clients(app: web.Application) -> AsyncIterator[None]:
         )
         await tools.warm_up_web_search(config.web_search_model)
     app[OPENAI_CLIENT] = client
+    app[REALTIME_CLIENT] = RealtimeClient()
     app[SMS] = SmsReplies(config, twilio[0] if twilio else None, client)
     yield
+    await app[REALTIME_CLIENT].close()
     await app[SMS].close()
     if twilio is not None:
         await twilio[1].close()
@@ -499,7 +505,10 @@ async def _bridge(request: web.Request, dialect: Dialect, signed: bool) -> web.W
     1013 (try again later)."""
     app = request.app
     capacity = app[CAPACITY]
-    ws = web.WebSocketResponse(max_msg_size=dialect.max_message_bytes, autoping=True, compress=False)
+    # No permessage-deflate (a client that offers it would cost ~250 KiB and a fifth more CPU per call), and
+    # text frames as bytes: orjson parses them without a UTF-8 decode (benchmarks/load.py).
+    ws = web.WebSocketResponse(max_msg_size=dialect.max_message_bytes, autoping=True, compress=False,
+                               decode_text=False)
     await ws.prepare(request)
     if not signed:
         logger.warning("rejected %s media stream: bad signature", dialect.network)
@@ -512,7 +521,7 @@ async def _bridge(request: web.Request, dialect: Dialect, signed: bool) -> web.W
         return ws
     leg = WebSocketLeg(ws, dialect, request.transport)
     call = Call(leg, app[CONFIG], app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
-                openai_client=app[OPENAI_CLIENT], on_event=_call_observers(app))
+                openai_client=app[OPENAI_CLIENT], realtime_client=app[REALTIME_CLIENT], on_event=_call_observers(app))
     task = asyncio.current_task()
     assert task is not None
     app[CALLS][call] = task  # type: ignore[assignment]
@@ -629,12 +638,13 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
             await close_tunnel()
         return 1
     logger.info(
-        "%s listening on 0.0.0.0:%d%s (realtime %s, model %s)",
+        "%s listening on 0.0.0.0:%d%s (realtime %s, model %s, %s event loop)",
         f"worker {worker} (pid {os.getpid()})" if worker else "relay",
         config.port,
         " with TLS (https/wss)" if tls else "",
         host_of(config.realtime_url),
         config.realtime_model,
+        type(asyncio.get_running_loop()).__module__.partition(".")[0],
     )
     stop, hurry = asyncio.Event(), asyncio.Event()
 
@@ -684,7 +694,21 @@ def main() -> None:
     # Modules and config live for the whole process: keep them out of full collections, which
     # otherwise stall every live call's audio for ~10 ms (gc docs: gc.freeze).
     gc.freeze()
-    sys.exit(asyncio.run(_serve(app, config, tls)))
+    with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
+        sys.exit(runner.run(_serve(app, config, tls)))
+
+
+def event_loop_factory(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop for ``EVENT_LOOP=uvloop`` where it is installed (a declared dependency
+    except on Windows): less CPU per call (``benchmarks/load.py``). None, asyncio's own loop, for
+    ``EVENT_LOOP=asyncio`` or without uvloop."""
+    if kind is EventLoop.ASYNCIO:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from support import RawLeg, health, make_config, start_relay, start_standin, unt
 from test_bridge_memory import MemoryLeg
 
 import bridge
+import realtime_ws
 from bridge import Call, Stats
 from protocol import PhoneStart
 from standin_openai import AssistantTurn
@@ -25,9 +26,8 @@ async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: conte
     """A service that stops reading (pings unanswered) is detected by ping timeout instead of leaving the caller on a
     silent line for ~50 s; the reconnect stalls too, so the caller hears the apology and the call ends 1011, counted
     as an error."""
-    monkeypatch.setattr(bridge, "REALTIME_PING_INTERVAL_S", 0.5)
-    monkeypatch.setattr(bridge, "REALTIME_PING_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(bridge, "REALTIME_CLOSE_TIMEOUT_S", 0.5)  # a stalled service answers no close either
+    monkeypatch.setattr(realtime_ws, "HEARTBEAT_S", 0.5)  # a ping after 0.5 s of silence, a pong within 0.25 s
+    monkeypatch.setattr(realtime_ws, "CLOSE_TIMEOUT_S", 0.5)  # a stalled service answers no close either
     standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
     standin.stall = True
     base = await start_relay(stack, make_config(url))

@@ -153,14 +153,13 @@ async def test_no_secret_reaches_the_output_of_a_whole_call(stack: contextlib.As
         assert await asyncio.wait_for(relay.process.wait(), 10) == 0
     output = relay.output
     assert "realtime error type=invalid_request_error code=invalid_api_key" in output
-    assert "send_email via 127.0.0.1" in output and "Authorization: Bearer" in output  # the paths that carry them
+    assert "send_email via 127.0.0.1" in output  # the path that carries the SMTP password
     if log_format == "control":
         assert "DISABLE_LOG_REDACTION=true: secret values are not masked in this log" in output
         assert MARKERS["OPENAI_API_KEY"] in output and MARKERS["PLIVO_AUTH_TOKEN"] in output
         return
     leaked = sorted(name for name, value in markers.items() if value in output)
     assert leaked == []
-    assert "Authorization: Bearer [secure]" in output
     assert "From=" not in output and "+14155550100" not in output  # the access log shows paths, not queries
     if log_format == "json":
         records = [json.loads(line) for line in output.splitlines() if line.strip()]

@@ -1,0 +1,138 @@
+"""The Realtime websocket on aiohttp's client: one connection pool per process, JSON text frames in and out.
+
+The bridge (``bridge.Call``) speaks the Realtime protocol through ``protocol``; this module only
+moves its frames. aiohttp's client replaces the ``websockets`` library on this hop: its frame
+reader and masking are compiled, a send is one call without a context manager, and text frames
+can be sent from and read into bytes, so ``orjson`` encodes and parses them without a UTF-8 round
+trip (the per-message cost is what bounds calls per core: ``benchmarks/load.py``).
+
+Source: OpenAI Realtime API "WebSocket" guide (``wss://api.openai.com/v1/realtime?model=...``,
+``Authorization: Bearer``); RFC 6455 (ping, pong, close codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import ClientWebSocketResponse, WSMsgType
+
+logger = logging.getLogger("bridge")
+
+MAX_MESSAGE_BYTES = 2**24
+"""Largest frame accepted from the service (16 MiB; an audio delta is a few KB)."""
+HEARTBEAT_S = 5.0
+"""After this long without a frame from the service, a ping goes out; a pong must come back within
+half of it, or the socket is dead (aiohttp's heartbeat). A hung service ends within ~8 s instead of
+leaving the caller on a silent line."""
+CLOSE_TIMEOUT_S = 2.0
+"""How long a closing handshake with the service may take (a hung service never answers it)."""
+
+
+class SessionClosed(ConnectionError):
+    """A send on a Realtime socket that is closing or closed."""
+
+
+class RealtimeSocket:
+    """One open Realtime websocket.
+
+    Read it with ``receive`` (each server event as UTF-8 JSON bytes, None once closed) and write
+    with ``send`` (one client event as UTF-8 JSON bytes). After the end, ``close_code`` and
+    ``close_reason`` say how it ended (1006 for a dropped connection or a missed pong).
+    """
+
+    __slots__ = ("_binary_seen", "_ws", "close_reason")
+
+    def __init__(self, ws: ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self.close_reason = ""
+        """The service's close reason (RFC 6455 close frame), empty when it sent none."""
+        self._binary_seen = False
+
+    async def receive(self) -> bytes | None:
+        """The next text frame's bytes, or None once the socket has closed (the service closed it,
+        the connection dropped, a pong was missed or a frame was over ``MAX_MESSAGE_BYTES``).
+        Binary frames are not part of the protocol: skipped, with one warning per socket."""
+        ws = self._ws
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT:
+                data: bytes = msg.data
+                return data
+            if kind is WSMsgType.BINARY:
+                if not self._binary_seen:
+                    self._binary_seen = True
+                    logger.warning("binary frame from the Realtime service ignored")
+                continue
+            if kind is WSMsgType.CLOSE and isinstance(msg.extra, str):
+                self.close_reason = msg.extra
+            elif kind is WSMsgType.ERROR:
+                self.close_reason = f"{type(msg.data).__name__}: {msg.data}"
+            return None
+
+    async def send(self, data: bytes) -> None:
+        """Send one client event (UTF-8 JSON) as a text frame; waits while the socket's send buffer
+        is full. Raises SessionClosed once the socket is closing or closed."""
+        try:
+            await self._ws.send_frame(data, WSMsgType.TEXT)
+        except ConnectionError as exc:  # aiohttp: ClientConnectionResetError
+            raise SessionClosed(str(exc)) from None
+
+    async def close(self) -> None:
+        """Close with 1000, waiting up to ``CLOSE_TIMEOUT_S`` for the service's close frame."""
+        await self._ws.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed (the service's, or 1006 for a dropped connection)."""
+        return self._ws.close_code
+
+
+class RealtimeClient:
+    """Opens Realtime websockets for every call of this process over one aiohttp session: one
+    DNS cache and TLS setup, no limit on concurrent sockets (``MAX_CALLS`` bounds the calls), no
+    compression (it would cost memory and CPU on every frame). Proxies come from the environment
+    (``HTTPS_PROXY``, ``NO_PROXY``) as for the OpenAI SDK. Close it at shutdown."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def connect(self, url: str, api_key: str, timeout_s: float) -> RealtimeSocket:
+        """Open ``url`` with ``Authorization: Bearer api_key``.
+
+        Raises:
+            OSError: the service could not be reached (aiohttp's connector errors are OSErrors).
+            aiohttp.ClientError: the handshake was refused (``WSServerHandshakeError`` with the
+                HTTP status) or the URL is invalid.
+            TimeoutError: no open socket within ``timeout_s``.
+        """
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None),  # each connect has its own deadline
+                trust_env=True,
+            )
+        async with asyncio.timeout(timeout_s):
+            ws = await self._session.ws_connect(
+                url,
+                headers={"Authorization": f"Bearer {api_key}"},
+                max_msg_size=MAX_MESSAGE_BYTES,
+                compress=0,
+                autoping=True,
+                heartbeat=HEARTBEAT_S,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
+                decode_text=False,
+            )
+        return RealtimeSocket(ws)
+
+    async def close(self) -> None:
+        """Close the connection pool (the calls' sockets are closed by the calls)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
