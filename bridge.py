@@ -332,14 +332,16 @@ class GoodbyeState(enum.StrEnum):
 
 
 class Goodbye:
-    """The goodbye after ``end_call``: an explicit state and one event that wakes the waiter on
-    every state change and every movement of the phone's playback."""
+    """The goodbye after ``end_call``: an explicit state, one event set when a goodbye begins, and
+    one that wakes ``wait_until``'s waiters on every state change and every movement of the phone's
+    playback."""
 
     def __init__(self) -> None:
         self.state = GoodbyeState.NONE
         self.reason: str | None = None
         self.response_id: str | None = None
         self._changed = asyncio.Event()
+        self._begun = asyncio.Event()
 
     def request(self, reason: str, by_model: bool = True) -> bool:
         """``end_call`` ran (``by_model``), or the relay ends the call with a closing line. False when
@@ -378,6 +380,11 @@ class Goodbye:
         """A mark was echoed or the queue cleared: wake the waiter to look again."""
         self._changed.set()
 
+    async def begun(self) -> None:
+        """Return once a goodbye is requested. (Its own event: the mark echoes, 50 a second, wake
+        only ``wait_until``'s waiters, and there are none until the call is ending.)"""
+        await self._begun.wait()
+
     async def wait_until(self, done: Callable[[], bool]) -> None:
         """Return once ``done()`` is true, looking again at each change. Safe to cancel."""
         while not done():
@@ -386,6 +393,7 @@ class Goodbye:
 
     def _enter(self, state: GoodbyeState) -> None:
         self.state = state
+        self._begun.set()
         self._changed.set()
 
 
@@ -1229,7 +1237,7 @@ class Call:
         ``GOODBYE_MARGIN_S``), not from the tool call.
         """
         goodbye = self.goodbye
-        await goodbye.wait_until(lambda: goodbye.state is not GoodbyeState.NONE)
+        await goodbye.begun()
         try:
             async with asyncio.timeout(GOODBYE_RESPONSE_TIMEOUT_S):
                 await goodbye.wait_until(lambda: goodbye.state is GoodbyeState.SPOKEN)

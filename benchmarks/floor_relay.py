@@ -5,8 +5,10 @@ It answers the voice webhook with a ``<Connect><Stream>``, opens one Realtime we
 ``input_audio_buffer.append`` and each ``response.output_audio.delta`` as a Twilio ``media`` plus a
 ``mark``, and ignores everything else: no playback accounting, no barge-in, no tools, no checks.
 The load benchmark runs it beside ``relay.py`` so every figure is a ratio to this floor.
+With ``FLOOR_FAST=1`` it runs on uvloop and encodes and parses with orjson (frames as bytes), as
+``relay.py`` does: the floor of the same toolbox.
 
-Run: ``PORT=5060 OPENAI_REALTIME_URL=ws://... python benchmarks/floor_relay.py``
+Run: ``PORT=5060 OPENAI_REALTIME_URL=ws://... [FLOOR_FAST=1] python benchmarks/floor_relay.py``
 """
 
 from __future__ import annotations
@@ -14,11 +16,30 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
-SESSION_UPDATE = json.dumps({"type": "session.update", "session": {
+FAST = os.environ.get("FLOOR_FAST") == "1"
+if FAST:
+    import orjson
+    import uvloop
+
+    dumps: Callable[[Any], str | bytes] = orjson.dumps
+    loads: Callable[[str | bytes], Any] = orjson.loads
+else:
+    dumps, loads = json.dumps, json.loads
+
+
+async def send(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, message: str | bytes) -> None:
+    if type(message) is bytes:
+        await ws.send_frame(message, WSMsgType.TEXT)
+    else:
+        await ws.send_str(message)  # type: ignore[arg-type]
+
+SESSION_UPDATE = dumps({"type": "session.update", "session": {
     "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}},
                                   "output": {"format": {"type": "audio/pcmu"}}}}})
 
@@ -31,7 +52,7 @@ async def incoming_call(request: web.Request) -> web.Response:
 
 
 async def media_stream(request: web.Request) -> web.WebSocketResponse:
-    phone = web.WebSocketResponse(compress=False, max_msg_size=65536)
+    phone = web.WebSocketResponse(compress=False, max_msg_size=65536, decode_text=not FAST)
     await phone.prepare(request)
     http: aiohttp.ClientSession = request.app["http"]
     url = os.environ["OPENAI_REALTIME_URL"]
@@ -39,36 +60,36 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
     upstream: aiohttp.ClientWebSocketResponse | None = None
     pump: asyncio.Task[None] | None = None
     marks = 0
-    held: list[str] = []
+    held: list[str | bytes] = []
 
     async def from_openai(ws: aiohttp.ClientWebSocketResponse) -> None:
         nonlocal marks
         async for msg in ws:
-            event = json.loads(msg.data)
+            event = loads(msg.data)
             if event.get("type") == "response.output_audio.delta":
                 marks += 1
-                await phone.send_str(json.dumps({"event": "media", "streamSid": stream_sid,
-                                                 "media": {"payload": event["delta"]}}))
-                await phone.send_str(json.dumps({"event": "mark", "streamSid": stream_sid,
-                                                 "mark": {"name": str(marks)}}))
+                await send(phone, dumps({"event": "media", "streamSid": stream_sid,
+                                         "media": {"payload": event["delta"]}}))
+                await send(phone, dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": str(marks)}}))
 
     try:
         async for msg in phone:
-            event = json.loads(msg.data)
+            event = loads(msg.data)
             kind = event.get("event")
             if kind == "media":
-                append = json.dumps({"type": "input_audio_buffer.append", "audio": event["media"]["payload"]})
+                append = dumps({"type": "input_audio_buffer.append", "audio": event["media"]["payload"]})
                 if upstream is None:
                     held.append(append)  # before the upstream is open: held, not lost
                 else:
-                    await upstream.send_str(append)
+                    await send(upstream, append)
             elif kind == "start":
                 stream_sid = event["start"]["streamSid"]
-                upstream = await http.ws_connect(url, headers={"Authorization": "Bearer sk-floor"}, compress=0)
-                await upstream.send_str(SESSION_UPDATE)
-                await upstream.send_str(json.dumps({"type": "response.create"}))
+                upstream = await http.ws_connect(url, headers={"Authorization": "Bearer sk-floor"}, compress=0,
+                                                 decode_text=not FAST)
+                await send(upstream, SESSION_UPDATE)
+                await send(upstream, dumps({"type": "response.create"}))
                 for append in held:
-                    await upstream.send_str(append)
+                    await send(upstream, append)
                 pump = asyncio.create_task(from_openai(upstream))
             elif kind == "stop":
                 break
@@ -91,7 +112,8 @@ def main() -> None:
     app.cleanup_ctx.append(_http)
     app.router.add_post("/incoming-call", incoming_call)
     app.router.add_get("/media-stream", media_stream)
-    web.run_app(app, host="127.0.0.1", port=int(os.environ.get("PORT", "5060")), print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=int(os.environ.get("PORT", "5060")), print=None, access_log=None,
+                loop=uvloop.new_event_loop() if FAST else None)
 
 
 if __name__ == "__main__":

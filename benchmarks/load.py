@@ -1,15 +1,18 @@
 """Capacity: CPU, memory and latency per call of ``python relay.py`` against a floor relay, under N calls.
 
 Run: python benchmarks/load.py [--calls 50,100,150,200,300] [--seconds 10] [--workers 1]
+         [--relays relay.py,floor,floor-fast] [--compress]
 
 For each relay (this project's ``relay.py``, started as a user starts it, and
-``benchmarks/floor_relay.py``, the least a relay can do) and each N, in interleaved order:
+``benchmarks/floor_relay.py``, the least a relay can do: ``floor`` on asyncio's loop and stdlib
+JSON, ``floor-fast`` on uvloop and orjson as ``relay.py`` is) and each N, in interleaved order:
 
 - a fast Realtime stand-in (``--role upstream``, its own process) answers ``session.update`` and
   ``response.create``, then streams one 20 ms ``response.output_audio.delta`` per call every 20 ms;
 - N Twilio callers (``--role callers``, their own process) POST the voice webhook, open the media
   stream, send a 20 ms ``media`` frame per call on a monotonic clock and echo each ``mark`` when
-  the audio before it has played, as Twilio does.
+  the audio before it has played, as Twilio does. With ``--compress`` they offer permessage-deflate
+  (a relay that accepts it pays for a compressor per socket).
 
 Every payload carries its send time (CLOCK_MONOTONIC, shared by the processes) and a sequence
 number, so the one-way latency relay-in to relay-out is measured both ways and every lost frame is
@@ -175,25 +178,26 @@ class Call:
     """Marks to echo: (when the audio before it has played, name)."""
 
 
-async def place_call(http: aiohttp.ClientSession, relay: str) -> Call:
+async def place_call(http: aiohttp.ClientSession, relay: str, compress: bool) -> Call:
     from standin_phone import Twilio
 
     twilio = Twilio()
     form = twilio.webhook("+14155550100")
     async with http.post(relay + "/incoming-call", data=form) as resp:
         answer = twilio.read_answer(await resp.text())
-    ws = await http.ws_connect(answer.stream_url, compress=0, autoping=True, max_msg_size=1 << 20)
+    ws = await http.ws_connect(answer.stream_url, compress=15 if compress else 0, autoping=True,
+                               max_msg_size=1 << 20)
     for message in twilio.opening(answer):
         await ws.send_str(message)
     return Call(ws, twilio.messages.stream_sid)
 
 
-async def run_callers(relay: str, calls: int, seconds: float, warmup: float) -> dict[str, Any]:
+async def run_callers(relay: str, calls: int, seconds: float, warmup: float, compress: bool) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         live: list[Call] = []
         for _ in range(calls):  # a ramp: 4 ms apart
-            live.append(await place_call(http, relay))
+            live.append(await place_call(http, relay, compress))
             await asyncio.sleep(0.004)
         t0 = time.monotonic() + warmup
         t1 = t0 + seconds
@@ -265,6 +269,7 @@ async def run_callers(relay: str, calls: int, seconds: float, warmup: float) -> 
             "received": sum(c.gaps.seen for c in live),
             "sent": sum(c.seq for c in live),
             "lag_p99_ms": window_lag[int(len(window_lag) * 0.99)] * 1000 if window_lag else 0.0,
+            "compressed": sum(1 for c in live if c.ws.compress),
             "t0_ns": t0_ns, "t1_ns": t1_ns,
         }
 
@@ -344,13 +349,15 @@ class Point:
     lost: int
     lag_p99_ms: float
     others_pct: float
+    compressed: int
+    """Calls whose media stream the relay accepted with permessage-deflate."""
 
     @property
     def passed(self) -> bool:
         return self.up_p99 <= 20 and self.down_p99 <= 20 and self.lost == 0
 
 
-async def measure(kind: str, calls: int, seconds: float, workers: int) -> Point:
+async def measure(kind: str, calls: int, seconds: float, workers: int, compress: bool) -> Point:
     """One point: a fresh upstream, relay and callers; the relay's CPU and RSS over the window."""
     from simulate import free_port  # the orchestrator only: the callers and the stand-in stay light
 
@@ -361,7 +368,7 @@ async def measure(kind: str, calls: int, seconds: float, workers: int) -> Point:
                OPENAI_API_KEY="sk-load-benchmark", OPENAI_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
                PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Load",
                MAX_CALLS=str(calls + 50), WORKERS=str(workers), LOG_LEVEL="WARNING", TRANSCRIPTION_MODEL="off",
-               LOG_TRANSCRIPTS="false")
+               LOG_TRANSCRIPTS="false", FLOOR_FAST="1" if kind == "floor-fast" else "")
     script = ROOT / ("relay.py" if kind == "relay.py" else "benchmarks/floor_relay.py")
     relay = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT / "benchmarks",  # noqa: ASYNC220
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -374,7 +381,8 @@ async def measure(kind: str, calls: int, seconds: float, workers: int) -> Point:
         rss0 = rss_kib(pids)
         callers = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--role", "callers", "--relay", f"http://127.0.0.1:{relay_port}",
-            "--calls", str(calls), "--seconds", str(seconds), stdout=subprocess.PIPE)
+            "--calls", str(calls), "--seconds", str(seconds), *(["--compress"] if compress else []),
+            stdout=subprocess.PIPE)
         assert callers.stdout is not None
         t0, t1 = json.loads(await callers.stdout.readline())["window"]
         await asyncio.sleep(max(0.0, t0 - time.monotonic()))
@@ -411,6 +419,7 @@ async def measure(kind: str, calls: int, seconds: float, workers: int) -> Point:
         lost=int(up["lost"]) + int(result["lost"]),
         lag_p99_ms=result["lag_p99_ms"],
         others_pct=max(0.0, others / TICKS / window * 100),
+        compressed=int(result["compressed"]),
     )
 
 
@@ -425,37 +434,41 @@ def report(points: list[Point]) -> None:
             print(f"  warning: the callers fell behind their schedule (p99 {p.lag_p99_ms:.1f} ms late)")
         if p.others_pct > 15:
             print(f"  warning: other processes used {p.others_pct:.0f}% of a core during this point")
-    kinds = sorted({p.relay for p in points}, key=lambda k: k != "relay.py")
+        if p.compressed:
+            print(f"  note: {p.compressed} of {p.calls} media streams were accepted with permessage-deflate")
+    kinds = [k for k in ("relay.py", "floor", "floor-fast") if any(p.relay == k for p in points)]
     best = {k: max((p.calls for p in points if p.relay == k and p.passed), default=0) for k in kinds}
     print()
     for k in kinds:
         print(f"largest passing N ({k}): {best[k]}")
-    if "relay.py" in best and "floor" in best:
-        ours = {p.calls: p for p in points if p.relay == "relay.py"}
-        floor = {p.calls: p for p in points if p.relay == "floor"}
+    if "relay.py" not in best:
+        return
+    ours = {p.calls: p for p in points if p.relay == "relay.py"}
+    print(f"RSS per call, relay.py: {statistics.median(p.rss_kib_per_call for p in ours.values()):.0f} KiB "
+          "(median; target <= 64)")
+    for kind in kinds[1:]:
+        floor = {p.calls: p for p in points if p.relay == kind}
         shared = sorted(set(ours) & set(floor))
         # Only where both held their latency: a saturated relay's CPU per call is one core / N, not its cost.
         ratios = [ours[n].cpu_pct_per_call / floor[n].cpu_pct_per_call for n in shared
                   if ours[n].passed and floor[n].passed and floor[n].cpu_pct_per_call > 0]
         if ratios:
-            print(f"CPU per call, relay.py / floor: {statistics.median(ratios):.2f} (median over the N both passed; "
-                  "target <= 1.25)")
+            print(f"CPU per call, relay.py / {kind}: {statistics.median(ratios):.2f} (median over the N both "
+                  "passed; target <= 1.25)")
         else:
-            print("CPU per call, relay.py / floor: no N at which both passed")
-        if best["floor"]:
-            print(f"largest passing N, relay.py / floor: {best['relay.py'] / best['floor']:.2f} (target >= 0.8)")
-        rss = [ours[n].rss_kib_per_call for n in shared]
-        if rss:
-            print(f"RSS per call, relay.py: {statistics.median(rss):.0f} KiB (target <= 64)")
+            print(f"CPU per call, relay.py / {kind}: no N at which both passed")
+        if best[kind]:
+            print(f"largest passing N, relay.py / {kind}: {best['relay.py'] / best[kind]:.2f} (target >= 0.8)")
 
 
-async def orchestrate(calls: list[int], seconds: float, workers: int, relays: list[str]) -> None:
+async def orchestrate(calls: list[int], seconds: float, workers: int, relays: list[str], compress: bool) -> None:
     print(f"load benchmark: {seconds:g} s per point, N = {', '.join(map(str, calls))}, "
-          f"relays: {', '.join(relays)}, WORKERS={workers}, {os.cpu_count()} CPUs", flush=True)
+          f"relays: {', '.join(relays)}, WORKERS={workers}, {os.cpu_count()} CPUs"
+          f"{', callers offer permessage-deflate' if compress else ''}", flush=True)
     points = []
     for n in calls:
         for kind in relays:
-            point = await measure(kind, n, seconds, workers)
+            point = await measure(kind, n, seconds, workers, compress)
             points.append(point)
             print(f"  {kind:<10} N={n:<4} CPU {point.cpu_pct_per_call:.3f} %/call, p99 up {point.up_p99:.1f} ms "
                   f"down {point.down_p99:.1f} ms, lost {point.lost}", flush=True)
@@ -467,7 +480,9 @@ def main() -> None:
     parser.add_argument("--calls", default="50,100,150,200,300", help="comma-separated numbers of calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
     parser.add_argument("--workers", type=int, default=1, help="WORKERS for relay.py")
-    parser.add_argument("--relays", default="relay.py,floor", help="which relays to measure")
+    parser.add_argument("--relays", default="relay.py,floor", help="which relays to measure: relay.py, floor, "
+                        "floor-fast (the floor on uvloop and orjson)")
+    parser.add_argument("--compress", action="store_true", help="callers offer permessage-deflate")
     parser.add_argument("--role", choices=["upstream", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--relay", help=argparse.SUPPRESS)
@@ -475,11 +490,16 @@ def main() -> None:
     if args.role == "upstream":
         run_upstream(args.port)
     elif args.role == "callers":
-        result = asyncio.run(run_callers(args.relay, int(args.calls), args.seconds, warmup=2.0))
+        result = asyncio.run(run_callers(args.relay, int(args.calls), args.seconds, warmup=2.0,
+                                         compress=args.compress))
         print(json.dumps(result), flush=True)
     else:
         relays = [r.strip() for r in args.relays.split(",")]
-        asyncio.run(orchestrate([int(n) for n in args.calls.split(",")], args.seconds, args.workers, relays))
+        unknown = set(relays) - {"relay.py", "floor", "floor-fast"}
+        if unknown:
+            parser.error(f"unknown relay {', '.join(sorted(unknown))}")
+        asyncio.run(orchestrate([int(n) for n in args.calls.split(",")], args.seconds, args.workers, relays,
+                                args.compress))
 
 
 if __name__ == "__main__":
