@@ -94,7 +94,7 @@ class Config:
 
     openai_api_key: str = field(repr=False)
     port: int = 10000
-    max_calls: int = 100
+    max_calls: int = 150
     """Calls one process takes at once; beyond it the webhook answers busy (``capacity.Capacity``)."""
     workers: int = 1
     """Processes serving the port (``workers.py``); each takes ``max_calls`` and drains on its own."""
@@ -156,7 +156,7 @@ class Config:
     log_level: str = "INFO"
     """The relay's own loggers."""
     log_level_libraries: str | None = None
-    """Every other logger (websockets, aiohttp, openai...); None: INFO, or ``log_level`` when quieter."""
+    """Every other logger (aiohttp, openai...); None: INFO, or ``log_level`` when quieter."""
     log_format: LogFormat = LogFormat.TEXT
     tools: tuple[str, ...] = tuple(TOOLS)
     """Tool names offered to the model (``TOOLS``), in ``tools.TOOLS`` order."""

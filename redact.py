@@ -191,7 +191,7 @@ def configure_logging(
 
     Args:
         level: ``LOG_LEVEL``, for the relay's own loggers (``OWN_LOGGERS``).
-        libraries_level: ``LOG_LEVEL_LIBRARIES``, for every other logger (websockets, aiohttp,
+        libraries_level: ``LOG_LEVEL_LIBRARIES``, for every other logger (aiohttp,
             openai, httpx2, twilio...); None: INFO, or ``level`` when that is quieter. Libraries'
             DEBUG lines carry whole frames and headers, so they are off unless asked for.
         json_lines: ``LOG_FORMAT=json``.
