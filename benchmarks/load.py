@@ -37,6 +37,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -375,6 +376,7 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
     from simulate import free_port  # the orchestrator only: the callers and the stand-in stay light
 
     up_port, relay_port = free_port(), free_port()
+    out = Path(tempfile.gettempdir()) / f"load-callers-{os.getpid()}.json"
     upstream = subprocess.Popen([sys.executable, __file__, "--role", "upstream", "--port", str(up_port)])  # noqa: ASYNC220
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     env.update(PORT=str(relay_port), PUBLIC_URL=f"http://127.0.0.1:{relay_port}", OPENAI_REALTIME_URL=f"ws://127.0.0.1:{up_port}/v1/realtime",
@@ -398,7 +400,7 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
         callers = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--role", "callers", "--relay", f"http://127.0.0.1:{relay_port}",
             "--calls", str(calls), "--seconds", str(seconds), *(["--compress"] if compress else []),
-            stdout=subprocess.PIPE)
+            "--out", str(out), stdout=subprocess.PIPE)
         assert callers.stdout is not None
         t0, t1 = json.loads(await callers.stdout.readline())["window"]
         await asyncio.sleep(max(0.0, t0 - time.monotonic()))
@@ -408,12 +410,14 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
         await asyncio.sleep(max(0.0, t1 - time.monotonic()))
         c1, s1, b1 = cpu_ticks(pids), cpu_ticks(side), busy_ticks()
         rss1 = rss_kib(family(relay.pid))
-        result = json.loads(await callers.stdout.read())
-        await callers.wait()
+        if await callers.wait() != 0:
+            raise RuntimeError(f"the callers' process failed (exit {callers.returncode})")
+        result = json.loads(out.read_text())
         async with aiohttp.ClientSession() as http, http.get(
                 f"http://127.0.0.1:{up_port}/stats", params={"t0": result["t0_ns"], "t1": result["t1_ns"]}) as resp:
             up = await resp.json()
     finally:
+        out.unlink(missing_ok=True)
         for proc in (relay, upstream):
             proc.send_signal(signal.SIGINT)
         for proc in (relay, upstream):
@@ -510,6 +514,7 @@ def main() -> None:
     parser.add_argument("--role", choices=["upstream", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--relay", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port)
@@ -517,8 +522,7 @@ def main() -> None:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             result = runner.run(run_callers(args.relay, int(args.calls), args.seconds, warmup=2.0,
                                             compress=args.compress))
-        os.set_blocking(sys.stdout.fileno(), True)  # the loop may have left the pipe non-blocking
-        print(json.dumps(result), flush=True)
+        Path(args.out).write_text(json.dumps(result))  # megabytes: a file, not the pipe
     else:
         relays = [r.strip() for r in args.relays.split(",")]
         unknown = [r for r in relays if r not in ("relay.py", "floor", "floor-fast")
