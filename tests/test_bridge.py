@@ -87,6 +87,7 @@ async def test_whole_call_protocol(stack: contextlib.AsyncExitStack, http: aioht
     headers = standin.handshake_headers[0]
     assert headers["Authorization"] == "Bearer " + make_config().openai_api_key
     assert "OpenAI-Beta" not in headers
+    assert "Sec-WebSocket-Extensions" not in headers  # no permessage-deflate offered upstream
     await leg.stop()
     await leg.closed()
 

@@ -18,6 +18,7 @@ import realtime_ws
 from bridge import Call, Stats
 from protocol import PhoneStart
 from standin_openai import AssistantTurn
+from standin_phone import Twilio
 
 
 async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: contextlib.AsyncExitStack,
@@ -226,3 +227,19 @@ async def test_a_caller_that_stops_reading_is_dropped_with_bounded_memory(stack:
     other = await RawLeg.open(http, base)
     await other.start()
     assert await other.recv_kind() is not None
+
+
+async def test_a_caller_offering_compression_gets_plain_frames(stack: contextlib.AsyncExitStack,
+                                                               http: aiohttp.ClientSession) -> None:
+    """A media-stream client that offers permessage-deflate is answered without it (accepting would cost a
+    compressor per call: ~250 KiB and a fifth more CPU in the capacity issue's measurement), and the call runs.
+    (Both networks' streams are accepted by the same ``relay._bridge``.)"""
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 1600)])
+    base = await start_relay(stack, make_config(url))
+    ws = await http.ws_connect(base.replace("http://", "ws://") + "/media-stream", compress=15)
+    leg = RawLeg(ws, Twilio())
+    assert ws.compress == 0
+    await leg.start()
+    assert len(await leg.listen(1600)) == 1600
+    await leg.stop()
+    assert await leg.closed() is not None
