@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.request
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
@@ -98,7 +100,7 @@ class RealtimeClient:
     """Opens Realtime websockets for every call of this process over one aiohttp session: one
     DNS cache and TLS setup, no limit on concurrent sockets (``MAX_CALLS`` bounds the calls), no
     compression (it would cost memory and CPU on every frame). Proxies come from the environment
-    (``HTTPS_PROXY``, ``NO_PROXY``) as for the OpenAI SDK. Close it at shutdown."""
+    (``env_proxy``), as for the OpenAI SDK. Close it at shutdown."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -116,7 +118,9 @@ class RealtimeClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=None),  # each connect has its own deadline
-                trust_env=True,
+                # Not trust_env: it also applies ~/.netrc, whose credentials aiohttp refuses beside our
+                # Authorization header; the proxy is read by env_proxy instead.
+                trust_env=False,
             )
         async with asyncio.timeout(timeout_s):
             ws = await self._session.ws_connect(
@@ -128,6 +132,7 @@ class RealtimeClient:
                 heartbeat=HEARTBEAT_S,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
                 decode_text=False,
+                proxy=env_proxy(url),
             )
         return RealtimeSocket(ws)
 
@@ -136,3 +141,15 @@ class RealtimeClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def env_proxy(url: str) -> str | None:
+    """The HTTP proxy the environment names for ``url`` (``WSS_PROXY``/``HTTPS_PROXY`` for wss,
+    ``WS_PROXY``/``HTTP_PROXY`` for ws, upper or lower case), or None: none set, or the host is in
+    ``NO_PROXY``. Read with the standard library's ``urllib.request`` rules, as ``websockets`` did."""
+    parts = urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    secure = parts.scheme == "wss"
+    return proxies.get("wss" if secure else "ws") or proxies.get("https" if secure else "http")
