@@ -19,7 +19,7 @@ from support import RawLeg, make_config, speech, start_relay, start_standin, unt
 import console
 import simulate
 from simulate import Scenario
-from standin_openai import AssistantTurn
+from standin_openai import AssistantTurn, RealtimeStandIn
 from standin_phone import CallerTurn
 from tokens import feed_ticket
 
@@ -28,6 +28,24 @@ GREETING = bytes(range(0x10, 0x60)) * 30
 LONG = bytes(range(0x20, 0x70)) * 400  # 4 s: long enough to be interrupted
 ANSWER = bytes(range(0x30, 0x78)) * 20
 LONG_TEXT = "Paris began as a Celtic village on an island in the Seine river."
+GREETING_TEXT = "Hello Jordan, how can I help?"
+
+
+async def start_console_call(stack: contextlib.AsyncExitStack, token: str, long_text: str, answer_text: str,
+                             caller_texts: list[str]) -> tuple[RealtimeStandIn, str]:
+    """A relay with the console on (``token``) and the console tests' call script: the greeting (``GREETING``,
+    ``GREETING_TEXT``), a long answer for the caller to cut in on (``LONG``, ``long_text``), a microphone switch
+    (``update_mic_distance``) and the answer after it (``ANSWER``, ``answer_text``); the stand-in transcribes the
+    caller's two utterances as ``caller_texts``. Returns the stand-in and the relay's base URL."""
+    standin, url = await start_standin(stack, [
+        AssistantTurn(ulaw=GREETING, transcript=GREETING_TEXT),
+        AssistantTurn(ulaw=LONG, transcript=long_text),
+        AssistantTurn(function_calls=[("update_mic_distance", {"mode": "far_field"})]),
+        AssistantTurn(ulaw=ANSWER, transcript=answer_text),
+    ])
+    standin.caller_transcripts = caller_texts
+    base = await start_relay(stack, make_config(url, console_token=token, tools=("update_mic_distance",)))
+    return standin, base
 
 
 def _auth(password: str = TOKEN) -> dict[str, str]:
@@ -83,14 +101,8 @@ async def test_the_feed_follows_a_call(stack: contextlib.AsyncExitStack, http: a
     """During a call: started, both sides' transcripts (deltas, then the finished text), the barge-in with the heard
     and unheard parts of the cut answer, a tool call, the end with its reason; a watcher that connects mid-call
     gets the call's state first; each finished turn is one INFO log line."""
-    standin, url = await start_standin(stack, [
-        AssistantTurn(ulaw=GREETING, transcript="Hello Jordan, how can I help?"),
-        AssistantTurn(ulaw=LONG, transcript=LONG_TEXT),
-        AssistantTurn(function_calls=[("update_mic_distance", {"mode": "far_field"})]),
-        AssistantTurn(ulaw=ANSWER, transcript="Done, I switched to the speakerphone setting."),
-    ])
-    standin.caller_transcripts = ["Tell me about Paris.", "Sorry, I am on speakerphone."]
-    base = await start_relay(stack, make_config(url, console_token=TOKEN, tools=("update_mic_distance",)))
+    _standin, base = await start_console_call(stack, TOKEN, LONG_TEXT, "Done, I switched to the speakerphone setting.",
+                                              ["Tell me about Paris.", "Sorry, I am on speakerphone."])
     feed = await _feed(http, base)
     assert (await _next(feed, "snapshot"))["calls"] == []
     leg = await RawLeg.open(http, base)

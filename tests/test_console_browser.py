@@ -15,9 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import ROOT, RawLeg, make_config, start_relay, start_standin, until
-
-from standin_openai import AssistantTurn
+from support import ROOT, RawLeg, until
+from test_console import GREETING, start_console_call
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"):
@@ -30,9 +29,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 TOKEN = "console-" + "b" * 24
-GREETING = bytes(range(0x10, 0x60)) * 30
-LONG = bytes(range(0x20, 0x70)) * 400
-ANSWER = bytes(range(0x30, 0x78)) * 20
 LONG_TEXT = "Paris began as a Celtic village on an island in the Seine, more than two thousand years ago."
 SCREENSHOT = ROOT / "docs" / "console.png"
 
@@ -65,14 +61,9 @@ def _texts(driver: webdriver.Chrome, css: str) -> list[str]:
 
 async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib.AsyncExitStack,
                                                                 http: aiohttp.ClientSession, tmp_path: Path) -> None:
-    standin, url = await start_standin(stack, [
-        AssistantTurn(ulaw=GREETING, transcript="Hello Jordan, how can I help?"),
-        AssistantTurn(ulaw=LONG, transcript=LONG_TEXT),
-        AssistantTurn(function_calls=[("update_mic_distance", {"mode": "far_field"})]),
-        AssistantTurn(ulaw=ANSWER, transcript="Done: I have switched to the speakerphone setting."),
-    ])
-    standin.caller_transcripts = ["Tell me about the history of Paris.", "Sorry, I'm on speakerphone."]
-    base = await start_relay(stack, make_config(url, console_token=TOKEN, tools=("update_mic_distance",)))
+    standin, base = await start_console_call(
+        stack, TOKEN, LONG_TEXT, "Done: I have switched to the speakerphone setting.",
+        ["Tell me about the history of Paris.", "Sorry, I'm on speakerphone."])
     driver = await _in_thread(_browser)
     stack.callback(driver.quit)
     credentials = base64.b64encode(f"operator:{TOKEN}".encode()).decode()
