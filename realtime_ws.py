@@ -87,10 +87,6 @@ class RealtimeSocket:
         await self._ws.close()
 
     @property
-    def closed(self) -> bool:
-        return self._ws.closed
-
-    @property
     def close_code(self) -> int | None:
         """The close code once closed (the service's, or 1006 for a dropped connection)."""
         return self._ws.close_code

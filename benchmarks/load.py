@@ -378,15 +378,14 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
     up_port, relay_port = free_port(), free_port()
     out = Path(tempfile.gettempdir()) / f"load-callers-{os.getpid()}.json"
     upstream = subprocess.Popen([sys.executable, __file__, "--role", "upstream", "--port", str(up_port)])  # noqa: ASYNC220
+    ours = kind.startswith("relay.py")
+    workers = int(kind.partition(":")[2] or 1) if ours else 1
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    env.update(PORT=str(relay_port), PUBLIC_URL=f"http://127.0.0.1:{relay_port}", OPENAI_REALTIME_URL=f"ws://127.0.0.1:{up_port}/v1/realtime",
+    env.update(WORKERS=str(workers), PORT=str(relay_port), PUBLIC_URL=f"http://127.0.0.1:{relay_port}", OPENAI_REALTIME_URL=f"ws://127.0.0.1:{up_port}/v1/realtime",
                OPENAI_API_KEY="sk-load-benchmark", OPENAI_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
                PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Load",
                MAX_CALLS=str(calls + 50), LOG_LEVEL="WARNING", TRANSCRIPTION_MODEL="off",
                LOG_TRANSCRIPTS="false", FLOOR_FAST="1" if kind == "floor-fast" else "")
-    ours = kind.startswith("relay.py")
-    workers = int(kind.partition(":")[2] or 1) if ours else 1
-    env["WORKERS"] = str(workers)
     script = ROOT / ("relay.py" if ours else "benchmarks/floor_relay.py")
     relay = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT / "benchmarks",  # noqa: ASYNC220
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -77,14 +77,15 @@ class RawLeg:
     @classmethod
     async def open(cls, http: aiohttp.ClientSession, base_url: str, path: str | None = None,
                    headers: dict[str, str] | None = None, network: Twilio | Plivo | None = None,
-                   auth_token: str | None = None) -> RawLeg:
-        """Open the network's media websocket (signed with ``auth_token`` when given)."""
+                   auth_token: str | None = None, compress: int = 0) -> RawLeg:
+        """Open the network's media websocket (signed with ``auth_token`` when given; offering
+        permessage-deflate with ``compress``, a zlib window size such as 15)."""
         network = network or Twilio()
         path = path or ("/media-stream" if isinstance(network, Twilio) else "/plivo/media-stream")
         url = base_url.replace("http://", "ws://") + path
         if auth_token:
             headers = {**network.sign(auth_token, "GET", network.handshake_url(url), {}), **(headers or {})}
-        return cls(await http.ws_connect(url, headers=headers or {}), network)
+        return cls(await http.ws_connect(url, headers=headers or {}, compress=compress), network)
 
     async def send(self, event: dict[str, Any]) -> None:
         """Send any JSON object as it is (malformed frames included)."""

@@ -18,7 +18,6 @@ import realtime_ws
 from bridge import Call, Stats
 from protocol import PhoneStart
 from standin_openai import AssistantTurn
-from standin_phone import Twilio
 
 
 async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: contextlib.AsyncExitStack,
@@ -236,9 +235,8 @@ async def test_a_caller_offering_compression_gets_plain_frames(stack: contextlib
     (Both networks' streams are accepted by the same ``relay._bridge``.)"""
     _standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 1600)])
     base = await start_relay(stack, make_config(url))
-    ws = await http.ws_connect(base.replace("http://", "ws://") + "/media-stream", compress=15)
-    leg = RawLeg(ws, Twilio())
-    assert ws.compress == 0
+    leg = await RawLeg.open(http, base, compress=15)
+    assert leg.ws.compress == 0
     await leg.start()
     assert len(await leg.listen(1600)) == 1600
     await leg.stop()
