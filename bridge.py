@@ -45,7 +45,9 @@ from aiohttp import WSCloseCode
 import protocol
 import tools
 from config import AllowedCaller, Config, NoiseReduction, find_caller, mask_number
+from model.websocket import RealtimeClient, RealtimeSocket, SessionClosed
 from music import WaitingMusic
+from ops.tokens import StreamTokens
 from protocol import (
     AudioDelta,
     AudioDone,
@@ -72,8 +74,6 @@ from protocol import (
     TranscriptDone,
     Truncation,
 )
-from realtime_ws import RealtimeClient, RealtimeSocket, SessionClosed
-from tokens import StreamTokens
 from tools import ToolContext, ToolError
 from transcript import Transcript, Turn
 

@@ -39,15 +39,9 @@ from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 from dotenv import load_dotenv
 
-import phone_plivo
-import phone_twilio
 import redact
-import sms as sms_module
 import tools
-import tunnel
-import workers
 from bridge import Call, CallEvent, CallEventHook, Stats
-from capacity import Capacity, LoopErrors, raise_open_files_limit
 from config import (
     BUSY_MESSAGE,
     DRAINING_MESSAGE,
@@ -61,14 +55,19 @@ from config import (
     startup_warnings,
     welcome_message,
 )
-from console import Console, Watcher
-from metrics import CONTENT_TYPE as PROMETHEUS_TEXT
-from metrics import Metrics
+from model.websocket import RealtimeClient
 from music import load_wait_music
-from phone_ws import Dialect, WebSocketLeg
-from realtime_ws import RealtimeClient
-from sms import SmsReplies
-from tokens import StreamTokens, feed_ticket, feed_ticket_valid, operator_allowed
+from ops import tunnel, workers
+from ops.capacity import Capacity, LoopErrors, raise_open_files_limit
+from ops.console import Console, Watcher
+from ops.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
+from ops.metrics import Metrics
+from ops.tokens import StreamTokens, feed_ticket, feed_ticket_valid, operator_allowed
+from phones import plivo as phone_plivo
+from phones import sms as sms_module
+from phones import twilio as phone_twilio
+from phones.sms import SmsReplies
+from phones.websocket import Dialect, WebSocketLeg
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")

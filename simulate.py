@@ -45,7 +45,7 @@ import music
 import redact
 from audio import BYTES_PER_MS
 from config import LEVELS, Config, VadType
-from standin_openai import (
+from standins.openai_service import (
     AssistantTurn,
     RealtimeStandIn,
     WebSearchScript,
@@ -53,7 +53,7 @@ from standin_openai import (
     rest_base_url,
     serve_on_loopback,
 )
-from standin_phone import (
+from standins.phone_network import (
     DEFAULT_LINE_NOISE_DBFS,
     NETWORKS,
     CallerTurn,
@@ -63,7 +63,7 @@ from standin_phone import (
     Timeline,
     twilio_signature,
 )
-from standin_twilio_rest import twilio_rest_standin
+from standins.twilio_rest import twilio_rest_standin
 
 logger = logging.getLogger("simulate")
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import phone_twilio
 import protocol
-import standin_openai
+from phones import twilio as phone_twilio
 from protocol import PhoneAudio, Playback
-from standin_phone import TwilioMessages
+from standins import openai_service as standin_openai
+from standins.phone_network import TwilioMessages
 
 FRAME = TwilioMessages().media(os.urandom(160), 820)
 DELTA = json.dumps({"type": "response.output_audio.delta", "event_id": "event_1", "response_id": "resp_1",

@@ -192,7 +192,7 @@ class Call:
 
 
 async def place_call(http: aiohttp.ClientSession, relay: str, compress: bool) -> Call:
-    from standin_phone import Twilio
+    from standins.phone_network import Twilio
 
     twilio = Twilio()
     form = twilio.webhook("+14155550100")

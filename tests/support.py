@@ -25,13 +25,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 import audio
-import phone_plivo
 import relay
 import simulate
-import standin_openai
 from config import Config
-from standin_phone import Answer, Plivo, Twilio
-from tokens import StreamTokens
+from ops.tokens import StreamTokens
+from phones import plivo as phone_plivo
+from standins import openai_service as standin_openai
+from standins.phone_network import Answer, Plivo, Twilio
 from tools import SmtpSecurity, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent

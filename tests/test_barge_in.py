@@ -15,8 +15,8 @@ import audio
 import simulate
 from protocol import Playback, Truncation
 from simulate import Scenario
-from standin_openai import AssistantTurn
-from standin_phone import CallerTurn
+from standins.openai_service import AssistantTurn
+from standins.phone_network import CallerTurn
 
 
 def test_heard_position_from_clock_and_acks() -> None:

@@ -15,7 +15,7 @@ from support import RawLeg, make_config, process_env, relay_process, start_relay
 
 import simulate
 from config import VadType
-from standin_openai import AssistantTurn, RealtimeSession, RealtimeStandIn, client_event_problems
+from standins.openai_service import AssistantTurn, RealtimeSession, RealtimeStandIn, client_event_problems
 
 
 def _noise(n: int, seed: int) -> bytes:

@@ -12,7 +12,7 @@ from support import make_config, speech, start_standin, until
 import audio
 from bridge import Call, CallEvent, CallEventKind, Stats
 from protocol import PhoneAudio, PhoneEvent, PhoneStart, PhoneStop
-from standin_openai import AssistantTurn, client_event_problems
+from standins.openai_service import AssistantTurn, client_event_problems
 
 
 class MemoryLeg:

@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 from support import RawLeg, make_config, speech, start_relay, start_standin, until
 
-import console
 import simulate
+from ops import console
+from ops.tokens import feed_ticket
 from simulate import Scenario
-from standin_openai import AssistantTurn, RealtimeStandIn
-from standin_phone import CallerTurn
-from tokens import feed_ticket
+from standins.openai_service import AssistantTurn, RealtimeStandIn
+from standins.phone_network import CallerTurn
 
 TOKEN = "console-" + "t" * 24
 GREETING = bytes(range(0x10, 0x60)) * 30

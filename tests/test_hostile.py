@@ -14,10 +14,10 @@ from support import RawLeg, health, make_config, start_relay, start_standin, unt
 from test_bridge_memory import MemoryLeg
 
 import bridge
-import realtime_ws
 from bridge import Call, Stats
+from model import websocket as realtime_ws
 from protocol import PhoneStart
-from standin_openai import AssistantTurn
+from standins.openai_service import AssistantTurn
 
 
 async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: contextlib.AsyncExitStack,

@@ -35,10 +35,10 @@ from support import (
 import relay
 import simulate
 from config import BUSY_MESSAGE, DRAINING_MESSAGE, VadType
+from ops.tokens import operator_allowed
 from simulate import Scenario
-from standin_openai import AssistantTurn, realtime_standin
-from standin_phone import CallerTurn, Twilio
-from tokens import operator_allowed
+from standins.openai_service import AssistantTurn, realtime_standin
+from standins.phone_network import CallerTurn, Twilio
 
 GREETING = bytes(range(0x10, 0x60)) * 20  # 200 ms, no silence byte
 ANSWER = bytes(range(0x20, 0x70)) * 20

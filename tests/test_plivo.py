@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from support import CALLER, RawLeg, make_config, start_relay, start_standin, until
 
-import phone_plivo
 from bridge import keypad_text
+from phones import plivo as phone_plivo
 from protocol import MalformedFrame, PhoneAudio, PhoneDtmf, PhoneMarkPlayed, PhoneStart, PhoneStop
-from standin_openai import AssistantTurn, RealtimeStandIn
-from standin_phone import Plivo, Twilio, plivo_signature_headers
+from standins.openai_service import AssistantTurn, RealtimeStandIn
+from standins.phone_network import Plivo, Twilio, plivo_signature_headers
 
 TOKEN = "plivo-token-for-tests"
 PUBLIC = "https://relay.example.com"

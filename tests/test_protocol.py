@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-import phone_twilio
 from bridge import Goodbye, GoodbyeState
+from phones import twilio as phone_twilio
 from protocol import (
     AudioDelta,
     AudioDone,

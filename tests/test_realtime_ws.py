@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from realtime_ws import env_proxy
+from model.websocket import env_proxy
 
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "WSS_PROXY", "WS_PROXY", "NO_PROXY", "ALL_PROXY")
 

@@ -31,7 +31,7 @@ import redact
 import relay
 import simulate
 from simulate import Scenario
-from standin_openai import AssistantTurn
+from standins.openai_service import AssistantTurn
 
 MARKERS = {
     "OPENAI_API_KEY": "sk-marker-openai-4f1c2d9e",

@@ -19,7 +19,7 @@ import bridge
 import simulate
 from bridge import replay_intro
 from config import VadType
-from standin_openai import AssistantTurn, RealtimeSession, RealtimeStandIn, WebSearchScript
+from standins.openai_service import AssistantTurn, RealtimeSession, RealtimeStandIn, WebSearchScript
 
 GREETING = bytes(range(0x10, 0x60)) * 20  # 200 ms, no byte of silence
 ANSWER = bytes(range(0x20, 0x70)) * 40

@@ -16,8 +16,8 @@ import pytest
 from support import ROOT, process_env, start_standin
 
 import audio
-from standin_openai import AssistantTurn, Vad, server_event_problems
-from standin_phone import PhonePlayback
+from standins.openai_service import AssistantTurn, Vad, server_event_problems
+from standins.phone_network import PhonePlayback
 
 CALLER_WAVS = ["caller_question", "caller_interrupt", "caller_goodbye", "caller_search"]
 

@@ -18,8 +18,8 @@ from support import ROOT, process_env
 import audio
 import simulate
 from simulate import ScenarioError, load_scenario, scenario_from_dict
-from standin_openai import Vad
-from standin_phone import LineNoise
+from standins.openai_service import Vad
+from standins.phone_network import LineNoise
 
 
 def _read_until(proc: subprocess.Popen[str], needle: str, lines: list[str]) -> None:

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from support import CALLER, make_config, start_relay, start_standin, until
 
-import sms
-from standin_openai import RealtimeStandIn, rest_base_url
-from standin_phone import twilio_signature
-from standin_twilio_rest import TwilioRestStandIn, twilio_rest_standin
+from phones import sms
+from standins.openai_service import RealtimeStandIn, rest_base_url
+from standins.phone_network import twilio_signature
+from standins.twilio_rest import TwilioRestStandIn, twilio_rest_standin
 
 ACCOUNT = "AC" + "5" * 32
 TOKEN = "twilio-token-for-sms-tests"

@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from support import CALLER, SECRET_KEY, RawLeg, make_config, start_relay, start_standin
 
-from standin_openai import AssistantTurn
-from standin_phone import Plivo, Twilio, twilio_signature
-from tokens import TOKEN_TTL_S, StreamTokens
+from ops.tokens import TOKEN_TTL_S, StreamTokens
+from standins.openai_service import AssistantTurn
+from standins.phone_network import Plivo, Twilio, twilio_signature
 
 PUBLIC = "https://relay.example.com"
 

@@ -14,8 +14,8 @@ from support import smtp_server, smtp_settings, speech
 import simulate
 from audio import SAMPLE_RATE_HZ
 from simulate import CallResult, Scenario
-from standin_openai import AssistantTurn, WebSearchScript, client_event_problems
-from standin_phone import CallerTurn, PlayedChunk
+from standins.openai_service import AssistantTurn, WebSearchScript, client_event_problems
+from standins.phone_network import CallerTurn, PlayedChunk
 
 
 def music_chunks(result: CallResult) -> list[PlayedChunk]:

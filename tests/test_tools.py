@@ -13,7 +13,7 @@ from support import smtp_server, smtp_settings, start_standin
 
 import simulate
 import tools
-from standin_openai import client_event_problems, rest_base_url
+from standins.openai_service import client_event_problems, rest_base_url
 from tools import ToolContext, ToolError
 
 ALL = tuple(tools.TOOLS)

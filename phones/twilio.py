@@ -17,7 +17,7 @@ import orjson
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from phone_ws import Dialect, parse_frame
+from phones.websocket import Dialect, parse_frame
 from protocol import MalformedFrame, PhoneEvent, PhoneStart, inner_text, peer_id
 
 logger = logging.getLogger("phone_twilio")

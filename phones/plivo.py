@@ -20,7 +20,7 @@ import orjson
 from plivo import plivoxml
 from plivo.utils.signature_v3 import construct_get_url, get_signature_v3, validate_v3_signature
 
-from phone_ws import Dialect, parse_frame
+from phones.websocket import Dialect, parse_frame
 from protocol import MalformedFrame, PhoneEvent, PhoneStart, peer_id
 
 logger = logging.getLogger("phone_plivo")

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from standin_openai import serve_on_loopback
+from standins.openai_service import serve_on_loopback
 
 
 @dataclass

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from tokens import TOKEN_TTL_S
+from ops.tokens import TOKEN_TTL_S
 
 logger = logging.getLogger("relay")
 

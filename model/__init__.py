@@ -1,0 +1,1 @@
+"""The voice-model sessions: one implementation per OpenAI voice API behind one interface."""

@@ -1,0 +1,1 @@
+"""Operations: capacity, metrics, the live console, workers, the ngrok tunnel and stream tokens."""

@@ -1,0 +1,1 @@
+"""The phone networks: each network's media-stream dialect, webhook answers and signature checks, and SMS."""
