@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -46,8 +47,7 @@ MASK = "[secure]"
 MIN_SECRET_CHARS = 4
 """Shorter values are never used as patterns: ``on`` or ``25`` would mask half the log."""
 OWN_LOGGERS = (
-    "relay", "bridge", "sms", "phone", "phone_twilio", "phone_plivo", "music", "tools", "simulate", "standin_openai",
-    "standin_phone",
+    "relay", "bridge", "phones", "model", "ops", "tools", "config", "simulate", "standins",
 )
 """The relay's loggers, set to ``LOG_LEVEL``; every other logger is a library's."""
 
@@ -231,3 +231,33 @@ def install(env: Mapping[str, str] | None = None) -> Redactor | None:
         return None
     patch_logs(env=env)
     return Redactor(secret_values(secret_keys(env), env))
+
+
+class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for one call: every line ends with ``stream_sid=...``, and records
+    carry ``stream_sid`` and ``call_sid`` as attributes for structured log formats."""
+
+    def __init__(self, logger: logging.Logger, stream_sid: str = "", call_sid: str = "") -> None:
+        super().__init__(logger, {"stream_sid": stream_sid, "call_sid": call_sid})
+        self._held: dict[str, list[float]] = {}
+        """Per kind of line: [when the next one may be written, how many were held back]."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        kwargs["extra"] = self.extra
+        return f"{msg} stream_sid={self.extra['stream_sid'] or '-'}", kwargs
+
+    def once_a_second(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        """Log at most one line of ``kind`` per second for this call; the next line written says
+        how many were held back. A peer can send events far faster than anyone can read them."""
+        if not self.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        held = self._held.get(kind)
+        if held is not None and now < held[0]:
+            held[1] += 1
+            return
+        if held is not None and held[1]:
+            msg, args = msg + " (%d more held back in the last second)", (*args, int(held[1]))
+        self._held[kind] = [now + 1.0, 0]
+        self.log(level, msg, *args)

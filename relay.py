@@ -41,7 +41,9 @@ from dotenv import load_dotenv
 
 import redact
 import tools
-from bridge import Call, CallEvent, CallEventHook, Stats
+from bridge.call import Call
+from bridge.events import CallEvent, CallEventHook, Stats
+from bridge.music import load_wait_music
 from config import (
     BUSY_MESSAGE,
     DRAINING_MESSAGE,
@@ -56,7 +58,6 @@ from config import (
     welcome_message,
 )
 from model.websocket import RealtimeClient
-from music import load_wait_music
 from ops import tunnel, workers
 from ops.capacity import Capacity, LoopErrors, raise_open_files_limit
 from ops.console import Console, Watcher

@@ -41,9 +41,9 @@ import aiohttp
 from dotenv import load_dotenv
 
 import audio
-import music
 import redact
 from audio import BYTES_PER_MS
+from bridge import music
 from config import LEVELS, Config, VadType
 from standins.openai_service import (
     AssistantTurn,

@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import protocol
+from bridge.playback import Playback, b64_decoded_len
+from model import realtime_wire
 from phones import twilio as phone_twilio
-from protocol import PhoneAudio, Playback
+from phones.leg import PhoneAudio
 from standins import openai_service as standin_openai
 from standins.phone_network import TwilioMessages
 
@@ -37,13 +38,13 @@ DELTA = json.dumps({"type": "response.output_audio.delta", "event_id": "event_1"
 def inbound() -> str:
     event = phone_twilio.parse_message(FRAME)
     assert type(event) is PhoneAudio
-    return protocol.input_audio_append(event.payload)
+    return realtime_wire.input_audio_append(event.payload)
 
 
 def inbound_validated() -> str:
     event = phone_twilio.parse_message(FRAME)
     assert type(event) is PhoneAudio
-    out = json.loads(protocol.input_audio_append(event.payload))
+    out = json.loads(realtime_wire.input_audio_append(event.payload))
     assert not standin_openai.client_event_problems(out)
     return json.dumps(out)
 
@@ -52,9 +53,9 @@ PLAYBACK = Playback()
 
 
 def outbound(raw: str = DELTA) -> tuple[str, str]:
-    event = protocol.parse_server_event(raw)
-    assert type(event) is protocol.AudioDelta
-    name = PLAYBACK.on_audio_sent(event.item_id, protocol.b64_decoded_len(event.payload), time.monotonic())
+    event = realtime_wire.parse_server_event(raw)
+    assert type(event) is realtime_wire.AudioDelta
+    name = PLAYBACK.on_audio_sent(event.item_id, b64_decoded_len(event.payload), time.monotonic())
     return phone_twilio.media_message("MZ1", event.payload), phone_twilio.mark_message("MZ1", name)
 
 

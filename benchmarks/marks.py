@@ -9,7 +9,7 @@ Each strategy decides how assistant audio is cut into Twilio ``media`` messages 
 - ``end-only``    one mark after the last delta of a response (the common sample's approach);
 - ``no-marks``    clock only, anchored when audio was first sent (the baseline).
 
-The relay side is the real ``protocol.Playback``; the phone is ``simulate.PhonePlayback`` (Twilio's
+The relay side is the real ``bridge.playback.Playback``; the phone is ``simulate.PhonePlayback`` (Twilio's
 documented buffer semantics). Messages reach the phone after a random one-way delay (in order, as
 over TCP) and echoes come back the same way; the phone's playback starts a random jitter-buffer
 delay after the first audio arrives. At a random moment the caller barges in: the truth is what the
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocol import Playback
+from bridge.playback import Playback
 from simulate import PhonePlayback
 
 Strategy = Callable[[int], list[int]]

@@ -1,8 +1,8 @@
-"""The Realtime websocket on aiohttp's client: one connection pool per process, JSON text frames in and out.
+"""The voice model's websocket on aiohttp's client: one connection pool per process, JSON text frames in and out.
 
-The bridge (``bridge.Call``) speaks the Realtime protocol through ``protocol``; this module only
-moves its frames. aiohttp's client replaces the ``websockets`` library on this hop: its frame
-reader and masking are compiled, a send is one call without a context manager, and text frames
+A model session (``model.realtime.RealtimeSession``) speaks its protocol through its wire module; this
+module only moves its frames, and finds a service that has stopped listening. On aiohttp's client the
+frame reader and masking are compiled, a send is one call without a context manager, and text frames
 can be sent from and read into bytes, so ``orjson`` encodes and parses them without a UTF-8 round
 trip (the per-message cost is what bounds calls per core: ``benchmarks/load.py``).
 
@@ -18,16 +18,17 @@ import urllib.request
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientWebSocketResponse, ServerTimeoutError, WSMsgType
 
-logger = logging.getLogger("bridge")
+logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 2**24
 """Largest frame accepted from the service (16 MiB; an audio delta is a few KB)."""
 HEARTBEAT_S = 5.0
-"""After this long without a frame from the service, a ping goes out; a pong must come back within
-half of it, or the socket is dead (aiohttp's heartbeat). A hung service ends within ~8 s instead of
-leaving the caller on a silent line."""
+"""A ping goes out this often, whatever the service is sending; a pong must come back within half of
+it, or the socket is dead (closed 1006). aiohttp's own heartbeat pings only after a quiet spell, so a
+service that keeps streaming audio but no longer reads would count as alive for good: this one finds
+it within ~8 s, hung or deaf, instead of leaving the caller on a dead line."""
 CLOSE_TIMEOUT_S = 2.0
 """How long a closing handshake with the service may take (a hung service never answers it)."""
 
@@ -44,13 +45,15 @@ class RealtimeSocket:
     ``close_reason`` say how it ended (1006 for a dropped connection or a missed pong).
     """
 
-    __slots__ = ("_binary_seen", "_ws", "close_reason")
+    __slots__ = ("_binary_seen", "_pinger", "_pong", "_ws", "close_reason")
 
     def __init__(self, ws: ClientWebSocketResponse) -> None:
         self._ws = ws
         self.close_reason = ""
         """The service's close reason (RFC 6455 close frame), empty when it sent none."""
         self._binary_seen = False
+        self._pong = asyncio.Event()
+        self._pinger = asyncio.create_task(self._keep_alive(), name="realtime ping")
 
     async def receive(self) -> bytes | None:
         """The next text frame's bytes, or None once the socket has closed (the service closed it,
@@ -63,6 +66,12 @@ class RealtimeSocket:
             if kind is WSMsgType.TEXT:
                 data: bytes = msg.data
                 return data
+            if kind is WSMsgType.PONG:
+                self._pong.set()
+                continue
+            if kind is WSMsgType.PING:
+                await self._ws.pong(msg.data)
+                continue
             if kind is WSMsgType.BINARY:
                 if not self._binary_seen:
                     self._binary_seen = True
@@ -70,7 +79,7 @@ class RealtimeSocket:
                 continue
             if kind is WSMsgType.CLOSE and isinstance(msg.extra, str):
                 self.close_reason = msg.extra
-            elif kind is WSMsgType.ERROR:
+            elif kind is WSMsgType.ERROR and not self.close_reason:
                 self.close_reason = f"{type(msg.data).__name__}: {msg.data}"
             return None
 
@@ -84,7 +93,30 @@ class RealtimeSocket:
 
     async def close(self) -> None:
         """Close with 1000, waiting up to ``CLOSE_TIMEOUT_S`` for the service's close frame."""
+        self._pinger.cancel()
         await self._ws.close()
+
+    async def _keep_alive(self) -> None:
+        """Every ``HEARTBEAT_S``, a ping; no pong within half of it (the service is hung, or no longer
+        reads what it is sent) ends the socket as aiohttp's own heartbeat does: closed 1006, and a
+        ``receive`` under way returns None. The pong is seen by ``receive``, which the session's reader
+        is always in between events."""
+        ws = self._ws
+        while not ws.closed:
+            await asyncio.sleep(HEARTBEAT_S)
+            self._pong.clear()
+            try:
+                async with asyncio.timeout(HEARTBEAT_S / 2):
+                    await ws.ping()
+                    await self._pong.wait()
+            except TimeoutError:
+                self.close_reason = f"no pong within {HEARTBEAT_S / 2:g} s"
+                # aiohttp's heartbeat failure path (client_ws.py): close code 1006, the connection
+                # closed, a waiting receive() handed an ERROR. No public call ends a socket this way.
+                ws._handle_ping_pong_exception(ServerTimeoutError(self.close_reason))
+                return
+            except ConnectionError:
+                return
 
     @property
     def close_code(self) -> int | None:
@@ -124,8 +156,8 @@ class RealtimeClient:
                 headers={"Authorization": f"Bearer {api_key}"},
                 max_msg_size=MAX_MESSAGE_BYTES,
                 compress=0,
-                autoping=True,
-                heartbeat=HEARTBEAT_S,
+                autoping=False,  # pings and pongs are answered and awaited by RealtimeSocket
+                heartbeat=None,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S),
                 decode_text=False,
                 proxy=env_proxy(url),
@@ -149,3 +181,8 @@ def env_proxy(url: str) -> str | None:
     proxies = urllib.request.getproxies()
     secure = parts.scheme == "wss"
     return proxies.get("wss" if secure else "ws") or proxies.get("https" if secure else "http")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception for the log: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

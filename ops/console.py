@@ -24,9 +24,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge import CallEvent, CallEventKind
+from bridge.events import CallEvent, CallEventKind
 
-logger = logging.getLogger("console")
+logger = logging.getLogger(__name__)
 
 ENDED_KEPT = 20
 """Ended calls kept for the page."""

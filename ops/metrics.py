@@ -1,27 +1,25 @@
 """``/metrics``: the relay's figures in Prometheus text format, with ``prometheus-client``.
 
-Fed by the bridge's call-event hook (``bridge.CallEvent``) and read from the live counters at scrape
+Fed by the call-event hook (``bridge.events.CallEvent``) and read from the live counters at scrape
 time, so the per-frame path pays nothing: frames are added when a call ends. Labels are bounded: a
-call's end reason is reduced to its kind (``end_call``, ``twilio stop``, ``realtime closed``...) and
-at most ``MAX_LABEL_VALUES`` distinct values are kept per label (the rest count as ``other``).
+call's end reason is its ``bridge.events.EndReason`` (``end_call``, ``phone stop``, ``model lost``...),
+and at most ``MAX_LABEL_VALUES`` distinct values are kept per label (the rest count as ``other``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from bridge import CallEvent, CallEventKind
+from bridge.events import CallEvent, CallEventKind
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """``text/plain; version=0.0.4; charset=utf-8``."""
 MAX_LABEL_VALUES = 50
 LOOP_LAG_INTERVAL_S = 0.5
-_DETAIL = re.compile(r"\s*\(.*\)$")
 
 
 class Metrics:
@@ -74,7 +72,7 @@ class Metrics:
         if kind is CallEventKind.STARTED:
             self.calls.inc()
         elif kind is CallEventKind.ENDED:
-            self.calls_ended.labels(self._bounded("reason", reason_kind(str(data.get("reason"))))).inc()
+            self.calls_ended.labels(self._bounded("reason", str(data.get("kind")))).inc()
             self.call_duration.observe(float(data.get("duration_s", 0.0)))
             counts = data.get("counts") or {}
             self.frames.labels("in").inc(int(counts.get("frames_in", 0)))
@@ -112,11 +110,3 @@ class Metrics:
             return "other"
         seen.add(value)
         return value
-
-
-def reason_kind(reason: str) -> str:
-    """A call's end reason without its free text: ``end_call: the caller said bye`` → ``end_call``,
-    ``realtime closed (1006)`` → ``realtime closed``."""
-    if reason.startswith("end_call"):
-        return "end_call"
-    return _DETAIL.sub("", reason)[:64]

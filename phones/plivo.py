@@ -20,10 +20,10 @@ import orjson
 from plivo import plivoxml
 from plivo.utils.signature_v3 import construct_get_url, get_signature_v3, validate_v3_signature
 
+from phones.leg import MalformedFrame, PhoneEvent, PhoneStart, peer_id
 from phones.websocket import Dialect, parse_frame
-from protocol import MalformedFrame, PhoneEvent, PhoneStart, peer_id
 
-logger = logging.getLogger("phone_plivo")
+logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 """Plivo's websocket message limit (Audio Streaming guide: 64 KB)."""

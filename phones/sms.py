@@ -33,7 +33,7 @@ import tools
 from config import Config, find_caller, mask_number
 from tools import ToolError
 
-logger = logging.getLogger("sms")
+logger = logging.getLogger(__name__)
 
 SMS_MAX_CHARS = 320
 THREAD_WINDOW = timedelta(hours=12)

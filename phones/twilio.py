@@ -17,10 +17,10 @@ import orjson
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from phones.leg import MalformedFrame, PhoneEvent, PhoneStart, inner_text, peer_id
 from phones.websocket import Dialect, parse_frame
-from protocol import MalformedFrame, PhoneEvent, PhoneStart, inner_text, peer_id
 
-logger = logging.getLogger("phone_twilio")
+logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 """Largest frame accepted from Twilio (a 20 ms media frame is about 300 bytes)."""

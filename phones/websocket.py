@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from protocol import (
+from phones.leg import (
     MalformedFrame,
     PhoneAudio,
     PhoneDtmf,
@@ -23,7 +23,7 @@ from protocol import (
     inner_text,
 )
 
-logger = logging.getLogger("phone")
+logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0
 """How long a closing handshake with the phone may take before the connection is dropped (a phone

@@ -11,7 +11,7 @@ import pytest
 from support import make_config
 
 import audio
-import music
+from bridge import music
 from config import ConfigError
 
 _SEG_END = (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)

@@ -13,7 +13,8 @@ from support import ROOT
 
 import audio
 import simulate
-from protocol import Playback, Truncation
+from bridge.playback import Playback
+from model.session import Truncation
 from simulate import Scenario
 from standins.openai_service import AssistantTurn
 from standins.phone_network import CallerTurn

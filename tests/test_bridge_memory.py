@@ -10,8 +10,9 @@ import json
 from support import make_config, speech, start_standin, until
 
 import audio
-from bridge import Call, CallEvent, CallEventKind, Stats
-from protocol import PhoneAudio, PhoneEvent, PhoneStart, PhoneStop
+from bridge.call import Call
+from bridge.events import CallEvent, CallEventKind, Stats
+from phones.leg import PhoneAudio, PhoneEvent, PhoneStart, PhoneStop
 from standins.openai_service import AssistantTurn, client_event_problems
 
 

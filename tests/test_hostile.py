@@ -13,10 +13,12 @@ import pytest
 from support import RawLeg, health, make_config, start_relay, start_standin, until
 from test_bridge_memory import MemoryLeg
 
-import bridge
-from bridge import Call, Stats
+from bridge import call, output, upstream
+from bridge.call import Call
+from bridge.events import Stats
+from model import realtime
 from model import websocket as realtime_ws
-from protocol import PhoneStart
+from phones.leg import PhoneStart
 from standins.openai_service import AssistantTurn
 
 
@@ -35,7 +37,7 @@ async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: conte
     await leg.start()
     started = time.monotonic()
     heard, code = await leg.until_closed(timeout=10)
-    assert code == 1011 and heard.endswith(bridge.APOLOGY_FILE.read_bytes()) and len(standin.sessions) == 2
+    assert code == 1011 and heard.endswith(upstream.APOLOGY_FILE.read_bytes()) and len(standin.sessions) == 2
     assert time.monotonic() - started < 5
     assert (await health(http, base))[1]["errors"] == 1
 
@@ -45,7 +47,7 @@ async def test_a_response_create_never_answered_ends_the_call(stack: contextlib.
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """A greeting that never comes (no response.created after response.create) ends the call with 1011."""
-    monkeypatch.setattr(bridge, "RESPONSE_CREATED_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(realtime, "RESPONSE_CREATED_TIMEOUT_S", 1.0)
     standin, url = await start_standin(stack)
     standin.ignore_response_create = True
     base = await start_relay(stack, make_config(url))
@@ -124,7 +126,7 @@ async def test_an_oversized_delta_reaches_the_phone_in_pieces(stack: contextlib.
         assert message is not None
         kinds.append(message[0])
         if message[0] == "media":
-            assert len(message[1]) <= bridge.MAX_PAYLOAD_CHARS
+            assert len(message[1]) <= output.MAX_PAYLOAD_CHARS
             audio += base64.b64decode(message[1])
     assert audio == answer
     assert kinds == ["media", "mark"] * 2 + ["media"]
@@ -134,7 +136,7 @@ async def test_an_oversized_delta_reaches_the_phone_in_pieces(stack: contextlib.
 async def test_a_silent_phone_is_hung_up(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
                                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A phone that sends no frame at all (a half-open socket: a live one sends 50 a second) is hung up, not held."""
-    monkeypatch.setattr(bridge, "PHONE_SILENCE_S", 1.5)
+    monkeypatch.setattr(call, "PHONE_SILENCE_S", 1.5)
     _standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
     base = await start_relay(stack, make_config(url))
     leg = await RawLeg.open(http, base)
@@ -154,7 +156,7 @@ async def test_identifiers_from_peers_are_bounded_before_any_log(stack: contextl
                                                                  stream_sid: str) -> None:
     """A streamSid with a line break (a forged log line) or of 30 KB is refused with one warning; it is never logged
     or echoed, and OpenAI is not contacted."""
-    monkeypatch.setattr(bridge, "START_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(call, "START_TIMEOUT_S", 1.0)
     standin, url = await start_standin(stack)
     base = await start_relay(stack, make_config(url))
     leg = await RawLeg.open(http, base)
@@ -198,7 +200,7 @@ async def test_a_caller_that_stops_reading_is_dropped_with_bounded_memory(stack:
     """A caller that keeps sending but never reads: the relay's sends wait on a full buffer (so its
     memory stays bounded while the service keeps streaming 10 minutes of audio), then the call is
     dropped with one log line, and the process serves the next call."""
-    monkeypatch.setattr(bridge, "PHONE_WRITE_TIMEOUT_S", 2)
+    monkeypatch.setattr(call, "PHONE_WRITE_TIMEOUT_S", 2)
     ten_minutes = AssistantTurn(ulaw=b"\xff" * 8 * 600_000, delta_ms=(200, 200), speed=2000.0)
     _standin, url = await start_standin(stack, [ten_minutes, AssistantTurn(ulaw=b"\x10" * 800)])
     base = await start_relay(stack, make_config(url))

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from support import CALLER, RawLeg, make_config, start_relay, start_standin, until
 
-from bridge import keypad_text
+from bridge.prompts import keypad_text
 from phones import plivo as phone_plivo
-from protocol import MalformedFrame, PhoneAudio, PhoneDtmf, PhoneMarkPlayed, PhoneStart, PhoneStop
+from phones.leg import MalformedFrame, PhoneAudio, PhoneDtmf, PhoneMarkPlayed, PhoneStart, PhoneStop
 from standins.openai_service import AssistantTurn, RealtimeStandIn
 from standins.phone_network import Plivo, Twilio, plivo_signature_headers
 

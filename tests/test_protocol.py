@@ -7,20 +7,13 @@ from typing import Any
 
 import pytest
 
-from bridge import Goodbye, GoodbyeState
-from phones import twilio as phone_twilio
-from protocol import (
+from bridge.goodbye import Goodbye, GoodbyeState
+from model.realtime_wire import (
     AudioDelta,
     AudioDone,
     FunctionCall,
     MalformedEvent,
-    MalformedFrame,
     OtherEvent,
-    PhoneAudio,
-    PhoneDtmf,
-    PhoneMarkPlayed,
-    PhoneStart,
-    PhoneStop,
     RealtimeError,
     ResponseCreated,
     ResponseDone,
@@ -29,6 +22,8 @@ from protocol import (
     SpeechStarted,
     parse_server_event,
 )
+from phones import twilio as phone_twilio
+from phones.leg import MalformedFrame, PhoneAudio, PhoneDtmf, PhoneMarkPlayed, PhoneStart, PhoneStop
 
 DONE_WITH_CALLS = {
     "type": "response.done",
@@ -44,7 +39,7 @@ DONE_WITH_CALLS = {
     ("event", "parsed"),
     [
         pytest.param({"type": "response.output_audio.delta", "response_id": "r", "item_id": "i", "delta": "AAA="},
-                     AudioDelta("r", "i", "AAA="), id="delta"),
+                     AudioDelta(response_id="r", item_id="i", payload="AAA="), id="delta"),
         pytest.param({"type": "response.output_audio.done", "item_id": "i"}, AudioDone("i"), id="audio-done"),
         pytest.param({"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u"},
                      SpeechStarted("u"), id="speech-started"),

@@ -229,11 +229,9 @@ async def test_access_log_without_queries_and_probes_at_debug(stack: contextlib.
 
 def test_debug_lines_are_bounded_per_kind() -> None:
     """A flood of one kind of line gives one line a second per call, then one that counts what was held back."""
-    import bridge
-
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    log = bridge.CallLog(logging.getLogger("test_redact.flood"), "MZ7")
+    log = redact.CallLog(logging.getLogger("test_redact.flood"), "MZ7")
     log.logger.addHandler(handler)
     log.logger.setLevel(logging.DEBUG)
     log.logger.propagate = False

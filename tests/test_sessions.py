@@ -15,16 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import RawLeg, health, make_config, start_relay, start_standin, until
 
 import audio
-import bridge
 import simulate
-from bridge import replay_intro
+from bridge import prompts, upstream
+from bridge.prompts import replay_intro
 from config import VadType
 from standins.openai_service import AssistantTurn, RealtimeSession, RealtimeStandIn, WebSearchScript
 
 GREETING = bytes(range(0x10, 0x60)) * 20  # 200 ms, no byte of silence
 ANSWER = bytes(range(0x20, 0x70)) * 40
 LATER = bytes(range(0x30, 0x78)) * 30
-APOLOGY = bridge.APOLOGY_FILE.read_bytes()
+APOLOGY = upstream.APOLOGY_FILE.read_bytes()
 
 
 def _script(*turns: AssistantTurn) -> Callable[[RealtimeSession], AssistantTurn]:
@@ -108,8 +108,8 @@ async def test_a_planned_rollover_waits_for_a_quiet_moment(stack: contextlib.Asy
     """With ``SESSION_ROLLOVER_S`` passed mid-answer, the new session opens only once the answer has played and the
     line has been quiet; caller audio is held for well under a second; the old session is closed 1000 by the relay;
     key presses go on to be answered in the new one."""
-    monkeypatch.setattr(bridge, "ROLLOVER_QUIET_S", 0.3)
-    monkeypatch.setattr(bridge, "DTMF_SEQUENCE_GAP_S", 0.1)
+    monkeypatch.setattr(upstream, "ROLLOVER_QUIET_S", 0.3)
+    monkeypatch.setattr(prompts, "DTMF_SEQUENCE_GAP_S", 0.1)
     long_answer = bytes(range(0x20, 0x70)) * 200  # 2 s: the rollover falls due while it plays
     standin, url = await start_standin(stack, _script(
         AssistantTurn(ulaw=GREETING, transcript="Hello Jordan."),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transcript import MAX_TURN_CHARS, MAX_TURNS, Transcript
+from bridge.transcript import MAX_TURN_CHARS, MAX_TURNS, Transcript
 
 
 def test_turns_keep_conversation_order_though_transcripts_come_late() -> None:

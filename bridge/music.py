@@ -1,4 +1,7 @@
-"""Waiting music: a WAV converted once at startup, played to the caller while a slow tool runs."""
+"""Waiting music: a WAV converted once at startup, played to the caller while a slow tool runs.
+
+``WaitingMusic`` is part of the phone output (``bridge.output.PhoneOutput``), which gives it the only
+ways it has to the phone: send a frame, tell whether assistant audio is still playing, clear."""
 
 from __future__ import annotations
 
@@ -6,13 +9,12 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import audio
 from config import Config, ConfigError
-from protocol import PhoneLeg, Playback
 
-logger = logging.getLogger("music")
+logger = logging.getLogger(__name__)
 
 MUSIC_LEAD_FRAMES = 3
 """Music frames sent at once when the music starts: 60 ms queued at the phone absorbs network
@@ -55,14 +57,26 @@ class WaitingMusic:
         self,
         frames: tuple[str, ...],
         threshold_s: float,
-        phone: PhoneLeg,
-        playback: Playback,
+        send: Callable[[str], Awaitable[None]],
+        assistant_playing: Callable[[float], bool],
+        clear: Callable[[], Awaitable[None]],
         on_change: Callable[[bool], None],
     ) -> None:
+        """
+        Args:
+            frames: base64 µ-law 20 ms frames (``load_wait_music``); empty: no music.
+            threshold_s: how long a tool may run before the music starts.
+            send: queues one frame at the phone (no mark). Raises ConnectionResetError once the
+                caller is gone.
+            assistant_playing: whether assistant audio is still queued at the phone at monotonic ``now``.
+            clear: drops everything queued at the phone.
+            on_change: told True when the music starts playing and False when it stops.
+        """
         self._frames = frames
         self._threshold_s = threshold_s
-        self._phone = phone
-        self._playback = playback
+        self._send = send
+        self._assistant_playing = assistant_playing
+        self._clear = clear
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
         self._position = 0
@@ -84,7 +98,7 @@ class WaitingMusic:
         when not started). Music plays only while no assistant audio is queued, so the clear
         discards music alone."""
         if self._task is not None and await self.cancel():
-            await self._phone.clear()
+            await self._clear()
 
     async def cancel(self) -> bool:
         """Stop sending, with no clear (cleanup; tools done within the threshold). The task is
@@ -105,7 +119,7 @@ class WaitingMusic:
         frames = self._frames
         pacer = audio.FramePacer()
         while True:
-            if not self._playback.is_playing(time.monotonic()):
+            if not self._assistant_playing(time.monotonic()):
                 count = 1
                 if not self.playing:
                     self.playing = True
@@ -115,7 +129,7 @@ class WaitingMusic:
                     payload = frames[self._position]
                     self._position = (self._position + 1) % len(frames)
                     try:
-                        await self._phone.send_audio(payload)
+                        await self._send(payload)
                     except ConnectionResetError:
                         return  # the caller hung up; the phone pump ends the call
             await pacer.wait()
