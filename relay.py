@@ -1,13 +1,14 @@
-"""The relay: phone calls bridged to the OpenAI Realtime API, in one aiohttp process.
+"""The relay: phone calls bridged to OpenAI's voice models, in one aiohttp process.
 
 Call flow (a maintainer's map):
 
-1. Twilio POSTs ``/incoming-call`` (Plivo: ``/plivo/answer``); the handler answers TwiML (Plivo
-   XML): a greeting and a ``<Stream>`` to ``/media-stream`` (``/plivo/media-stream``) for an
-   allowed caller, a short "restricted" message and a hang-up for anyone else.
-2. The network opens the media websocket; ``_bridge`` checks its signature, wraps the socket in a
-   ``phone_ws.WebSocketLeg`` speaking that network's ``Dialect`` and hands it to a ``bridge.Call``.
-3. ``Call.run`` holds the call: Realtime session, audio both ways, barge-in, tools, goodbye.
+1. A network POSTs its voice webhook (Twilio ``/incoming-call``, Plivo ``/plivo/answer``: one line each
+   in ``phones.networks.NETWORKS``); ``routes.calls`` answers in its language: a greeting and a stream
+   for an allowed caller, a short "restricted" message and a hang-up for anyone else.
+2. The network opens the media websocket; ``routes.calls.media_stream`` checks its signature, wraps the
+   socket in a ``phones.websocket.WebSocketLeg`` speaking that network's dialect and hands it to a
+   ``bridge.call.Call``.
+3. ``Call.run`` holds the call: the model session, audio both ways, barge-in, tools, goodbye.
 4. Closing the phone socket hangs up.
 5. SIGTERM/SIGINT drains (``_serve``): ``/health`` answers 503, new calls are turned away politely,
    live calls go on for up to ``DRAIN_TIMEOUT_S``, then each hears a closing line and ends 1001.
@@ -26,10 +27,8 @@ import os
 import signal
 import ssl
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,34 +40,36 @@ from dotenv import load_dotenv
 
 import redact
 import tools
-from bridge.call import Call
-from bridge.events import CallEvent, CallEventHook, Stats
+from bridge.events import Stats
 from bridge.music import load_wait_music
-from config import (
-    BUSY_MESSAGE,
-    DRAINING_MESSAGE,
-    RESTRICTED_MESSAGE,
-    Config,
-    ConfigError,
-    EventLoop,
-    LogFormat,
-    find_caller,
-    mask_number,
-    startup_warnings,
-    welcome_message,
-)
+from config import Config, ConfigError, EventLoop, LogFormat, startup_warnings
 from model.websocket import RealtimeClient
 from ops import tunnel, workers
 from ops.capacity import Capacity, LoopErrors, raise_open_files_limit
-from ops.console import Console, Watcher
-from ops.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
+from ops.console import Console
 from ops.metrics import Metrics
-from ops.tokens import StreamTokens, feed_ticket, feed_ticket_valid, operator_allowed
-from phones import plivo as phone_plivo
+from ops.tokens import StreamTokens
 from phones import sms as sms_module
-from phones import twilio as phone_twilio
+from phones.networks import NETWORKS
 from phones.sms import SmsReplies
-from phones.websocket import Dialect, WebSocketLeg
+from routes import calls
+from routes.operator import CONSOLE_PAGE, add_operator_routes, close_console
+from routes.state import (
+    CALLS,
+    CAPACITY,
+    CONFIG,
+    CONSOLE,
+    CONSOLE_HTML,
+    DRAINING,
+    METRICS,
+    OPENAI_CLIENT,
+    REALTIME_CLIENT,
+    SIGNATURES,
+    SMS,
+    STATS,
+    STREAM_TOKENS,
+    WAIT_MUSIC,
+)
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")
@@ -86,27 +87,8 @@ IDLE_TIMEOUT_S = 15.0
 response) is closed: aiohttp's keep-alive timer, which also ends slowloris clients that never finish
 their headers (aiohttp's default is an hour)."""
 
-CONFIG = web.AppKey("config", Config)
-STATS = web.AppKey("stats", Stats)
-CALLS = web.AppKey("calls", dict[Call, asyncio.Task[web.StreamResponse]])
-"""Live calls and the request handler task holding each."""
-CAPACITY = web.AppKey("capacity", Capacity)
-METRICS = web.AppKey("metrics", Metrics | None)
-CONSOLE = web.AppKey("console", Console | None)
-CONSOLE_HTML = web.AppKey("console_html", str)
-"""None unless ``METRICS=true``."""
-TWILIO_SIGNATURES = web.AppKey("twilio_signatures", phone_twilio.Signatures)
-PLIVO_SIGNATURES = web.AppKey("plivo_signatures", phone_plivo.Signatures)
-DRAINING = web.AppKey("draining", asyncio.Event)
-WAIT_MUSIC = web.AppKey("wait_music", tuple[str, ...])
-"""The waiting music as base64 µ-law 20 ms frames (empty: none)."""
-OPENAI_CLIENT = web.AppKey("openai_client", openai.AsyncOpenAI | None)
-"""One REST client (and connection pool) for every call's web searches and every SMS reply."""
-REALTIME_CLIENT = web.AppKey("realtime_client", RealtimeClient)
-"""One connection pool for every call's Realtime websocket."""
-SMS = web.AppKey("sms", SmsReplies)
-STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)
-"""Issued by the voice webhooks, checked (once) by the media streams."""
+FIRST_STREAM = web.AppKey("first_stream", Callable[[web.Request], Awaitable[web.StreamResponse]])
+"""The first network's media-stream handler, which a bare ``/`` upgrade reaches."""
 
 
 def make_app(config: Config) -> web.Application:
@@ -126,25 +108,16 @@ def make_app(config: Config) -> web.Application:
     app[CONSOLE] = Console() if config.console_token else None
     app[CONSOLE_HTML] = CONSOLE_PAGE.read_text(encoding="utf-8") if config.console_token else ""
     app.cleanup_ctx.append(_loop_lag)
-    app[TWILIO_SIGNATURES] = phone_twilio.Signatures(config.twilio_auth_token)
-    app[PLIVO_SIGNATURES] = phone_plivo.Signatures(config.plivo_auth_token)
+    app[SIGNATURES] = {network.name: network.signatures(config) for network in NETWORKS}
     app[DRAINING] = asyncio.Event()
     app[STREAM_TOKENS] = StreamTokens(config.openai_api_key.encode())
     app.router.add_get("/", index)
-    app.router.add_get("/health", health)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_route("GET", "/incoming-call", incoming_call)
-    app.router.add_route("POST", "/incoming-call", incoming_call)
-    app.router.add_get("/media-stream", media_stream)
-    app.router.add_post("/sms", sms)
-    app.router.add_route("GET", "/plivo/answer", plivo_answer)
-    app.router.add_route("POST", "/plivo/answer", plivo_answer)
-    app.router.add_get("/plivo/media-stream", plivo_media_stream)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/console", console_page)
-    app.router.add_get("/console/ws", console_feed)
+    streams = [calls.add_network(app, network) for network in NETWORKS]
+    app[FIRST_STREAM] = streams[0]
+    app.router.add_post("/sms", calls.sms)
+    add_operator_routes(app)
     app.on_shutdown.append(_close_calls)
-    app.on_shutdown.append(_close_console)
+    app.on_shutdown.append(close_console)
     return app
 
 
@@ -226,311 +199,12 @@ async def _until_ended(tasks: list[asyncio.Task[web.StreamResponse]], timeout_s:
         hurried.cancel()
 
 
-# --- HTTP routes ------------------------------------------------------------------------
-
-
 async def index(request: web.Request) -> web.StreamResponse:
-    """``GET /``: a liveness message; a websocket upgrade here is a media stream (some setups
-    point the stream at the bare host)."""
+    """``GET /``: a liveness message; a websocket upgrade here is the first network's media stream (some
+    setups point the stream at the bare host)."""
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await media_stream(request)
-    return web.json_response({"message": "Twilio ⇄ OpenAI Realtime relay is running"})
-
-
-async def health(request: web.Request) -> web.Response:
-    """``GET /health``: status and counters for load balancers: 503 ``draining`` during a restart's
-    drain, 503 ``full`` at ``MAX_CALLS`` (send new calls elsewhere), else 200 ``healthy``."""
-    stats = request.app[STATS]
-    capacity = request.app[CAPACITY]
-    status = "draining" if request.app[DRAINING].is_set() else "full" if capacity.full else "healthy"
-    body = {
-        "status": status,
-        "capacity": capacity.max_calls,
-        "active": capacity.in_use,
-        "uptime": f"{int(time.monotonic() - stats.started)}s",
-        "pid": os.getpid(),
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "connections": {"active": stats.active, "total": stats.total},
-        "errors": stats.errors,
-        "upstream_lost": stats.upstream_lost,
-        "session_replacements": stats.session_replacements,
-        "openai_configured": bool(request.app[CONFIG].openai_api_key),
-    }
-    return web.json_response(body, status=200 if status == "healthy" else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus text format (``metrics.Metrics``); 404 unless ``METRICS=true``,
-    401 without ``CONSOLE_TOKEN`` as the Basic auth password when one is set."""
-    collected = request.app[METRICS]
-    if collected is None:
-        raise web.HTTPNotFound()
-    refused = _operator_refused(request)
-    if refused is not None:
-        return refused
-    return web.Response(body=collected.render(), headers={"Content-Type": PROMETHEUS_TEXT})
-
-
-CONSOLE_PAGE = Path(__file__).resolve().parent / "assets" / "console.html"
-
-
-def _operator_refused(request: web.Request, ticket: bool = False) -> web.Response | None:
-    """The operator pages' gate: a 401 answer without ``CONSOLE_TOKEN`` as the Basic auth password
-    (or, with ``ticket``, the console page's feed ticket in the query); None when the request may go
-    on (always, when no token is set)."""
-    token = request.app[CONFIG].console_token
-    if operator_allowed(request.headers.get("Authorization"), token):
-        return None
-    if ticket and token is not None and feed_ticket_valid(token, request.query.get("ticket", "")):
-        return None
-    return web.Response(status=401, text="unauthorized", headers={"WWW-Authenticate": 'Basic realm="relay"'})
-
-
-def _console(request: web.Request) -> Console:
-    """The console; 404 when it is off (no ``CONSOLE_TOKEN``)."""
-    console = request.app[CONSOLE]
-    if console is None:
-        raise web.HTTPNotFound()
-    return console
-
-
-async def console_page(request: web.Request) -> web.Response:
-    """``GET /console``: the live call console, one self-contained page (no CDN), carrying the ticket
-    its script opens ``/console/ws`` with. Behind ``CONSOLE_TOKEN`` (``_operator_refused``)."""
-    _console(request)
-    refused = _operator_refused(request)
-    if refused is not None:
-        return refused
-    token = request.app[CONFIG].console_token
-    assert token is not None
-    page = request.app[CONSOLE_HTML].replace("__FEED_TICKET__", feed_ticket(token))
-    return web.Response(
-        text=page,
-        content_type="text/html",
-        headers={
-            "Cache-Control": "no-store",
-            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-            "connect-src 'self'",
-            "X-Frame-Options": "DENY",
-        },
-    )
-
-
-async def console_feed(request: web.Request) -> web.WebSocketResponse | web.Response:
-    """``GET /console/ws``: the call-event feed (``console.Console``): a snapshot of every call, then
-    each event as it happens. Browsers that fall behind are dropped; incoming messages are ignored."""
-    console = _console(request)
-    refused = _operator_refused(request, ticket=True)
-    if refused is not None:
-        return refused
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
-    await ws.prepare(request)
-    transport = request.transport
-    watcher = Watcher(transport.abort if transport is not None else lambda: None)
-    if not console.add(watcher):
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too many console watchers")
-        return ws
-
-    async def send() -> None:
-        await ws.send_str(console.snapshot())
-        while True:
-            await ws.send_str(await watcher.queue.get())
-
-    sender = asyncio.create_task(send(), name="console feed")
-    try:
-        async for _ in ws:  # the browser sends nothing we need; reading keeps pings and the close working
-            if sender.done():
-                break
-    finally:
-        console.remove(watcher)
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-        if not ws.closed:
-            await ws.close()
-    return ws
-
-
-async def _close_console(app: web.Application) -> None:
-    """on_shutdown: cut every console feed (they would hold the runner's shutdown open)."""
-    console = app[CONSOLE]
-    if console is not None:
-        console.drop_all()
-
-
-def _call_observers(app: web.Application) -> CallEventHook | None:
-    """The bridge's one call-event hook, fanned out to the metrics and the console (whichever are on)."""
-    observers = [observer.on_event for observer in (app[METRICS], app[CONSOLE]) if observer is not None]
-    if not observers:
-        return None
-    if len(observers) == 1:
-        return observers[0]
-
-    def on_event(event: CallEvent) -> None:
-        for observer in observers:
-            observer(event)
-
-    return on_event
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """``GET /healthz``: a bare liveness probe."""
-    return web.json_response({"status": "ok"})
-
-
-def public_origin(config: Config, request: web.Request) -> str:
-    """The https origin the phone network used to reach us: ``PUBLIC_URL``, else the Host
-    header (with ``X-Forwarded-Proto`` when a proxy terminates TLS)."""
-    if config.public_url:
-        return config.public_url
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-    return f"{proto}://{request.host}"
-
-
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def stream_origin(config: Config, request: web.Request) -> str:
-    """The websocket origin for stream URLs: ``wss://``, as phone networks require, except for an
-    ``http://`` origin that is loopback (``PUBLIC_URL``, or the Host of a plain-http request:
-    ``python simulate.py --relay-url http://127.0.0.1:5050``), where it is ``ws://``. A public Host
-    reached over http is taken to sit behind a TLS proxy that did not say so."""
-    origin = urlsplit(public_origin(config, request))
-    if origin.scheme == "http" and (config.public_url or origin.hostname in LOOPBACK_HOSTS):
-        return "ws://" + origin.netloc
-    return "wss://" + origin.netloc
-
-
-async def _form(request: web.Request) -> dict[str, str]:
-    """A webhook's form parameters (empty for a GET)."""
-    form = await request.post() if request.method == "POST" else {}
-    return {key: str(value) for key, value in form.items()}
-
-
-async def incoming_call(request: web.Request) -> web.Response:
-    """``/incoming-call`` (Twilio voice webhook, GET or POST): answer with TwiML.
-
-    Twilio docs: the webhook is form-encoded and signed with ``X-Twilio-Signature``.
-    """
-    params = await _form(request)
-    url = public_origin(request.app[CONFIG], request) + request.path_qs
-    if not request.app[TWILIO_SIGNATURES].valid(url, params, request.headers):
-        logger.warning("rejected /incoming-call: bad X-Twilio-Signature")
-        return web.Response(status=403, text="invalid signature")
-    raw_from = params.get("From") or request.query.get("From")
-    call_sid = params.get("CallSid") or request.query.get("CallSid") or ""
-    twiml = _answer(request, raw_from, call_sid, phone_twilio.hang_up_twiml, phone_twilio.stream_twiml, "/media-stream")
-    return web.Response(text=twiml, content_type="text/xml")
-
-
-async def plivo_answer(request: web.Request) -> web.Response:
-    """``/plivo/answer`` (Plivo answer URL, GET or POST): answer with Plivo XML; 404 unless
-    ``PLIVO_AUTH_TOKEN`` is set, 403 without a valid ``X-Plivo-Signature-V3``."""
-    signatures = request.app[PLIVO_SIGNATURES]
-    if not signatures.enabled:
-        raise web.HTTPNotFound()
-    params = await _form(request)
-    url = public_origin(request.app[CONFIG], request) + request.path_qs
-    if not signatures.valid(request.method, url, params, request.headers):
-        logger.warning("rejected /plivo/answer: bad X-Plivo-Signature-V3")
-        return web.Response(status=403, text="invalid signature")
-    raw_from = phone_plivo.caller_number(params.get("From") or request.query.get("From"))
-    call_uuid = params.get("CallUUID") or request.query.get("CallUUID") or ""
-    xml = _answer(request, raw_from, call_uuid, phone_plivo.hang_up_xml, phone_plivo.stream_xml, "/plivo/media-stream")
-    return web.Response(text=xml, content_type="application/xml")
-
-
-def _answer(
-    request: web.Request,
-    raw_from: str | None,
-    call_sid: str,
-    hang_up: Callable[[str], str],
-    stream: Callable[[str, str, Mapping[str, str]], str],
-    media_path: str,
-) -> str:
-    """The webhook answer in the network's language: a short message and a hang-up for a caller on
-    no allowlist, during a restart's drain, or at ``MAX_CALLS``; otherwise the welcome, then a stream
-    to ``media_path`` carrying the caller's number and a single-use stream token for this call
-    (``tokens``)."""
-    config = request.app[CONFIG]
-    caller = find_caller(config, raw_from)
-    if caller is None:
-        logger.info("restricted caller %s refused", mask_number(raw_from or ""))
-        return hang_up(RESTRICTED_MESSAGE)
-    if request.app[DRAINING].is_set():
-        logger.info("call from %s turned away: draining for a restart", mask_number(caller.number))
-        return hang_up(DRAINING_MESSAGE)
-    if not request.app[CAPACITY].answer():
-        logger.warning("call from %s turned away: MAX_CALLS=%d reached", mask_number(caller.number), config.max_calls)
-        return hang_up(BUSY_MESSAGE)
-    parameters = request.app[STREAM_TOKENS].issue(caller.number, call_sid)
-    return stream(welcome_message(config, caller), stream_origin(config, request) + media_path, parameters)
-
-
-async def sms(request: web.Request) -> web.Response:
-    """``POST /sms`` (Twilio "A message comes in" webhook): TwiML at once; the reply follows by REST
-    (``sms.SmsReplies``). Signed like the voice webhook (403 otherwise)."""
-    params = await _form(request)
-    url = public_origin(request.app[CONFIG], request) + request.path_qs
-    if not request.app[TWILIO_SIGNATURES].valid(url, params, request.headers):
-        logger.warning("rejected /sms: bad X-Twilio-Signature")
-        return web.Response(status=403, text="invalid signature")
-    return web.Response(text=request.app[SMS].receive(params), content_type="text/xml")
-
-
-async def media_stream(request: web.Request) -> web.WebSocketResponse:
-    """``/media-stream`` websocket (also ``/`` upgrades): one Twilio call.
-
-    Twilio signs the handshake over the ``wss://`` URL with empty params.
-    """
-    url = stream_origin(request.app[CONFIG], request) + request.path_qs
-    signed = request.app[TWILIO_SIGNATURES].valid(url, {}, request.headers)
-    return await _bridge(request, phone_twilio.DIALECT, signed)
-
-
-async def plivo_media_stream(request: web.Request) -> web.WebSocketResponse:
-    """``/plivo/media-stream`` websocket: one Plivo call (404 unless ``PLIVO_AUTH_TOKEN`` is set)."""
-    signatures = request.app[PLIVO_SIGNATURES]
-    if not signatures.enabled:
-        raise web.HTTPNotFound()
-    config = request.app[CONFIG]
-    https_url = public_origin(config, request) + request.path_qs
-    wss_url = stream_origin(config, request) + request.path_qs
-    signed = signatures.valid_handshake(https_url, wss_url, request.headers)
-    return await _bridge(request, phone_plivo.DIALECT, signed)
-
-
-async def _bridge(request: web.Request, dialect: Dialect, signed: bool) -> web.WebSocketResponse:
-    """Accept a media websocket and hold the call on it. Before anything reaches OpenAI, an unsigned
-    handshake is closed 1008, and one that comes during a drain or beyond ``MAX_CALLS`` open streams
-    1013 (try again later)."""
-    app = request.app
-    capacity = app[CAPACITY]
-    # No permessage-deflate (a client that offers it would cost ~250 KiB and a fifth more CPU per call), and
-    # text frames as bytes: orjson parses them without a UTF-8 decode (benchmarks/load.py).
-    ws = web.WebSocketResponse(max_msg_size=dialect.max_message_bytes, autoping=True, compress=False,
-                               decode_text=False)
-    await ws.prepare(request)
-    if not signed:
-        logger.warning("rejected %s media stream: bad signature", dialect.network)
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid signature")
-        return ws
-    if app[DRAINING].is_set() or not capacity.open_stream():
-        why = "draining" if app[DRAINING].is_set() else f"MAX_CALLS={capacity.max_calls} reached"
-        logger.warning("%s media stream refused: %s", dialect.network, why)
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why.encode())
-        return ws
-    leg = WebSocketLeg(ws, dialect, request.transport)
-    call = Call(leg, app[CONFIG], app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
-                openai_client=app[OPENAI_CLIENT], realtime_client=app[REALTIME_CLIENT], on_event=_call_observers(app))
-    task = asyncio.current_task()
-    assert task is not None
-    app[CALLS][call] = task  # type: ignore[assignment]
-    try:
-        await call.run()
-    finally:
-        del app[CALLS][call]
-        capacity.close_stream()
-    return ws
+        return await request.app[FIRST_STREAM](request)
+    return web.json_response({"message": "phone ⇄ OpenAI voice relay is running"})
 
 
 # --- Entry point ------------------------------------------------------------------------

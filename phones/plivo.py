@@ -1,7 +1,8 @@
 """The Plivo dialect: Audio Streams messages, Plivo XML answers and V3 signature checks.
 
-Plivo's wire names are written here once. ``DIALECT`` drives a ``phone_ws.WebSocketLeg``; the
-bridge sees only the transport-neutral phone events of ``protocol``.
+Plivo's wire names are written here once. ``NETWORK`` is Plivo's line in the relay's table of
+networks; its ``DIALECT`` drives a ``phones.websocket.WebSocketLeg``, and the call sees only the
+network-neutral phone events of ``phones.leg``.
 
 Sources: Plivo Audio Streaming guide and XML reference (``<Stream>``; events ``start``, ``media``,
 ``dtmf``, ``playedStream``, ``clearedAudio`` in; ``playAudio``, ``checkpoint``, ``clearAudio`` out);
@@ -21,6 +22,7 @@ from plivo import plivoxml
 from plivo.utils.signature_v3 import construct_get_url, get_signature_v3, validate_v3_signature
 
 from phones.leg import MalformedFrame, PhoneEvent, PhoneStart, peer_id
+from phones.network import Network
 from phones.websocket import Dialect, parse_frame
 
 logger = logging.getLogger(__name__)
@@ -153,8 +155,9 @@ def caller_number(raw: str | None) -> str | None:
 
 
 class Signatures:
-    """``X-Plivo-Signature-V3`` checks with the plivo SDK (``X-Plivo-Signature-Ma-V3`` is accepted
-    too, checked with the same token: it matches when ``PLIVO_AUTH_TOKEN`` is the main account's).
+    """``X-Plivo-Signature-V3`` checks with the plivo SDK (``phones.network.Signatures``);
+    ``X-Plivo-Signature-Ma-V3`` is accepted too, checked with the same token (it matches when
+    ``PLIVO_AUTH_TOKEN`` is the main account's).
 
     The signature is HMAC-SHA256 over the URL (and, for a POST, the sorted form parameters) and
     ``X-Plivo-Signature-V3-Nonce``; the header may hold several comma-separated signatures.
@@ -171,11 +174,13 @@ class Signatures:
         """True when ``PLIVO_AUTH_TOKEN`` is set."""
         return self._token is not None
 
-    def valid(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
         """True when a signature header matches ``method``, ``url`` (``http(s)://``) and ``params``
-        for the request's nonce; False without a nonce, a signature or a token."""
+        for the request's nonce (always, when off); False without a nonce or a signature."""
+        if self._token is None:
+            return True
         nonce = headers.get(self.NONCE)
-        if self._token is None or not nonce:
+        if not nonce:
             return False
         for header in self.HEADERS:
             signature = headers.get(header)
@@ -188,15 +193,32 @@ class Signatures:
                 logger.debug("plivo signature check refused its arguments", exc_info=True)
         return False
 
-    def valid_handshake(self, https_url: str, wss_url: str, headers: Mapping[str, str]) -> bool:
+    def handshake(self, https_url: str, wss_url: str, headers: Mapping[str, str]) -> bool:
         """The media websocket's handshake, signed as a GET. Whether Plivo signs the ``https://``
         or the ``wss://`` form of the URL is not documented: Plivo's own stream SDK checks the
         ``https://`` form, and both are accepted (the SDK's validator refuses ``wss://`` URLs, so
         that form is computed with its signing functions directly)."""
-        if self.valid("GET", https_url, {}, headers):
+        if self.webhook("GET", https_url, {}, headers):
             return True
         nonce = headers.get(self.NONCE)
         if self._token is None or not nonce:
             return False
         expected = get_signature_v3(self._token.encode(), construct_get_url(wss_url, {}).decode(), nonce.encode())
         return any(expected in headers.get(header, "").encode().split(b",") for header in self.HEADERS)
+
+
+NETWORK = Network(
+    name="plivo",
+    answer_path="/plivo/answer",
+    stream_path="/plivo/media-stream",
+    dialect=DIALECT,
+    stream_answer=stream_xml,
+    hang_up_answer=hang_up_xml,
+    content_type="application/xml",
+    call_id_param="CallUUID",
+    caller_number=caller_number,
+    signatures=lambda config: Signatures(config.plivo_auth_token),
+    served_unsigned=False,
+)
+"""Plivo: ``/plivo/answer`` answers Plivo XML, ``/plivo/media-stream`` carries the call; both 404 until
+``PLIVO_AUTH_TOKEN`` is set."""

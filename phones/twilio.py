@@ -1,7 +1,8 @@
 """The Twilio dialect: Media Streams messages, TwiML answers and signature checks.
 
-Twilio's wire names are written here once. ``DIALECT`` drives a ``phone_ws.WebSocketLeg``; the
-bridge sees only the transport-neutral phone events of ``protocol``.
+Twilio's wire names are written here once. ``NETWORK`` is Twilio's line in the relay's table of
+networks; its ``DIALECT`` drives a ``phones.websocket.WebSocketLeg``, and the call sees only the
+network-neutral phone events of ``phones.leg``.
 
 Sources: Twilio Media Streams "WebSocket Messages" docs; TwiML ``<Connect><Stream>`` docs;
 Twilio "Webhooks security" docs (``X-Twilio-Signature``).
@@ -18,6 +19,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from phones.leg import MalformedFrame, PhoneEvent, PhoneStart, inner_text, peer_id
+from phones.network import Network
 from phones.websocket import Dialect, parse_frame
 
 logger = logging.getLogger(__name__)
@@ -113,7 +115,8 @@ def hang_up_twiml(say: str) -> str:
 
 
 class Signatures:
-    """``X-Twilio-Signature`` checks with the twilio library's ``RequestValidator``.
+    """``X-Twilio-Signature`` checks with the twilio library's ``RequestValidator``
+    (``phones.network.Signatures``).
 
     Twilio signs a webhook over its full URL and form parameters, and a Media Streams handshake
     over the ``wss://`` URL with no parameters (Twilio Media Streams docs: the handshake is signed like a webhook).
@@ -129,14 +132,34 @@ class Signatures:
         """True when ``TWILIO_AUTH_TOKEN`` is set and requests must be signed."""
         return self._validator is not None
 
-    def valid(self, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
         """True when the request's signature matches ``url`` and ``params`` (always, when off)."""
         if self._validator is None:
             return True
         return bool(self._validator.validate(url, dict(params), headers.get(self.HEADER, "")))
 
+    def handshake(self, https_url: str, wss_url: str, headers: Mapping[str, str]) -> bool:
+        """The media websocket's handshake, signed over its ``wss://`` URL with no parameters."""
+        return self.webhook("GET", wss_url, {}, headers)
+
 
 # --- The dialect ------------------------------------------------------------------------------
 
 DIALECT = Dialect("twilio", parse_message, media_message, mark_message, clear_message, MAX_MESSAGE_BYTES)
-"""Twilio Media Streams, for ``phone_ws.WebSocketLeg``."""
+"""Twilio Media Streams, for ``phones.websocket.WebSocketLeg``."""
+
+NETWORK = Network(
+    name="twilio",
+    answer_path="/incoming-call",
+    stream_path="/media-stream",
+    dialect=DIALECT,
+    stream_answer=stream_twiml,
+    hang_up_answer=hang_up_twiml,
+    content_type="text/xml",
+    call_id_param="CallSid",
+    caller_number=lambda raw: raw,
+    signatures=lambda config: Signatures(config.twilio_auth_token),
+    served_unsigned=True,
+)
+"""Twilio: ``/incoming-call`` answers TwiML, ``/media-stream`` carries the call. Served without
+``TWILIO_AUTH_TOKEN`` too (unchecked, for local tests): the signature checks then pass everything."""

@@ -1,0 +1,190 @@
+"""The phone networks' routes: each network's voice webhook and media stream (from its ``Network`` record),
+and the SMS webhook.
+
+1. The network POSTs (or GETs) its voice webhook; ``voice_webhook`` answers in the network's language: a
+   greeting and a stream to its media path for an allowed caller, carrying the caller's number and a
+   single-use stream token; a short message and a hang-up for anyone else, during a drain, or at
+   ``MAX_CALLS``.
+2. The network opens the media websocket; ``media_stream`` checks its signature, wraps it in a
+   ``phones.websocket.WebSocketLeg`` speaking the network's dialect and holds a ``bridge.call.Call`` on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, web
+
+from bridge.call import Call
+from bridge.events import CallEvent, CallEventHook
+from config import BUSY_MESSAGE, DRAINING_MESSAGE, RESTRICTED_MESSAGE, Config, find_caller, mask_number, welcome_message
+from phones.network import Network
+from phones.websocket import WebSocketLeg
+from routes.state import (
+    CALLS,
+    CAPACITY,
+    CONFIG,
+    CONSOLE,
+    DRAINING,
+    METRICS,
+    OPENAI_CLIENT,
+    REALTIME_CLIENT,
+    SIGNATURES,
+    SMS,
+    STATS,
+    STREAM_TOKENS,
+    WAIT_MUSIC,
+)
+
+logger = logging.getLogger("relay")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def add_network(app: web.Application, network: Network) -> Handler:
+    """Serve ``network``'s voice webhook (GET and POST) and media stream; returns the stream handler."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return await voice_webhook(request, network)
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await media_stream(request, network)
+
+    app.router.add_route("GET", network.answer_path, answer)
+    app.router.add_route("POST", network.answer_path, answer)
+    app.router.add_get(network.stream_path, stream)
+    return stream
+
+
+def public_origin(config: Config, request: web.Request) -> str:
+    """The https origin the phone network used to reach us: ``PUBLIC_URL``, else the Host header (with
+    ``X-Forwarded-Proto`` when a proxy terminates TLS)."""
+    if config.public_url:
+        return config.public_url
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    return f"{proto}://{request.host}"
+
+
+def stream_origin(config: Config, request: web.Request) -> str:
+    """The websocket origin for stream URLs: ``wss://``, as phone networks require, except for an
+    ``http://`` origin that is loopback (``PUBLIC_URL``, or the Host of a plain-http request:
+    ``python simulate.py --relay-url http://127.0.0.1:5050``), where it is ``ws://``. A public Host
+    reached over http is taken to sit behind a TLS proxy that did not say so."""
+    origin = urlsplit(public_origin(config, request))
+    if origin.scheme == "http" and (config.public_url or origin.hostname in LOOPBACK_HOSTS):
+        return "ws://" + origin.netloc
+    return "wss://" + origin.netloc
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """A webhook's form parameters (empty for a GET)."""
+    form = await request.post() if request.method == "POST" else {}
+    return {key: str(value) for key, value in form.items()}
+
+
+async def voice_webhook(request: web.Request, network: Network) -> web.Response:
+    """A network's voice webhook (GET or POST), answered in its language. 404 while the network is off
+    (``served_unsigned`` False and no credentials), 403 without a valid signature."""
+    signatures = request.app[SIGNATURES][network.name]
+    if not signatures.enabled and not network.served_unsigned:
+        raise web.HTTPNotFound()
+    params = await _form(request)
+    url = public_origin(request.app[CONFIG], request) + request.path_qs
+    if not signatures.webhook(request.method, url, params, request.headers):
+        logger.warning("rejected %s: bad %s signature", request.path, network.name)
+        return web.Response(status=403, text="invalid signature")
+    raw_from = network.caller_number(params.get("From") or request.query.get("From"))
+    call_id = params.get(network.call_id_param) or request.query.get(network.call_id_param) or ""
+    return web.Response(text=_answer(request, network, raw_from, call_id), content_type=network.content_type)
+
+
+def _answer(request: web.Request, network: Network, raw_from: str | None, call_id: str) -> str:
+    """The webhook answer: a short message and a hang-up for a caller on no allowlist, during a restart's
+    drain, or at ``MAX_CALLS``; otherwise the welcome, then a stream carrying the caller's number and a
+    single-use stream token for this call (``ops.tokens``)."""
+    config = request.app[CONFIG]
+    caller = find_caller(config, raw_from)
+    if caller is None:
+        logger.info("restricted caller %s refused", mask_number(raw_from or ""))
+        return network.hang_up_answer(RESTRICTED_MESSAGE)
+    if request.app[DRAINING].is_set():
+        logger.info("call from %s turned away: draining for a restart", mask_number(caller.number))
+        return network.hang_up_answer(DRAINING_MESSAGE)
+    if not request.app[CAPACITY].answer():
+        logger.warning("call from %s turned away: MAX_CALLS=%d reached", mask_number(caller.number), config.max_calls)
+        return network.hang_up_answer(BUSY_MESSAGE)
+    parameters = request.app[STREAM_TOKENS].issue(caller.number, call_id)
+    stream_url = stream_origin(config, request) + network.stream_path
+    return network.stream_answer(welcome_message(config, caller), stream_url, parameters)
+
+
+async def sms(request: web.Request) -> web.Response:
+    """``POST /sms`` (Twilio "A message comes in" webhook): TwiML at once; the reply follows by REST
+    (``phones.sms.SmsReplies``). Signed like the voice webhook (403 otherwise)."""
+    params = await _form(request)
+    url = public_origin(request.app[CONFIG], request) + request.path_qs
+    if not request.app[SIGNATURES]["twilio"].webhook(request.method, url, params, request.headers):
+        logger.warning("rejected /sms: bad X-Twilio-Signature")
+        return web.Response(status=403, text="invalid signature")
+    return web.Response(text=request.app[SMS].receive(params), content_type="text/xml")
+
+
+async def media_stream(request: web.Request, network: Network) -> web.StreamResponse:
+    """A network's media websocket: one call. Before anything reaches OpenAI, an unsigned handshake is
+    closed 1008, and one that comes during a drain or beyond ``MAX_CALLS`` open streams 1013 (try again
+    later). 404 while the network is off."""
+    app = request.app
+    signatures = app[SIGNATURES][network.name]
+    if not signatures.enabled and not network.served_unsigned:
+        raise web.HTTPNotFound()
+    config = app[CONFIG]
+    https_url = public_origin(config, request) + request.path_qs
+    wss_url = stream_origin(config, request) + request.path_qs
+    signed = signatures.handshake(https_url, wss_url, request.headers)
+    capacity = app[CAPACITY]
+    dialect = network.dialect
+    # No permessage-deflate (a client that offers it would cost ~250 KiB and a fifth more CPU per call), and
+    # text frames as bytes: orjson parses them without a UTF-8 decode (benchmarks/load.py).
+    ws = web.WebSocketResponse(max_msg_size=dialect.max_message_bytes, autoping=True, compress=False,
+                               decode_text=False)
+    await ws.prepare(request)
+    if not signed:
+        logger.warning("rejected %s media stream: bad signature", network.name)
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid signature")
+        return ws
+    if app[DRAINING].is_set() or not capacity.open_stream():
+        why = "draining" if app[DRAINING].is_set() else f"MAX_CALLS={capacity.max_calls} reached"
+        logger.warning("%s media stream refused: %s", network.name, why)
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=why.encode())
+        return ws
+    leg = WebSocketLeg(ws, dialect, request.transport)
+    call = Call(leg, config, app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
+                openai_client=app[OPENAI_CLIENT], realtime_client=app[REALTIME_CLIENT], on_event=call_observers(app))
+    task = asyncio.current_task()
+    assert task is not None
+    app[CALLS][call] = task  # type: ignore[assignment]
+    try:
+        await call.run()
+    finally:
+        del app[CALLS][call]
+        capacity.close_stream()
+    return ws
+
+
+def call_observers(app: web.Application) -> CallEventHook | None:
+    """The calls' one event hook, fanned out to the metrics and the console (whichever are on)."""
+    observers = [observer.on_event for observer in (app[METRICS], app[CONSOLE]) if observer is not None]
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def on_event(event: CallEvent) -> None:
+        for observer in observers:
+            observer(event)
+
+    return on_event
