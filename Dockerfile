@@ -11,9 +11,14 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
-COPY *.py ./
-COPY assets/ assets/
-COPY scenarios/ scenarios/
+# The product only: no simulator, stand-ins, scenarios or tests (tests/test_layout.py holds this list).
+COPY relay.py config.py callers.py tools.py mailserver.py audio.py redact.py ./
+COPY routes/ routes/
+COPY bridge/ bridge/
+COPY phones/ phones/
+COPY model/ model/
+COPY ops/ ops/
+COPY assets/apology.ulaw assets/wait_music.wav assets/console.html assets/
 
 RUN useradd --system --uid 10001 --no-create-home relay
 USER relay

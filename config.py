@@ -11,7 +11,6 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -19,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
-from tools import TOOLS, WELL_KNOWN_SMTP, SmtpSecurity, SmtpServer
+from mailserver import WELL_KNOWN_SMTP, SmtpSecurity, SmtpServer
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, capable voice assistant on a phone call. Speak naturally and keep "
@@ -75,6 +74,10 @@ class CallerGroup(enum.StrEnum):
 
 
 EAGERNESS = ("low", "medium", "high", "auto")
+REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+"""``REASONING_EFFORT`` values (``openai.types.realtime.RealtimeReasoningEffort``)."""
+TOOL_NAMES = ("end_call", "update_mic_distance", "send_email", "gpt_web_search")
+"""The tools ``TOOLS`` may name, in the order ``tools.TOOLS`` defines them (a test holds the two together)."""
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
 _HEADER_TOKEN = re.compile(r"[!#-&(-~]+")
@@ -119,7 +122,11 @@ class Config:
     public_url: str | None = None
     """Public origin Twilio uses (``https://relay.example.com``); None: the Host header."""
     realtime_url: str = "wss://api.openai.com/v1/realtime"
-    realtime_model: str = "gpt-realtime"
+    realtime_model: str = "gpt-realtime-2.1"
+    """The Realtime model (``OPENAI_REALTIME_MODEL``); ``gpt-realtime`` is shut down on 2027-01-20."""
+    reasoning_effort: str | None = None
+    """``reasoning.effort`` for a model that reasons (the ``gpt-realtime-2`` family): ``minimal`` to
+    ``xhigh``; None: the service's default."""
     voice: str = "cedar"
     instructions: str = DEFAULT_INSTRUCTIONS
     vad_type: VadType = VadType.SEMANTIC
@@ -158,7 +165,7 @@ class Config:
     log_level_libraries: str | None = None
     """Every other logger (aiohttp, openai...); None: INFO, or ``log_level`` when quieter."""
     log_format: LogFormat = LogFormat.TEXT
-    tools: tuple[str, ...] = tuple(TOOLS)
+    tools: tuple[str, ...] = TOOL_NAMES
     """Tool names offered to the model (``TOOLS``), in ``tools.TOOLS`` order."""
     openai_base_url: str = "https://api.openai.com/v1"
     """REST base URL for the Responses API (web search)."""
@@ -191,114 +198,9 @@ class Config:
         problems: list[str] = []
         reader = _EnvReader(env, problems)
         default = {f.name: f.default for f in fields(cls)}
-        api_key = env.get("OPENAI_API_KEY", "").strip()
-        if not api_key:
-            problems.append("OPENAI_API_KEY is required (your OpenAI API key)")
-        elif not _HEADER_TOKEN.fullmatch(api_key):
-            problems.append(
-                "OPENAI_API_KEY has characters an API key cannot have (quotes, spaces, line breaks or "
-                "non-ASCII letters); paste the key alone"
-            )
-        region = reader.text("DEFAULT_REGION", "US").upper()
-        if region not in phonenumbers.SUPPORTED_REGIONS:
-            problems.append("DEFAULT_REGION must be an ISO country code such as US or GB")
-            region = "US"
-        timezone = reader.text("TIMEZONE", "") or None
-        if timezone:
-            try:
-                ZoneInfo(timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                problems.append("TIMEZONE must be an IANA zone such as Europe/Paris")
-        public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
-        if public_url and urlsplit(public_url).scheme not in ("http", "https"):
-            problems.append("PUBLIC_URL must start with https:// (or http:// for local tests)")
-        realtime_url = reader.text("OPENAI_REALTIME_URL", default["realtime_url"])
-        if urlsplit(realtime_url).scheme not in ("ws", "wss"):
-            problems.append("OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
-        transcription: str | None = reader.text("TRANSCRIPTION_MODEL", default["transcription_model"] or "")
-        if transcription and transcription.lower() in ("none", "off"):
-            transcription = None
-        base_url = reader.text("OPENAI_BASE_URL", default["openai_base_url"]).rstrip("/")
-        if urlsplit(base_url).scheme not in ("http", "https"):
-            problems.append("OPENAI_BASE_URL must be an http(s):// URL")
-        twilio_api = reader.text("TWILIO_API_BASE_URL", default["twilio_api_base_url"]).rstrip("/")
-        if urlsplit(twilio_api).scheme not in ("http", "https"):
-            problems.append("TWILIO_API_BASE_URL must be an http(s):// URL")
-        if bool(reader.text("TWILIO_API_KEY", "")) != bool(reader.text("TWILIO_API_SECRET", "")):
-            problems.append("TWILIO_API_KEY and TWILIO_API_SECRET go together: set both or neither")
-        tls_cert = reader.text("TLS_CERT_FILE", "") or None
-        tls_key = reader.text("TLS_KEY_FILE", "") or None
-        if bool(tls_cert) != bool(tls_key):
-            problems.append("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
-        for name, path in (("TLS_CERT_FILE", tls_cert), ("TLS_KEY_FILE", tls_key)):
-            if path and not Path(path).is_file():
-                problems.append(f"{name} names no readable file")
-        if reader.text("NGROK_AUTHTOKEN", "") and reader.text("WORKERS", "1") not in ("", "1"):
-            problems.append("NGROK_AUTHTOKEN works with WORKERS=1 only (one tunnel per process)")
-        music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
-        if music_file and music_file.lower() in ("none", "off"):
-            music_file = None
-        config = cls(
-            openai_api_key=api_key,
-            port=reader.integer("PORT", default["port"], 1, 65535),
-            max_calls=reader.integer("MAX_CALLS", default["max_calls"], 1, 100_000),
-            workers=reader.integer("WORKERS", default["workers"], 1, 256),
-            event_loop=reader.choice("EVENT_LOOP", EventLoop, default["event_loop"]),
-            drain_timeout_s=reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
-            session_rollover_s=reader.number("SESSION_ROLLOVER_S", default["session_rollover_s"], 0.0, 3540.0),
-            metrics=reader.boolean("METRICS", default["metrics"]),
-            console_token=reader.text("CONSOLE_TOKEN", "") or None,
-            tls_cert_file=tls_cert,
-            tls_key_file=tls_key,
-            ngrok_authtoken=reader.text("NGROK_AUTHTOKEN", "") or None,
-            ngrok_domain=reader.text("NGROK_DOMAIN", "") or None,
-            public_url=public_url,
-            realtime_url=realtime_url,
-            realtime_model=reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
-            voice=reader.text("VOICE", default["voice"]),
-            instructions=reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
-            vad_type=reader.choice("VAD_TYPE", VadType, default["vad_type"]),
-            vad_eagerness=reader.choice_text("VAD_EAGERNESS", EAGERNESS, default["vad_eagerness"]),
-            vad_threshold=reader.number("VAD_THRESHOLD", default["vad_threshold"], 0.0, 1.0),
-            vad_prefix_padding_ms=reader.integer("VAD_PREFIX_PADDING_MS", default["vad_prefix_padding_ms"], 0, 10_000),
-            vad_silence_duration_ms=reader.integer(
-                "VAD_SILENCE_DURATION_MS", default["vad_silence_duration_ms"], 0, 10_000
-            ),
-            vad_interrupt_response=reader.boolean("VAD_INTERRUPT_RESPONSE", default["vad_interrupt_response"]),
-            noise_reduction=reader.choice("NOISE_REDUCTION", NoiseReduction, default["noise_reduction"]),
-            transcription_model=transcription or None,
-            log_transcripts=reader.boolean("LOG_TRANSCRIPTS", default["log_transcripts"]),
-            twilio_account_sid=reader.text("TWILIO_ACCOUNT_SID", "") or None,
-            twilio_auth_token=reader.text("TWILIO_AUTH_TOKEN", "") or None,
-            twilio_api_key=reader.text("TWILIO_API_KEY", "") or None,
-            twilio_api_secret=reader.text("TWILIO_API_SECRET", "") or None,
-            twilio_api_base_url=twilio_api,
-            plivo_auth_id=reader.text("PLIVO_AUTH_ID", "") or None,
-            plivo_auth_token=reader.text("PLIVO_AUTH_TOKEN", "") or None,
-            primary_numbers=reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
-            secondary_numbers=reader.phone_list("SECONDARY_USER_PHONE_NUMBERS", region),
-            primary_first_name=reader.text("PRIMARY_USER_FIRST_NAME", "") or None,
-            secondary_first_name=reader.text("SECONDARY_USER_FIRST_NAME", "") or None,
-            allow_all_callers=reader.boolean("ALLOW_ALL_CALLERS", False),
-            default_region=region,
-            timezone=timezone,
-            log_level=reader.choice_text("LOG_LEVEL", LEVELS, "INFO", upper=True),
-            log_level_libraries=reader.choice_text("LOG_LEVEL_LIBRARIES", LEVELS, "", upper=True) or None,
-            log_format=reader.choice("LOG_FORMAT", LogFormat, default["log_format"]),
-            tools=reader.tool_names("TOOLS", default["tools"]),
-            openai_base_url=base_url,
-            web_search_model=reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
-            web_search_timeout_s=reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
-            sms_model=reader.text("SMS_MODEL", "") or None,
-            smtp=reader.smtp_server(),
-            primary_to_email=reader.email("PRIMARY_TO_EMAIL"),
-            secondary_to_email=reader.email("SECONDARY_TO_EMAIL"),
-            wait_music_file=music_file,
-            wait_music_threshold_ms=reader.integer(
-                "WAIT_MUSIC_THRESHOLD_MS", default["wait_music_threshold_ms"], 0, 60_000
-            ),
-            wait_music_volume=reader.number("WAIT_MUSIC_VOLUME", default["wait_music_volume"], 0.0, 1.0),
-        )
+        checked = _checked_values(reader, env, default)
+        config = cls(**checked, **_operation_values(reader, default), **_voice_values(reader, default),
+                     **_network_values(reader, checked["default_region"]))
         if problems:
             raise ConfigError("; ".join(problems))
         return config
@@ -347,6 +249,128 @@ class Config:
         return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def _checked_values(reader: _EnvReader, env: Mapping[str, str], default: dict[str, Any]) -> dict[str, Any]:
+    """The values checked beyond their type: the API key, region, zone, URLs, files and pairs."""
+    problems = reader.problems
+    api_key = env.get("OPENAI_API_KEY", "").strip()
+    if not api_key:
+        problems.append("OPENAI_API_KEY is required (your OpenAI API key)")
+    elif not _HEADER_TOKEN.fullmatch(api_key):
+        problems.append(
+            "OPENAI_API_KEY has characters an API key cannot have (quotes, spaces, line breaks or "
+            "non-ASCII letters); paste the key alone"
+        )
+    region = reader.text("DEFAULT_REGION", "US").upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        problems.append("DEFAULT_REGION must be an ISO country code such as US or GB")
+        region = "US"
+    timezone = reader.text("TIMEZONE", "") or None
+    if timezone:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append("TIMEZONE must be an IANA zone such as Europe/Paris")
+    public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
+    if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+        problems.append("PUBLIC_URL must start with https:// (or http:// for local tests)")
+    realtime_url = reader.url("OPENAI_REALTIME_URL", default["realtime_url"], ("ws", "wss"),
+                              "OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
+    transcription: str | None = reader.text("TRANSCRIPTION_MODEL", default["transcription_model"] or "")
+    if transcription and transcription.lower() in ("none", "off"):
+        transcription = None
+    base_url = reader.url("OPENAI_BASE_URL", default["openai_base_url"], ("http", "https"),
+                          "OPENAI_BASE_URL must be an http(s):// URL")
+    twilio_api = reader.url("TWILIO_API_BASE_URL", default["twilio_api_base_url"], ("http", "https"),
+                            "TWILIO_API_BASE_URL must be an http(s):// URL")
+    if bool(reader.text("TWILIO_API_KEY", "")) != bool(reader.text("TWILIO_API_SECRET", "")):
+        problems.append("TWILIO_API_KEY and TWILIO_API_SECRET go together: set both or neither")
+    tls_cert = reader.text("TLS_CERT_FILE", "") or None
+    tls_key = reader.text("TLS_KEY_FILE", "") or None
+    if bool(tls_cert) != bool(tls_key):
+        problems.append("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
+    for name, path in (("TLS_CERT_FILE", tls_cert), ("TLS_KEY_FILE", tls_key)):
+        if path and not Path(path).is_file():
+            problems.append(f"{name} names no readable file")
+    if reader.text("NGROK_AUTHTOKEN", "") and reader.text("WORKERS", "1") not in ("", "1"):
+        problems.append("NGROK_AUTHTOKEN works with WORKERS=1 only (one tunnel per process)")
+    music_file: str | None = reader.text("WAIT_MUSIC_FILE", default["wait_music_file"])
+    if music_file and music_file.lower() in ("none", "off"):
+        music_file = None
+    return {
+        "openai_api_key": api_key, "default_region": region, "timezone": timezone, "public_url": public_url,
+        "realtime_url": realtime_url, "transcription_model": transcription or None, "openai_base_url": base_url,
+        "twilio_api_base_url": twilio_api, "tls_cert_file": tls_cert, "tls_key_file": tls_key,
+        "wait_music_file": music_file,
+    }
+
+
+def _operation_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, Any]:
+    """How the process runs: port, capacity, drain, rollover, operator pages, logs, music levels."""
+    return {
+        "port": reader.integer("PORT", default["port"], 1, 65535),
+        "max_calls": reader.integer("MAX_CALLS", default["max_calls"], 1, 100_000),
+        "workers": reader.integer("WORKERS", default["workers"], 1, 256),
+        "event_loop": reader.choice("EVENT_LOOP", EventLoop, default["event_loop"]),
+        "drain_timeout_s": reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
+        "session_rollover_s": reader.number("SESSION_ROLLOVER_S", default["session_rollover_s"], 0.0, 3540.0),
+        "metrics": reader.boolean("METRICS", default["metrics"]),
+        "console_token": reader.text("CONSOLE_TOKEN", "") or None,
+        "ngrok_authtoken": reader.text("NGROK_AUTHTOKEN", "") or None,
+        "ngrok_domain": reader.text("NGROK_DOMAIN", "") or None,
+        "log_level": reader.choice_text("LOG_LEVEL", LEVELS, "INFO", upper=True),
+        "log_level_libraries": reader.choice_text("LOG_LEVEL_LIBRARIES", LEVELS, "", upper=True) or None,
+        "log_format": reader.choice("LOG_FORMAT", LogFormat, default["log_format"]),
+        "wait_music_threshold_ms": reader.integer(
+            "WAIT_MUSIC_THRESHOLD_MS", default["wait_music_threshold_ms"], 0, 60_000
+        ),
+        "wait_music_volume": reader.number("WAIT_MUSIC_VOLUME", default["wait_music_volume"], 0.0, 1.0),
+    }
+
+
+def _voice_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, Any]:
+    """The voice model and what it is told and offered: model, voice, prompt, VAD, tools."""
+    return {
+        "realtime_model": reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
+        "reasoning_effort": reader.choice_text("REASONING_EFFORT", REASONING_EFFORTS, "") or None,
+        "voice": reader.text("VOICE", default["voice"]),
+        "instructions": reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
+        "vad_type": reader.choice("VAD_TYPE", VadType, default["vad_type"]),
+        "vad_eagerness": reader.choice_text("VAD_EAGERNESS", EAGERNESS, default["vad_eagerness"]),
+        "vad_threshold": reader.number("VAD_THRESHOLD", default["vad_threshold"], 0.0, 1.0),
+        "vad_prefix_padding_ms": reader.integer("VAD_PREFIX_PADDING_MS", default["vad_prefix_padding_ms"], 0, 10_000),
+        "vad_silence_duration_ms": reader.integer(
+            "VAD_SILENCE_DURATION_MS", default["vad_silence_duration_ms"], 0, 10_000
+        ),
+        "vad_interrupt_response": reader.boolean("VAD_INTERRUPT_RESPONSE", default["vad_interrupt_response"]),
+        "noise_reduction": reader.choice("NOISE_REDUCTION", NoiseReduction, default["noise_reduction"]),
+        "log_transcripts": reader.boolean("LOG_TRANSCRIPTS", default["log_transcripts"]),
+        "tools": reader.tool_names("TOOLS", default["tools"]),
+        "web_search_model": reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
+        "web_search_timeout_s": reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
+        "sms_model": reader.text("SMS_MODEL", "") or None,
+    }
+
+
+def _network_values(reader: _EnvReader, region: str) -> dict[str, Any]:
+    """The phone networks' credentials, the callers on the allowlists, and where email goes."""
+    return {
+        "twilio_account_sid": reader.text("TWILIO_ACCOUNT_SID", "") or None,
+        "twilio_auth_token": reader.text("TWILIO_AUTH_TOKEN", "") or None,
+        "twilio_api_key": reader.text("TWILIO_API_KEY", "") or None,
+        "twilio_api_secret": reader.text("TWILIO_API_SECRET", "") or None,
+        "plivo_auth_id": reader.text("PLIVO_AUTH_ID", "") or None,
+        "plivo_auth_token": reader.text("PLIVO_AUTH_TOKEN", "") or None,
+        "primary_numbers": reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
+        "secondary_numbers": reader.phone_list("SECONDARY_USER_PHONE_NUMBERS", region),
+        "primary_first_name": reader.text("PRIMARY_USER_FIRST_NAME", "") or None,
+        "secondary_first_name": reader.text("SECONDARY_USER_FIRST_NAME", "") or None,
+        "allow_all_callers": reader.boolean("ALLOW_ALL_CALLERS", False),
+        "smtp": reader.smtp_server(),
+        "primary_to_email": reader.email("PRIMARY_TO_EMAIL"),
+        "secondary_to_email": reader.email("SECONDARY_TO_EMAIL"),
+    }
+
+
 class _EnvReader:
     """Reads typed values, collecting problems instead of stopping at the first."""
 
@@ -357,6 +381,12 @@ class _EnvReader:
     def text(self, name: str, default: str) -> str:
         value = self.env.get(name)
         return default if value is None or not value.strip() else value.strip()
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...], problem: str) -> str:
+        value = self.text(name, default).rstrip("/") if "http" in schemes else self.text(name, default)
+        if urlsplit(value).scheme not in schemes:
+            self.problems.append(problem)
+        return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.text(name, "")
@@ -424,12 +454,12 @@ class _EnvReader:
         if raw.lower() == "none":
             return ()
         wanted = {part.strip() for part in raw.split(",") if part.strip()}
-        unknown = sorted(wanted - set(TOOLS))
+        unknown = sorted(wanted - set(TOOL_NAMES))
         if unknown:
             self.problems.append(
-                f"{name} has {len(unknown)} unknown tool name(s); known: {', '.join(TOOLS)}, or none"
+                f"{name} has {len(unknown)} unknown tool name(s); known: {', '.join(TOOL_NAMES)}, or none"
             )
-        return tuple(tool for tool in TOOLS if tool in wanted)
+        return tuple(tool for tool in TOOL_NAMES if tool in wanted)
 
     def email(self, name: str) -> str | None:
         raw = self.text(name, "")
@@ -502,66 +532,6 @@ def to_e164(raw: str, region: str = "US") -> str | None:
     if not phonenumbers.is_valid_number(parsed):
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-
-
-def mask_number(number: str) -> str:
-    """A phone number fit for logs: the last four digits only (``+*******0100``)."""
-    return number[:1] + "*" * max(len(number) - 5, 0) + number[-4:] if len(number) > 4 else "****"
-
-
-@dataclass(frozen=True, slots=True)
-class AllowedCaller:
-    """A caller the allowlists let in."""
-
-    number: str
-    """E.164."""
-    group: CallerGroup
-    first_name: str
-    """The group's first name, or "legend" when unset."""
-
-
-def find_caller(config: Config, raw_number: str | None) -> AllowedCaller | None:
-    """The allowed caller for a number, or None when the line is restricted for it.
-
-    Args:
-        config: the allowlists, names and ``DEFAULT_REGION``.
-        raw_number: the number as the phone network reports it (any format; None or
-            ``anonymous`` match no list).
-
-    With both allowlists empty everyone is refused unless ``ALLOW_ALL_CALLERS`` is set.
-    """
-    number = to_e164(raw_number or "", config.default_region)
-    if number is not None and number in config.primary_numbers:
-        return AllowedCaller(number, CallerGroup.PRIMARY, config.primary_first_name or "legend")
-    if number is not None and number in config.secondary_numbers:
-        return AllowedCaller(number, CallerGroup.SECONDARY, config.secondary_first_name or "legend")
-    if config.allow_all_callers:
-        return AllowedCaller(number or "unknown", CallerGroup.ANYONE, "legend")
-    return None
-
-
-
-RESTRICTED_MESSAGE = "Sorry, this line is restricted. Goodbye."
-"""What a caller on neither allowlist hears before the hang-up."""
-BUSY_MESSAGE = "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
-"""What a caller hears when the process is at ``MAX_CALLS``."""
-DRAINING_MESSAGE = "Sorry, this line is restarting. Please call again in a minute. Goodbye."
-"""What a new caller hears while the process drains for a restart."""
-
-
-def greeting_for(when: datetime) -> str:
-    """ "Good morning" (before 12:00), "Good afternoon" (before 18:00) or "Good evening"."""
-    if when.hour < 12:
-        return "Good morning"
-    return "Good afternoon" if when.hour < 18 else "Good evening"
-
-
-def welcome_message(config: Config, caller: AllowedCaller, now: datetime | None = None) -> str:
-    """What an allowed caller hears before the assistant: ``"Good afternoon, Jordan. Connecting you
-    to your assistant."`` in ``TIMEZONE`` (the server's local time when unset)."""
-    if now is None:
-        now = datetime.now(ZoneInfo(config.timezone) if config.timezone else None)
-    return f"{greeting_for(now)}, {caller.first_name}. Connecting you to your assistant."
 
 
 def startup_warnings(config: Config) -> list[str]:

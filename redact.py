@@ -261,3 +261,8 @@ class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             msg, args = msg + " (%d more held back in the last second)", (*args, int(held[1]))
         self._held[kind] = [now + 1.0, 0]
         self.log(level, msg, *args)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception for the log: its type, and its message when it has one (never a traceback)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

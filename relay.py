@@ -43,6 +43,7 @@ import tools
 from bridge.events import Stats
 from bridge.music import load_wait_music
 from config import Config, ConfigError, EventLoop, LogFormat, startup_warnings
+from model import factory as model_factory
 from model.websocket import RealtimeClient
 from ops import tunnel, workers
 from ops.capacity import Capacity, LoopErrors, raise_open_files_limit
@@ -282,24 +283,31 @@ def host_of(url: str) -> str:
     return parts.hostname + (f":{parts.port}" if parts.port else "")
 
 
+async def _tunnel(app: web.Application, config: Config) -> tuple[Config, Callable[[], Awaitable[None]] | None]:
+    """With ``NGROK_AUTHTOKEN``, open the tunnel and make its URL the app's ``PUBLIC_URL``. Returns the config
+    in force and the tunnel's closer (None without a tunnel). Raises tunnel.TunnelError."""
+    if not config.ngrok_authtoken:
+        return config, None
+    url, close_tunnel = await tunnel.open_tunnel(config.port, config.ngrok_authtoken, config.ngrok_domain)
+    if config.public_url:
+        logger.warning("PUBLIC_URL is replaced by the ngrok tunnel's URL")
+    config = replace(config, public_url=url)
+    app[CONFIG] = config
+    logger.info("ngrok tunnel open: %s; Twilio voice webhook: %s/incoming-call", url, url)
+    return config, close_tunnel
+
+
 async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | None) -> int:
     """Serve on 0.0.0.0:$PORT until SIGINT or SIGTERM; then ``drain`` and return 0.
     Returns 1, after one line naming ``PORT``, when the port cannot be bound. A worker of
     ``WORKERS`` binds with ``SO_REUSEPORT``, beside its siblings."""
     asyncio.get_running_loop().set_exception_handler(LoopErrors())
     worker = os.environ.get(workers.WORKER_ENV)
-    close_tunnel = None
-    if config.ngrok_authtoken:
-        try:
-            url, close_tunnel = await tunnel.open_tunnel(config.port, config.ngrok_authtoken, config.ngrok_domain)
-        except tunnel.TunnelError as exc:
-            logger.error("%s", exc)
-            return 1
-        if config.public_url:
-            logger.warning("PUBLIC_URL is replaced by the ngrok tunnel's URL")
-        config = replace(config, public_url=url)
-        app[CONFIG] = config
-        logger.info("ngrok tunnel open: %s; Twilio voice webhook: %s/incoming-call", url, url)
+    try:
+        config, close_tunnel = await _tunnel(app, config)
+    except tunnel.TunnelError as exc:
+        logger.error("%s", exc)
+        return 1
     runner = _runner(app, 5.0)
     await runner.setup()
     try:
@@ -365,7 +373,7 @@ def main() -> None:
     if redactor is None:
         logger.warning("DISABLE_LOG_REDACTION=true: secret values are not masked in this log")
     if not workers.is_worker():  # the supervisor (or the only process) says it once
-        for note in startup_warnings(config):
+        for note in startup_warnings(config) + model_factory.startup_warnings(config):
             logger.warning("%s", note)
         if config.workers > 1:
             sys.exit(workers.supervise(config.workers, [sys.executable, str(Path(__file__).resolve())]))

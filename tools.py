@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import re
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit
 
 import httpx2  # the openai SDK's HTTP client (only its in-memory transport is used here)
 import openai
+
+from mailserver import SmtpSecurity, SmtpServer
 
 logger = logging.getLogger("tools")
 
@@ -65,54 +66,6 @@ class CallControl(Protocol):
             ToolError: the service refused the update or did not confirm it in time.
         """
         ...
-
-
-class SmtpSecurity(enum.StrEnum):
-    """How the SMTP connection is protected."""
-
-    SSL = "ssl"
-    """Implicit TLS from the first byte (port 465)."""
-    STARTTLS = "starttls"
-    """Plain connect, then STARTTLS before login (port 587); refused if the server lacks it."""
-    NONE = "none"
-    """No TLS: only for a relay on the same host or a test server."""
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpServer:
-    """Where and how to send email."""
-
-    host: str
-    port: int
-    security: SmtpSecurity
-    sender: str
-    """The From address (``SENDER_FROM_EMAIL``)."""
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-WELL_KNOWN_SMTP: dict[str, tuple[str, int, SmtpSecurity]] = {
-    # Nodemailer's well-known services (lib/well-known/services.json), ids and aliases in
-    # lower case. Port 587 entries are sent with STARTTLS required.
-    "gmail": ("smtp.gmail.com", 465, SmtpSecurity.SSL),
-    "googlemail": ("smtp.gmail.com", 465, SmtpSecurity.SSL),
-    "proton": ("smtp.protonmail.ch", 587, SmtpSecurity.STARTTLS),
-    "protonmail": ("smtp.protonmail.ch", 587, SmtpSecurity.STARTTLS),
-    "outlook": ("smtp-mail.outlook.com", 587, SmtpSecurity.STARTTLS),
-    "hotmail": ("smtp-mail.outlook.com", 587, SmtpSecurity.STARTTLS),
-    "outlook365": ("smtp.office365.com", 587, SmtpSecurity.STARTTLS),
-    "yahoo": ("smtp.mail.yahoo.com", 465, SmtpSecurity.SSL),
-    "icloud": ("smtp.mail.me.com", 587, SmtpSecurity.STARTTLS),
-    "zoho": ("smtp.zoho.com", 465, SmtpSecurity.SSL),
-    "fastmail": ("smtp.fastmail.com", 465, SmtpSecurity.SSL),
-    "aol": ("smtp.aol.com", 587, SmtpSecurity.STARTTLS),
-    "gmx": ("mail.gmx.com", 587, SmtpSecurity.STARTTLS),
-    "yandex": ("smtp.yandex.ru", 465, SmtpSecurity.SSL),
-    "sendgrid": ("smtp.sendgrid.net", 587, SmtpSecurity.STARTTLS),
-    "mailgun": ("smtp.mailgun.org", 465, SmtpSecurity.SSL),
-    "ses": ("email-smtp.us-east-1.amazonaws.com", 465, SmtpSecurity.SSL),
-}
-"""Service id -> (host, port, security)."""
 
 
 @dataclass(slots=True)

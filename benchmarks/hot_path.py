@@ -26,7 +26,7 @@ from bridge.playback import Playback, b64_decoded_len
 from model import realtime_wire
 from phones import twilio as phone_twilio
 from phones.leg import PhoneAudio
-from standins import openai_service as standin_openai
+from standins import validation
 from standins.phone_network import TwilioMessages
 
 FRAME = TwilioMessages().media(os.urandom(160), 820)
@@ -45,7 +45,7 @@ def inbound_validated() -> str:
     event = phone_twilio.parse_message(FRAME)
     assert type(event) is PhoneAudio
     out = json.loads(realtime_wire.input_audio_append(event.payload))
-    assert not standin_openai.client_event_problems(out)
+    assert not validation.client_event_problems(out)
     return json.dumps(out)
 
 
@@ -60,7 +60,7 @@ def outbound(raw: str = DELTA) -> tuple[str, str]:
 
 
 def outbound_validated() -> tuple[str, str]:
-    assert not standin_openai.server_event_problems(json.loads(DELTA))
+    assert not validation.server_event_problems(json.loads(DELTA))
     return outbound()
 
 
@@ -76,7 +76,7 @@ def per_call_us(fn: Callable[[], object], n: int = 20000) -> float:
 
 
 def main() -> None:
-    standin_openai.warm_up_validators()
+    validation.warm_up_validators()
     rows = [
         ("inbound frame (relay)", per_call_us(inbound), 50),
         ("inbound frame (validated)", per_call_us(inbound_validated, 5000), 50),

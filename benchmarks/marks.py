@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.playback import Playback
-from simulate import PhonePlayback
+from standins.phone_playback import PhonePlayback
 
 Strategy = Callable[[int], list[int]]
 """Given a delta's size in bytes, the sizes of the media messages it becomes (each followed by a mark

@@ -23,20 +23,21 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict
-from typing import Any, NoReturn
 
 import openai
 from aiohttp import WSCloseCode
 
 from bridge.conversation import Conversation
-from bridge.events import CallCounts, CallEnd, CallEvent, CallEventHook, CallEventKind, Ending, EndReason, HangUp, Stats
+from bridge.events import CallCounts, CallEnd, CallEventHook, CallEventKind, Ending, EndReason, HangUp, Publisher, Stats
 from bridge.goodbye import Goodbye, GoodbyeState
 from bridge.output import PhoneOutput
 from bridge.prompts import KeyPresses, greeting_instruction
 from bridge.tool_runner import ToolRunner
 from bridge.transcript import Transcript
 from bridge.upstream import Upstream
-from config import AllowedCaller, Config, find_caller, mask_number
+from bridge.watchdog import watch
+from callers import AllowedCaller, find_caller, mask_number
+from config import Config
 from model.factory import session_factory
 from model.session import ModelRefused, ModelUnavailable, SessionFactory
 from model.websocket import RealtimeClient
@@ -52,12 +53,6 @@ START_TIMEOUT_S = 10.0
 """How long the phone has to send its start after the websocket opens."""
 GOODBYE_RESPONSE_TIMEOUT_S = 15.0
 """After ``end_call``, how long the model has to finish its goodbye before the line closes anyway."""
-PHONE_SILENCE_S = 30.0
-"""A phone sends 50 frames a second; one that sends none for this long is gone (a half-open socket)."""
-PHONE_WRITE_TIMEOUT_S = 5
-"""Seconds the phone may leave its send buffer full (it has stopped reading) before the call is dropped:
-sends wait on it meanwhile, so the relay's memory stays bounded by that buffer."""
-
 
 class Call:
     """One phone call bridged to the voice model; implements ``tools.CallControl`` for the tools.
@@ -94,8 +89,7 @@ class Call:
         self.caller: AllowedCaller | None = None
         self.counts = CallCounts()
         self.log = CallLog(logger)
-        self._on_event = on_event
-        self._warned = False
+        self._publish = Publisher(on_event, self.log)
         self._close_code: int | None = None
         self._closing = asyncio.Event()
         self._goodbye_moved = asyncio.Event()
@@ -189,7 +183,7 @@ class Call:
         tasks = [
             asyncio.create_task(self._pump_phone(), name="phone->model"),
             asyncio.create_task(self._pump_model(), name="model->phone"),
-            asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(watch(self.phone, self.counts, self.upstream, self.log), name="watchdog"),
             asyncio.create_task(self._hang_up_after_goodbye(), name="hang up"),
             asyncio.create_task(self.upstream.rollover_when_due(), name="session rollover"),
             asyncio.create_task(self._closing.wait(), name="close request"),
@@ -217,6 +211,7 @@ class Call:
         if start is None:
             return Ending(EndReason.NO_START, f"no start from {network}")
         self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
+        self._publish.stream_sid = start.stream_sid
         self.log.extra.update(stream_sid=start.stream_sid, call_sid=start.call_sid)  # type: ignore[union-attr]
         number = start.custom_parameters.get("caller_number")
         if self.stream_tokens is not None:
@@ -284,32 +279,6 @@ class Call:
         except ConnectionResetError:  # the caller hung up while audio was being sent: a normal end
             return Ending(EndReason.PHONE_HUNG_UP, f"{self.phone.network} hung up")
 
-    async def _watchdog(self) -> NoReturn:
-        """Once a second: a model that never begins the turn it was asked for ends the call as an upstream
-        failure rather than leave the caller in silence; a phone that has sent no frame for
-        ``PHONE_SILENCE_S`` is gone; one that has taken nothing for ``PHONE_WRITE_TIMEOUT_S`` is dropped.
-        (Counters and buffers are compared here, so the per-frame path pays nothing for it.)"""
-        frames, heard_at, stalled_s, network = -1, time.monotonic(), 0, self.phone.network
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            stalled_s = stalled_s + 1 if self.phone.write_stalled else 0
-            if stalled_s >= PHONE_WRITE_TIMEOUT_S:
-                self.log.warning("the phone has not read for %ds (%d bytes unsent); dropping the call",
-                                 stalled_s, self.phone.unsent_bytes)
-                raise HangUp(Ending(EndReason.PHONE_NOT_READING, f"{network} not reading"))
-            if self.counts.frames_in != frames:
-                frames, heard_at = self.counts.frames_in, now
-            elif now - heard_at > PHONE_SILENCE_S:
-                self.log.warning("no frame from the phone for %.0fs; hanging up", PHONE_SILENCE_S)
-                raise HangUp(Ending(EndReason.PHONE_SILENT, f"{network} silent"))
-            overdue = self.upstream.overdue(now)
-            if overdue is not None:
-                self.log.error("%s", overdue)
-                api = self.upstream.session.api if self.upstream.session is not None else "model"
-                raise HangUp(Ending(EndReason.MODEL_SILENT, f"{api} did not answer", True,
-                                    WSCloseCode.INTERNAL_ERROR))
-
     async def _hang_up_after_goodbye(self) -> Ending:
         """After ``end_call``: wait for the goodbye to be spoken, then for the phone to report its last
         mark (every byte played, or cleared by a barge-in), then end the call. The safety deadline runs
@@ -344,17 +313,6 @@ class Call:
     def _on_music(self, playing: bool) -> None:
         self.log.debug("wait music %s", "started" if playing else "stopped")
         self._publish(CallEventKind.MUSIC_STARTED if playing else CallEventKind.MUSIC_STOPPED)
-
-    def _publish(self, what: CallEventKind, /, **data: Any) -> None:
-        """Hand one event to the hook; nothing is built when no one listens."""
-        if self._on_event is None:
-            return
-        try:
-            self._on_event(CallEvent(what, self.stream_sid, time.time(), data))  # type: ignore[arg-type]
-        except Exception:
-            if not self._warned:
-                self._warned = True
-                self.log.exception("call event hook failed on %s", what)
 
     # CallControl (what tools.py may ask of this call)
 

@@ -6,6 +6,7 @@ Observers (``ops.console``, ``ops.metrics``) import this module only, never the 
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -157,6 +158,28 @@ class CallEvent:
 CallEventHook = Callable[[CallEvent], None]
 """Receives every event of a call. It must not block (put into a bounded queue and return); an exception
 it raises is logged once per call and never reaches the call."""
+
+
+class Publisher:
+    """One call's events to its hook: ``publish(kind, **data)``. Nothing is built when no one listens; an
+    exception from the hook is logged once and never reaches the call."""
+
+    def __init__(self, hook: CallEventHook | None, log: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+        self._hook = hook
+        self._log = log
+        self._warned = False
+        self.stream_sid = ""
+        """The call's stream, once the phone has started it."""
+
+    def __call__(self, what: CallEventKind, /, **data: Any) -> None:
+        if self._hook is None:
+            return
+        try:
+            self._hook(CallEvent(what, self.stream_sid, time.time(), data))  # type: ignore[arg-type]
+        except Exception:
+            if not self._warned:
+                self._warned = True
+                self._log.exception("call event hook failed on %s", what)
 
 
 class EndReason(enum.StrEnum):

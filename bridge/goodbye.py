@@ -14,7 +14,7 @@ class GoodbyeState(enum.StrEnum):
     REQUESTED = "requested"
     """``end_call`` ran; the function calls of its response are being answered."""
     ASKED = "asked"
-    """The relay asked the model for its goodbye (``response.create`` sent or queued)."""
+    """The relay asked the model for its goodbye (asked now, or once the current turn ends)."""
     SPEAKING = "speaking"
     """The goodbye response is being generated."""
     SPOKEN = "spoken"

@@ -28,7 +28,7 @@ class _ItemAudio:
     sent: int = 0
     """µ-law bytes of this item sent to the phone."""
     closed: bool = False
-    """The model finished this item's audio (``response.output_audio.done``)."""
+    """The model finished this item's audio (``AssistantAudioDone``)."""
 
     def heard_ms(self, played: int) -> int:
         """Milliseconds of this item heard when the stream has played up to offset ``played``,
@@ -145,7 +145,7 @@ class Playback:
         self._items.clear()
 
     def close_item(self, item_id: str) -> None:
-        """The model will send no more audio for ``item_id`` (``response.output_audio.done``)."""
+        """The model will send no more audio for ``item_id`` (``AssistantAudioDone``)."""
         item = self._items.get(item_id)
         if item is not None:
             item.closed = True

@@ -26,9 +26,8 @@ from bridge.events import CallCounts, CallEventKind, Ending, EndReason, Stats
 from bridge.output import PhoneOutput
 from bridge.prompts import replay_intro
 from bridge.transcript import Transcript
-from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionFactory
-from model.websocket import SessionClosed, describe
-from redact import CallLog
+from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionClosed, SessionFactory
+from redact import CallLog, describe
 
 logger = logging.getLogger(__name__)
 

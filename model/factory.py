@@ -34,3 +34,15 @@ def session_factory(config: Config, client: RealtimeClient) -> SessionFactory:
         return RealtimeSession(client, options, noise_reduction, log)
 
     return make
+
+
+def startup_warnings(config: Config) -> list[str]:
+    """What an operator should know about the voice model before taking calls, one sentence each."""
+    notes = []
+    if config.reasoning_effort and not takes_reasoning(config.realtime_model):
+        notes.append(f"REASONING_EFFORT is ignored: {config.realtime_model} does not take a reasoning effort "
+                     "(the gpt-realtime-2 family does)")
+    if config.realtime_model == "gpt-realtime":
+        notes.append("OPENAI_REALTIME_MODEL=gpt-realtime is shut down on 2027-01-20; its replacement is "
+                     "gpt-realtime-2.1")
+    return notes

@@ -39,13 +39,14 @@ from model.session import (
     ModelUnavailable,
     ResponseDone,
     ResponseStarted,
+    SessionClosed,
     SessionEnd,
     ToolOutput,
     Truncation,
     VoiceApi,
 )
-from model.websocket import RealtimeClient, RealtimeSocket, SessionClosed, describe
-from redact import CallLog
+from model.websocket import RealtimeClient, RealtimeSocket
+from redact import CallLog, describe
 
 RESPONSE_CREATED_TIMEOUT_S = 10.0
 """How long the service has to answer ``response.create`` with ``response.created``."""

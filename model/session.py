@@ -48,6 +48,10 @@ class ModelUnavailable(Exception):
     closed, or did not confirm the configuration in time. The message says why, for the log."""
 
 
+class SessionClosed(ConnectionError):
+    """A send on a model session's socket that is closing or closed."""
+
+
 class ModelRefused(Exception):
     """The service refused or did not confirm a mid-call change (a noise reduction switch); the message
     says which, for the tool's answer."""
@@ -222,7 +226,7 @@ class ModelSession(Protocol):
 
     Sends never raise for a session that has just closed: the event is dropped, iteration ends, and
     ``end`` says how (the call then replaces the session or ends). Caller audio raises
-    ``model.websocket.SessionClosed`` instead, so the call can hold it for the next session.
+    ``SessionClosed`` instead, so the call can hold it for the next session.
     """
 
     api: VoiceApi

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import ClientWebSocketResponse, ServerTimeoutError, WSMsgType
 
+from model.session import SessionClosed
+
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 2**24
@@ -31,10 +33,6 @@ service that keeps streaming audio but no longer reads would count as alive for 
 it within ~8 s, hung or deaf, instead of leaving the caller on a dead line."""
 CLOSE_TIMEOUT_S = 2.0
 """How long a closing handshake with the service may take (a hung service never answers it)."""
-
-
-class SessionClosed(ConnectionError):
-    """A send on a Realtime socket that is closing or closed."""
 
 
 class RealtimeSocket:
@@ -182,7 +180,3 @@ def env_proxy(url: str) -> str | None:
     secure = parts.scheme == "wss"
     return proxies.get("wss" if secure else "ws") or proxies.get("https" if secure else "http")
 
-
-def describe(exc: BaseException) -> str:
-    """An exception for the log: its type, and its message when it has one."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -60,7 +60,7 @@ class Network:
     call_id_param: str
     """The webhook parameter naming the call (``CallSid``)."""
     caller_number: Callable[[str | None], str | None]
-    """The webhook's ``From`` made readable by ``config.find_caller`` (E.164 with its ``+``)."""
+    """The webhook's ``From`` made readable by ``callers.find_caller`` (E.164 with its ``+``)."""
     signatures: Callable[[Config], Signatures]
     """The network's signature checks for a configuration."""
     served_unsigned: bool

@@ -145,7 +145,7 @@ def hang_up_xml(say: str) -> str:
 
 def caller_number(raw: str | None) -> str | None:
     """Plivo's ``From`` (E.164 digits without ``+``, e.g. ``14155550100``) made readable by
-    ``config.find_caller``: a ``+`` is put back in front of an all-digit number."""
+    ``callers.find_caller``: a ``+`` is put back in front of an all-digit number."""
     if raw and raw.isdigit():
         return "+" + raw
     return raw

@@ -30,7 +30,8 @@ from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
 import tools
-from config import Config, find_caller, mask_number
+from callers import find_caller, mask_number
+from config import Config
 from tools import ToolError
 
 logger = logging.getLogger(__name__)

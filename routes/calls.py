@@ -20,7 +20,8 @@ from aiohttp import WSCloseCode, web
 
 from bridge.call import Call
 from bridge.events import CallEvent, CallEventHook
-from config import BUSY_MESSAGE, DRAINING_MESSAGE, RESTRICTED_MESSAGE, Config, find_caller, mask_number, welcome_message
+from callers import BUSY_MESSAGE, DRAINING_MESSAGE, RESTRICTED_MESSAGE, find_caller, mask_number, welcome_message
+from config import Config
 from phones.network import Network
 from phones.websocket import WebSocketLeg
 from routes.state import (

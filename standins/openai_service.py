@@ -13,190 +13,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
-import gc
 import json
-import math
 import random
 import secrets
 import time
-import typing
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from openai.types.responses import Response
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-import audio
 from audio import BYTES_PER_MS, ULAW_SILENCE
+from standins.vad import Vad
+from standins.validation import client_event_problems, responses_request_problems, warm_up_validators
 
 Note = Callable[[str, str], None]
 """Hears ``(source, text)``: ``realtime`` or ``responses``, and what happened."""
-
-# --- Validation of Realtime events against the openai package's own types -------------------
-
-
-def _discriminated(alias: Any) -> TypeAdapter[Any]:
-    # The SDK's unions carry PropertyInfo(discriminator=...) metadata that pydantic ignores;
-    # re-annotate so a bad event yields one precise error (pydantic discriminated unions).
-    return TypeAdapter(Annotated[typing.get_args(alias)[0], Field(discriminator="type")])
-
-
-@functools.cache
-def _event_adapter(side: str) -> TypeAdapter[Any]:
-    """The validator of ``RealtimeClientEvent`` (``side="client"``) or ``RealtimeServerEvent``, built
-    on first use (a few hundred ms)."""
-    from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
-
-    return _discriminated(RealtimeClientEvent if side == "client" else RealtimeServerEvent)
-
-
-def _event_problems(side: str, event: dict[str, Any]) -> list[str]:
-    try:
-        model = _event_adapter(side).validate_python(event)
-    except ValidationError as exc:
-        return _problems(exc)
-    return [f"unknown field {name}" for name in _unknown_fields(model)]
-
-
-def _unknown_fields(model: Any, path: str = "$") -> list[str]:
-    out: list[str] = []
-    if isinstance(model, BaseModel):
-        out += [f"{path}.{key}" for key in (model.model_extra or {})]
-        for name in type(model).model_fields:
-            out += _unknown_fields(getattr(model, name), f"{path}.{name}")
-    elif isinstance(model, list):
-        for i, value in enumerate(model):
-            out += _unknown_fields(value, f"{path}[{i}]")
-    return out
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    """One ``"<path>: <error type>"`` line per pydantic error."""
-    return [f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()]
-
-
-def warm_up_validators() -> None:
-    """Build the pydantic validators now (~450 ms) rather than mid-call, then move the import-time
-    heap out of the collector's reach: with the openai types loaded a full collection takes ~50 ms,
-    long enough to skew the simulated clocks (``gc.freeze``). Once per process.
-
-    The stand-ins share the event loop with the relay in tests, so a validator built on first use
-    stalls the relay's audio: the Responses stand-in's first answer (108 ms to build ``Response``)
-    used to land in the waiting music and leave a 50 ms gap the caller heard.
-    """
-    if _event_adapter.cache_info().currsize == 2:
-        return
-    client_event_problems({"type": "response.cancel"})
-    server_event_problems({"type": "session.created"})
-    responses_request_problems({"model": "warm-up", "input": "warm-up", "tools": [{"type": "web_search"}],
-                                "tool_choice": "required"})
-    Response.model_validate({"id": "resp_warm_up", "object": "response", "created_at": 0, "status": "completed",
-                             "model": "warm-up", "output": [], "parallel_tool_calls": True,
-                             "tool_choice": "required", "tools": []})
-    gc.freeze()
-
-
-def client_event_problems(event: dict[str, Any]) -> list[str]:
-    """Why ``event`` is not a valid GA Realtime client event ([] when it is).
-
-    Validates against ``openai.types.realtime.RealtimeClientEvent`` discriminated on
-    ``type``, and reports keys the model does not define (the SDK models allow extras, so
-    beta-era names such as ``session.input_audio_format`` would otherwise pass).
-    """
-    return _event_problems("client", event)
-
-
-def server_event_problems(event: dict[str, Any]) -> list[str]:
-    """Why ``event`` is not a valid GA Realtime server event ([] when it is)."""
-    return _event_problems("server", event)
-
-
-# --- Voice activity detection (stand-in for the service's server_vad) ----------------------
-
-
-class Vad:
-    """Energy VAD over 10 ms sub-frames of µ-law audio that follows the line's noise floor, shaped
-    like Realtime ``server_vad``.
-
-    A sub-frame is voiced when its RMS exceeds both ``-60 + 40 * threshold`` dBFS (0.5: -40 dBFS)
-    and the noise floor plus ``MARGIN_DB``. The floor is learnt from the first ``LEARN_MS`` of
-    audio (a call starts with the line's noise, not with speech), then follows quiet sub-frames
-    down at once and rises at most ``RISE_DB_PER_S`` (slower during speech), so a noisy line is
-    not speech and speech does not become the floor. Speech starts after ``START_FRAMES`` voiced
-    sub-frames in a row; it is reported with ``audio_start_ms`` = onset - ``prefix_padding_ms``
-    (the service includes the padding). It stops after ``silence_duration_ms`` of unvoiced audio;
-    ``audio_end_ms`` includes it.
-    """
-
-    SUB_FRAME_BYTES = 80
-    START_FRAMES = 2
-    MARGIN_DB = 12.0
-    LEARN_MS = 100
-    RISE_DB_PER_S = 3.0
-    SILENT_DBFS = -90.0
-    """Digital silence counts as this level (its RMS is 0, -inf dB)."""
-
-    def __init__(self, threshold: float, prefix_padding_ms: int, silence_duration_ms: int) -> None:
-        self.level_dbfs = -60 + 40 * threshold
-        self.prefix_padding_ms = prefix_padding_ms
-        self.silence_duration_ms = silence_duration_ms
-        self.pos_ms = 0
-        self.in_speech = False
-        self.onset_ms: int | None = None
-        self.floor_dbfs = math.inf
-        """The noise floor learnt so far (dBFS)."""
-        self._voiced_run = 0
-        self._silence_ms = 0
-        self._pending = b""
-
-    def _voiced(self, level: float, step_ms: int) -> bool:
-        if self.pos_ms < self.LEARN_MS:
-            self.floor_dbfs = min(self.floor_dbfs, level)
-            return False
-        voiced = level > self.level_dbfs and level > self.floor_dbfs + self.MARGIN_DB
-        if level < self.floor_dbfs:
-            self.floor_dbfs = level
-        else:
-            rise = self.RISE_DB_PER_S * step_ms / 1000 / (4 if voiced else 1)
-            self.floor_dbfs = min(level, self.floor_dbfs + rise)
-        return voiced
-
-    def feed(self, ulaw: bytes) -> list[tuple[str, int]]:
-        """Feed caller audio; returns ``("started", audio_start_ms)`` / ``("stopped", audio_end_ms)``."""
-        data = self._pending + ulaw
-        out: list[tuple[str, int]] = []
-        step = self.SUB_FRAME_BYTES
-        step_ms = step // BYTES_PER_MS
-        usable = len(data) - len(data) % step
-        for i in range(0, usable, step):
-            level = max(self.SILENT_DBFS, audio.rms_dbfs(audio.ulaw_to_pcm16(data[i : i + step])))
-            voiced = self._voiced(level, step_ms)
-            frame_start = self.pos_ms
-            self.pos_ms += step_ms
-            if not self.in_speech:
-                if voiced:
-                    if self._voiced_run == 0:
-                        self.onset_ms = frame_start
-                    self._voiced_run += 1
-                    if self._voiced_run >= self.START_FRAMES:
-                        self.in_speech, self._silence_ms = True, 0
-                        out.append(("started", max(0, (self.onset_ms or 0) - self.prefix_padding_ms)))
-                else:
-                    self._voiced_run = 0
-            elif voiced:
-                self._silence_ms = 0
-            else:
-                self._silence_ms += step_ms
-                if self._silence_ms >= self.silence_duration_ms:
-                    self.in_speech, self._voiced_run = False, 0
-                    out.append(("stopped", self.pos_ms))
-        self._pending = data[usable:]
-        return out
-
 
 # --- Scenario --------------------------------------------------------------------------------
 
@@ -268,7 +102,7 @@ class RealtimeSession:
         self._transport = transport
         self.session: dict[str, Any] = {
             "type": "realtime",
-            "model": "gpt-realtime",
+            "model": "gpt-realtime-2.1",
             "output_modalities": ["audio"],
             "instructions": "",
             "audio": {
@@ -419,6 +253,9 @@ class RealtimeSession:
             if self.standin.stall and self.updated_at is not None:
                 self._note("stalls: reads nothing more and answers no ping")
                 await asyncio.Event().wait()  # until the server shuts down
+            if self.standin.deaf and self.active is not None:
+                self._note("goes deaf: streams its answer but reads nothing more and answers no ping")
+                await asyncio.Event().wait()  # the response task goes on sending
         owned = [task for task in [self.active, *self._later] if task is not None]
         for task in owned:
             task.cancel()
@@ -434,6 +271,10 @@ class RealtimeSession:
                 for what, ms in self.vad.feed(chunk):
                     await self._on_vad(what, ms)
         elif kind == "session.update":
+            if "reasoning" in event["session"] and not str(self.session["model"]).startswith("gpt-realtime-2"):
+                await self.error("unknown_parameter", f"The model {self.session['model']} does not support "
+                                 "'session.reasoning'.", event_id=event.get("event_id"))
+                return
             self.session = _merge_session(self.session, event["session"])
             self._configure_vad()
             if self.standin.session_updated_delay_s:  # answer later, reading on meanwhile
@@ -713,28 +554,6 @@ class ResponsesRequest:
     """Why the body is not a valid ``responses.create`` request ([] when it is)."""
 
 
-@functools.cache
-def _responses_request_adapter() -> TypeAdapter[Any]:
-    from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
-
-    return TypeAdapter(ResponseCreateParamsNonStreaming)
-
-
-def responses_request_problems(body: Any) -> list[str]:
-    """Why ``body`` is not a valid non-streaming ``responses.create`` body with a forced web
-    search ([] when it is), checked against the ``openai`` package's own request type."""
-    try:
-        _responses_request_adapter().validate_python(body)
-    except ValidationError as exc:
-        return _problems(exc)[:5]
-    problems = []
-    if not any(tool.get("type") == "web_search" for tool in body.get("tools") or ()):
-        problems.append("tools has no web_search tool")
-    if body.get("tool_choice") != "required":
-        problems.append("tool_choice is not 'required'")
-    return problems
-
-
 class RealtimeStandIn:
     """A loopback server speaking the OpenAI Realtime GA protocol (``/v1/realtime``) and the
     Responses API for web searches (``POST /v1/responses``).
@@ -763,6 +582,9 @@ class RealtimeStandIn:
         """Delay before answering session.update (tests of the relay's hold buffer)."""
         self.stall = False
         """After session.updated, stop reading the socket (a hung service: pings go unanswered)."""
+        self.deaf = False
+        """Once a response is streaming, stop reading the socket but keep streaming it (a service that
+        sends but no longer listens: pings go unanswered, the relay's frames go unread)."""
         self.ignore_response_create = False
         """Answer response.create with nothing at all."""
         self.refuse = False
@@ -878,7 +700,7 @@ class RealtimeStandIn:
         ws = web.WebSocketResponse(max_msg_size=16 * 2**20)
         await ws.prepare(request)
         session = RealtimeSession(self, ws, request.transport)
-        session.session["model"] = request.query.get("model", "gpt-realtime")
+        session.session["model"] = request.query.get("model", "gpt-realtime-2.1")
         self.sessions.append(session)
         if "OpenAI-Beta" in request.headers:
             await session.error("beta_api_shape_disabled", "The Realtime Beta API is no longer supported.")

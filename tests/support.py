@@ -28,11 +28,11 @@ import audio
 import relay
 import simulate
 from config import Config
+from mailserver import SmtpSecurity, SmtpServer
 from ops.tokens import StreamTokens
 from phones import plivo as phone_plivo
 from standins import openai_service as standin_openai
 from standins.phone_network import Answer, Plivo, Twilio
-from tools import SmtpSecurity, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLER = simulate.DEFAULT_CALLER

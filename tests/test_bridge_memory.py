@@ -1,4 +1,5 @@
-"""The bridge through an in-memory phone leg: no phone network, no websocket on the phone side."""
+"""The call through an in-memory phone leg, and through an in-memory model session: no phone network, and in
+the first test no stand-in server either."""
 
 from __future__ import annotations
 
@@ -12,7 +13,23 @@ from support import make_config, speech, start_standin, until
 import audio
 from bridge.call import Call
 from bridge.events import CallEvent, CallEventKind, Stats
+from model.session import (
+    AssistantAudio,
+    AssistantAudioDone,
+    AssistantTranscriptDone,
+    CallerSpeechStarted,
+    CallerSpeechStopped,
+    FunctionCall,
+    ModelEvent,
+    ResponseDone,
+    ResponseStarted,
+    SessionEnd,
+    ToolOutput,
+    Truncation,
+    VoiceApi,
+)
 from phones.leg import PhoneAudio, PhoneEvent, PhoneStart, PhoneStop
+from redact import CallLog
 from standins.openai_service import AssistantTurn, client_event_problems
 
 
@@ -65,6 +82,150 @@ class MemoryLeg:
     def heard(self) -> bytes:
         """Every byte of audio sent to the phone, in order."""
         return b"".join(base64.b64decode(payload) for kind, payload in self.sent if kind == "audio")
+
+
+class MemorySession:
+    """The smallest model session (``model.session.ModelSession``): events come from a queue the test fills,
+    whatever the call asks of it is recorded."""
+
+    api = VoiceApi.REALTIME
+    truncates = True
+
+    def __init__(self, noise_reduction: str, log: CallLog) -> None:
+        self.inbox: asyncio.Queue[ModelEvent | None] = asyncio.Queue()
+        self.asked: list[tuple[str, object]] = []
+        """("open"|"note"|"respond"|"tools"|"interrupted"|"noise"|"close", detail) in the order asked."""
+        self.audio: list[str] = []
+        self._noise_reduction = noise_reduction
+        self.closed = False
+
+    async def open(self, connect_timeout_s: float, configure_timeout_s: float) -> None:
+        self.asked.append(("open", None))
+
+    def __aiter__(self) -> MemorySession:
+        return self
+
+    async def __anext__(self) -> ModelEvent:
+        event = await self.inbox.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def send_audio(self, payload: str) -> None:
+        self.audio.append(payload)
+
+    async def add_note(self, text: str) -> None:
+        self.asked.append(("note", text))
+
+    async def replay(self, intro: str, turns: object) -> None:
+        self.asked.append(("replay", turns))
+
+    async def respond(self) -> None:
+        self.asked.append(("respond", None))
+
+    async def answer_tools(self, outputs: list[ToolOutput]) -> None:
+        self.asked.append(("tools", list(outputs)))
+
+    async def interrupted(self, cuts: list[Truncation], cancel: bool) -> None:
+        self.asked.append(("interrupted", (list(cuts), cancel)))
+
+    async def set_noise_reduction(self, mode: str) -> None:
+        self.asked.append(("noise", mode))
+        self._noise_reduction = mode
+
+    @property
+    def noise_reduction(self) -> str:
+        return self._noise_reduction
+
+    busy = False
+
+    def overdue(self, now: float) -> str | None:
+        return None
+
+    @property
+    def end(self) -> SessionEnd:
+        return SessionEnd(1000, "-", False)
+
+    async def close(self) -> None:
+        self.closed = True
+        self.inbox.put_nowait(None)
+
+    def asked_for(self, kind: str) -> list[object]:
+        return [detail for asked, detail in self.asked if asked == kind]
+
+
+async def test_a_whole_call_in_memory_on_both_sides(stack: contextlib.AsyncExitStack) -> None:
+    """Greeting, barge-in and a tool call with an in-memory phone leg and an in-memory model session: the call
+    greets by name and asks for a response, plays the greeting with a mark after each message, clears the phone
+    and reports what was heard when the caller speaks over it, runs the tool and answers it, then asks for
+    the response that speaks the answer."""
+    sessions: list[MemorySession] = []
+
+    def make(noise_reduction: str, log: CallLog) -> MemorySession:
+        sessions.append(MemorySession(noise_reduction, log))
+        return sessions[-1]
+
+    leg = MemoryLeg()
+    events: list[CallEvent] = []
+    call = Call(leg, make_config(tools=("update_mic_distance",)), Stats(), None, on_event=events.append,
+                sessions=make)
+    running = asyncio.create_task(call.run())
+    stack.push_async_callback(_hang_up, leg, running)
+    leg.inbox.put_nowait(PhoneStart("MEM-9", "CALL-9", {"caller_number": "+14155550100"}))
+    await until(lambda: sessions and sessions[0].asked_for("respond"), what="the greeting asked for")
+    [session] = sessions
+    assert [kind for kind, _ in session.asked] == ["open", "note", "respond"]
+    assert "Jordan" in str(session.asked_for("note")[0])
+
+    greeting = (bytes(range(0, 0x7F)) * 126)[:16_000]  # 2 s
+    session.inbox.put_nowait(ResponseStarted("resp_1", asked=True))
+    for chunk in audio.frames(greeting, 800):
+        session.inbox.put_nowait(AssistantAudio("item_1", base64.b64encode(chunk).decode()))
+    session.inbox.put_nowait(AssistantAudioDone("item_1"))
+    session.inbox.put_nowait(AssistantTranscriptDone("item_1", "Hello Jordan, how can I help?"))
+    await until(lambda: leg.heard() == greeting, what="the greeting at the leg")
+    kinds = [kind for kind, _ in leg.sent]
+    assert kinds == ["audio", "mark"] * 20
+    leg.say(audio.ULAW_SILENCE * 800)
+    await until(lambda: len(session.audio) == 5, what="caller audio forwarded unchanged")
+    assert base64.b64decode(session.audio[0]) == audio.ULAW_SILENCE * 160
+
+    await asyncio.sleep(0.1)  # the caller hears 100 ms of the greeting, then speaks over it
+    session.inbox.put_nowait(CallerSpeechStarted())
+    await until(lambda: session.asked_for("interrupted"), what="the barge-in reported to the session")
+    [(cuts, cancel)] = session.asked_for("interrupted")  # type: ignore[misc]
+    [cut] = cuts
+    assert (cut.item_id, cancel, cut.sent_ms) == ("item_1", False, 2000) and 100 <= cut.audio_end_ms < 1000
+    assert leg.sent[-1] == ("clear", "")
+    said = [e.data for e in events if e.kind is CallEventKind.TRANSCRIPT]
+    assert said[-1]["cut"] is True and said[-1]["item_id"] == "item_1"
+
+    session.inbox.put_nowait(CallerSpeechStopped())
+    session.inbox.put_nowait(ResponseDone("resp_1", "cancelled", (), True))
+    arguments = json.dumps({"mode": "far_field", "reason": "speaker"})
+    session.inbox.put_nowait(ResponseStarted("resp_2", asked=False))
+    session.inbox.put_nowait(ResponseDone("resp_2", "completed", (FunctionCall("call_1", "update_mic_distance",
+                                                                               arguments),), False))
+    await until(lambda: session.asked_for("tools"), what="the tool call answered")
+    [outputs] = session.asked_for("tools")
+    [output] = outputs  # type: ignore[misc]
+    result = json.loads(output.output)
+    assert (output.call_id, result["ok"], result["mode"]) == ("call_1", True, "far_field")
+    assert session.asked_for("noise") == ["far_field"] and call.noise_reduction == "far_field"
+    assert [kind for kind, _ in session.asked][-2:] == ["tools", "respond"]
+
+    answer = bytes(range(1, 0x7F)) * 16
+    session.inbox.put_nowait(ResponseStarted("resp_3", asked=True))
+    session.inbox.put_nowait(AssistantAudio("item_2", base64.b64encode(answer).decode()))
+    await until(lambda: leg.heard().endswith(answer), what="the answer after the tool call")
+    assert [kind for kind, _ in leg.sent][-3:] == ["clear", "audio", "mark"]
+
+    leg.inbox.put_nowait(PhoneStop())
+    end = await asyncio.wait_for(running, 5)
+    assert (end.reason, end.failed) == ("memory stop", False)
+    assert session.closed and events[-1].data["counts"]["barge_ins"] == 1
+    assert [e.kind for e in events if e.kind in (CallEventKind.TOOL_STARTED, CallEventKind.TOOL_FINISHED)] == [
+        CallEventKind.TOOL_STARTED, CallEventKind.TOOL_FINISHED]
 
 
 async def _hang_up(leg: MemoryLeg, running: asyncio.Task[object]) -> None:

@@ -5,12 +5,28 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import typing
 
 import pytest
+from openai.types.realtime.realtime_reasoning_effort import RealtimeReasoningEffort
 from support import ROOT, process_env
 
-from config import Config, ConfigError, NoiseReduction, VadType, startup_warnings, to_e164
-from tools import SmtpSecurity
+import tools
+from config import (
+    REASONING_EFFORTS,
+    TOOL_NAMES,
+    Config,
+    ConfigError,
+    NoiseReduction,
+    VadType,
+    startup_warnings,
+    to_e164,
+)
+from mailserver import SmtpSecurity
+from model.factory import realtime_options
+from model.factory import startup_warnings as model_warnings
+from model.realtime_wire import session_update
+from standins.openai_service import client_event_problems
 
 KEY = {"OPENAI_API_KEY": "sk-test"}
 
@@ -20,11 +36,11 @@ def test_defaults_match_the_design_card() -> None:
     config = Config.from_env(KEY)
     assert config.port == 10000
     assert config.realtime_url == "wss://api.openai.com/v1/realtime"
-    assert config.realtime_model == "gpt-realtime"
+    assert config.realtime_model == "gpt-realtime-2.1"
     assert config.voice == "cedar"
     assert config.vad_type is VadType.SEMANTIC
     assert config.noise_reduction is NoiseReduction.NEAR_FIELD
-    assert config.realtime_connect_url() == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert config.realtime_connect_url() == "wss://api.openai.com/v1/realtime?model=gpt-realtime-2.1"
 
 
 def test_secrets_stay_out_of_repr() -> None:
@@ -76,6 +92,8 @@ def test_secrets_stay_out_of_repr() -> None:
                      "WAIT_MUSIC_THRESHOLD_MS must be a whole number from 0 to 60000", id="music-threshold"),
         pytest.param({**KEY, "OPENAI_BASE_URL": "api.openai.com"},
                      "OPENAI_BASE_URL must be an http(s):// URL", id="base-url"),
+        pytest.param({**KEY, "REASONING_EFFORT": "max"},
+                     "REASONING_EFFORT must be one of minimal, low, medium, high, xhigh", id="reasoning-effort"),
     ],
 )
 def test_malformed_values_are_named(env: dict[str, str], message: str) -> None:
@@ -227,3 +245,32 @@ def test_blank_means_default_for_every_kind() -> None:
     assert config == Config.from_env(KEY)
     assert config.vad_interrupt_response is True and config.allow_all_callers is False
     assert Config.from_env({**KEY, "VAD_INTERRUPT_RESPONSE": " false "}).vad_interrupt_response is False
+
+
+def test_declared_names_match_the_tools_and_the_sdk() -> None:
+    """The tool names config accepts are the tools tools.py defines, in its order, and the reasoning efforts
+    are the openai package's own."""
+    assert TOOL_NAMES == tuple(tools.TOOLS)
+    assert REASONING_EFFORTS == typing.get_args(RealtimeReasoningEffort)
+
+
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [
+        pytest.param("gpt-realtime-2.1", {"effort": "low"}, id="reasoning-model"),
+        pytest.param("gpt-realtime-2", {"effort": "low"}, id="family"),
+        pytest.param("gpt-realtime", None, id="earlier-model"),
+        pytest.param("gpt-realtime-mini", None, id="mini"),
+    ],
+)
+def test_reasoning_effort_goes_only_to_models_that_take_it(model: str, sent: dict[str, str] | None) -> None:
+    """REASONING_EFFORT reaches session.update only for the gpt-realtime-2 family; the event is valid GA either
+    way, and a model that cannot take it gets a startup warning instead."""
+    config = Config.from_env({**KEY, "OPENAI_REALTIME_MODEL": model, "REASONING_EFFORT": "low"})
+    event = session_update(realtime_options(config).session("near_field"))
+    assert event["session"].get("reasoning") == sent
+    assert client_event_problems(event) == []
+    warned = [note for note in model_warnings(config) if note.startswith("REASONING_EFFORT")]
+    assert bool(warned) is (sent is None)
+    unset = session_update(realtime_options(Config.from_env({**KEY, "OPENAI_REALTIME_MODEL": model})).session("off"))
+    assert "reasoning" not in unset["session"]

@@ -13,7 +13,7 @@ import pytest
 from support import RawLeg, health, make_config, start_relay, start_standin, until
 from test_bridge_memory import MemoryLeg
 
-from bridge import call, output, upstream
+from bridge import call, output, upstream, watchdog
 from bridge.call import Call
 from bridge.events import Stats
 from model import realtime
@@ -40,6 +40,26 @@ async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: conte
     assert code == 1011 and heard.endswith(upstream.APOLOGY_FILE.read_bytes()) and len(standin.sessions) == 2
     assert time.monotonic() - started < 5
     assert (await health(http, base))[1]["errors"] == 1
+
+
+async def test_a_service_that_streams_but_no_longer_reads_is_found_within_10_s(
+        stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    """A service that keeps streaming its answer but stops reading (no pong, the relay's frames unread) is
+    found by the relay's own pings within 10 s, whatever it sends, and handled like a dropped session: the
+    call moves to a new one."""
+    caplog.set_level(logging.INFO)
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 8000 * 30)])  # a 30 s answer
+    standin.deaf = True
+    base = await start_relay(stack, make_config(url))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    first = await until(lambda: standin.sessions and standin.sessions[0], what="the first session")
+    await until(lambda: first.active is not None, what="the greeting streaming")
+    deaf_at = time.monotonic()
+    await until(lambda: len(standin.sessions) == 2, timeout=12, what="a second session")
+    assert time.monotonic() - deaf_at < 10
+    assert "closed the session code=1006 reason=no pong within 2.5 s; reconnecting" in caplog.text
+    await leg.ws.close()
 
 
 async def test_a_response_create_never_answered_ends_the_call(stack: contextlib.AsyncExitStack,
@@ -136,7 +156,7 @@ async def test_an_oversized_delta_reaches_the_phone_in_pieces(stack: contextlib.
 async def test_a_silent_phone_is_hung_up(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
                                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A phone that sends no frame at all (a half-open socket: a live one sends 50 a second) is hung up, not held."""
-    monkeypatch.setattr(call, "PHONE_SILENCE_S", 1.5)
+    monkeypatch.setattr(watchdog, "PHONE_SILENCE_S", 1.5)
     _standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
     base = await start_relay(stack, make_config(url))
     leg = await RawLeg.open(http, base)
@@ -200,7 +220,7 @@ async def test_a_caller_that_stops_reading_is_dropped_with_bounded_memory(stack:
     """A caller that keeps sending but never reads: the relay's sends wait on a full buffer (so its
     memory stays bounded while the service keeps streaming 10 minutes of audio), then the call is
     dropped with one log line, and the process serves the next call."""
-    monkeypatch.setattr(call, "PHONE_WRITE_TIMEOUT_S", 2)
+    monkeypatch.setattr(watchdog, "PHONE_WRITE_TIMEOUT_S", 2)
     ten_minutes = AssistantTurn(ulaw=b"\xff" * 8 * 600_000, delta_ms=(200, 200), speed=2000.0)
     _standin, url = await start_standin(stack, [ten_minutes, AssistantTurn(ulaw=b"\x10" * 800)])
     base = await start_relay(stack, make_config(url))

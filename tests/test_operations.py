@@ -34,7 +34,8 @@ from support import (
 
 import relay
 import simulate
-from config import BUSY_MESSAGE, DRAINING_MESSAGE, VadType
+from callers import BUSY_MESSAGE, DRAINING_MESSAGE
+from config import VadType
 from ops.tokens import operator_allowed
 from simulate import Scenario
 from standins.openai_service import AssistantTurn, realtime_standin

@@ -16,8 +16,10 @@ import pytest
 from support import ROOT, process_env, start_standin
 
 import audio
-from standins.openai_service import AssistantTurn, Vad, server_event_problems
+from standins.openai_service import AssistantTurn
 from standins.phone_network import PhonePlayback
+from standins.vad import Vad
+from standins.validation import server_event_problems
 
 CALLER_WAVS = ["caller_question", "caller_interrupt", "caller_goodbye", "caller_search"]
 

@@ -17,9 +17,9 @@ from support import ROOT, process_env
 
 import audio
 import simulate
-from simulate import ScenarioError, load_scenario, scenario_from_dict
 from standins.openai_service import Vad
 from standins.phone_network import LineNoise
+from standins.scenario import ScenarioError, load_scenario, scenario_from_dict
 
 
 def _read_until(proc: subprocess.Popen[str], needle: str, lines: list[str]) -> None:
