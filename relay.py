@@ -65,6 +65,7 @@ from routes.state import (
     METRICS,
     OPENAI_CLIENT,
     REALTIME_CLIENT,
+    SESSIONS,
     SIGNATURES,
     SMS,
     STATS,
@@ -139,6 +140,7 @@ async def _rest_clients(app: web.Application) -> AsyncIterator[None]:
         await tools.warm_up_web_search(config.web_search_model)
     app[OPENAI_CLIENT] = client
     app[REALTIME_CLIENT] = RealtimeClient()
+    app[SESSIONS] = model_factory.session_factory(config, app[REALTIME_CLIENT])
     app[SMS] = SmsReplies(config, twilio[0] if twilio else None, client)
     yield
     await app[REALTIME_CLIENT].close()

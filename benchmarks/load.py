@@ -1,10 +1,11 @@
 """Capacity: CPU, memory and latency per call of ``python relay.py`` against a floor relay, under N calls.
 
 Run: python benchmarks/load.py [--calls 50,100,150,200,300] [--seconds 10]
-         [--relays relay.py,floor,floor-fast,relay.py:2] [--compress]
+         [--relays relay.py,floor,floor-fast,relay.py:2,relay.py@REV] [--compress]
 
 For each relay (this project's ``relay.py``, started as a user starts it, ``relay.py:W`` with
-``WORKERS=W``, and ``benchmarks/floor_relay.py``, the least a relay can do: ``floor`` on asyncio's
+``WORKERS=W``, ``relay.py@REV``, an earlier commit's relay from a git worktree, for a before and after in one
+run, and ``benchmarks/floor_relay.py``, the least a relay can do: ``floor`` on asyncio's
 loop and stdlib JSON, ``floor-fast`` on uvloop and orjson as ``relay.py`` is) and each N, in
 interleaved order:
 
@@ -27,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import contextlib
+import functools
 import json
 import os
 import re
@@ -370,6 +373,25 @@ class Point:
         return self.up_p99 <= 20 and self.down_p99 <= 20 and self.lost == 0
 
 
+def relay_script(kind: str) -> Path:
+    """The script a relay kind runs: this checkout's ``relay.py``, an earlier commit's (``relay.py@REV``, from a
+    git worktree made for the run), or the floor relay."""
+    if kind.startswith("relay.py@"):
+        return worktree(kind.partition("@")[2]) / "relay.py"
+    return ROOT / ("relay.py" if kind.startswith("relay.py") else "benchmarks/floor_relay.py")
+
+
+@functools.cache
+def worktree(rev: str) -> Path:
+    """A detached git worktree of ``rev`` for this run, removed when the run ends."""
+    path = Path(tempfile.mkdtemp(prefix="load-relay-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), rev], check=True,
+                   capture_output=True)
+    atexit.register(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                    capture_output=True)
+    return path
+
+
 async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Point:
     """One point: a fresh upstream, relay and callers; the relay's CPU and RSS over the window (a
     ``WORKERS`` supervisor and its workers together)."""
@@ -386,7 +408,7 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
                PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Load",
                MAX_CALLS=str(calls + 50), LOG_LEVEL="WARNING", TRANSCRIPTION_MODEL="off",
                LOG_TRANSCRIPTS="false", FLOOR_FAST="1" if kind == "floor-fast" else "")
-    script = ROOT / ("relay.py" if ours else "benchmarks/floor_relay.py")
+    script = relay_script(kind)
     relay = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT / "benchmarks",  # noqa: ASYNC220
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     callers = None
@@ -475,6 +497,7 @@ def report(points: list[Point]) -> None:
             if best["relay.py"]:
                 print(f"largest passing N, {kind} / relay.py: {best[kind] / best['relay.py']:.2f}")
             continue
+        before = kind.startswith("relay.py@")  # an earlier commit: no drop allowed, rather than the floor's targets
         floor = {p.calls: p for p in points if p.relay == kind}
         shared = sorted(set(ours) & set(floor))
         # Only where both held their latency: a saturated relay's CPU per call is one core / N, not its cost.
@@ -482,11 +505,12 @@ def report(points: list[Point]) -> None:
                   if ours[n].passed and floor[n].passed and floor[n].cpu_pct_per_call > 0]
         if ratios:
             print(f"CPU per call, relay.py / {kind}: {statistics.median(ratios):.2f} (median over the N both "
-                  "passed; target <= 1.25)")
+                  f"passed; target <= {'1.10' if before else '1.25'})")
         else:
             print(f"CPU per call, relay.py / {kind}: no N at which both passed")
         if best[kind]:
-            print(f"largest passing N, relay.py / {kind}: {best['relay.py'] / best[kind]:.2f} (target >= 0.8)")
+            print(f"largest passing N, relay.py / {kind}: {best['relay.py'] / best[kind]:.2f} "
+                  f"(target >= {'1.0' if before else '0.8'})")
 
 
 async def orchestrate(calls: list[int], seconds: float, relays: list[str], compress: bool) -> None:
@@ -508,7 +532,8 @@ def main() -> None:
     parser.add_argument("--calls", default="50,100,150,200,300", help="comma-separated numbers of calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
     parser.add_argument("--relays", default="relay.py,floor", help="which relays to measure: relay.py, relay.py:W "
-                        "(WORKERS=W), floor, floor-fast (the floor on uvloop and orjson)")
+                        "(WORKERS=W), relay.py@REV (an earlier commit's, from a git worktree), floor, floor-fast "
+                        "(the floor on uvloop and orjson)")
     parser.add_argument("--compress", action="store_true", help="callers offer permessage-deflate")
     parser.add_argument("--role", choices=["upstream", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -525,7 +550,7 @@ def main() -> None:
     else:
         relays = [r.strip() for r in args.relays.split(",")]
         unknown = [r for r in relays if r not in ("relay.py", "floor", "floor-fast")
-                   and not re.fullmatch(r"relay\.py:[1-9]\d?", r)]
+                   and not re.fullmatch(r"relay\.py(:[1-9]\d?|@[\w./^~-]+)", r)]
         if unknown:
             parser.error(f"unknown relay {', '.join(unknown)}")
         asyncio.run(orchestrate([int(n) for n in args.calls.split(",")], args.seconds, relays, args.compress))

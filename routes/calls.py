@@ -32,7 +32,7 @@ from routes.state import (
     DRAINING,
     METRICS,
     OPENAI_CLIENT,
-    REALTIME_CLIENT,
+    SESSIONS,
     SIGNATURES,
     SMS,
     STATS,
@@ -164,7 +164,7 @@ async def media_stream(request: web.Request, network: Network) -> web.StreamResp
         return ws
     leg = WebSocketLeg(ws, dialect, request.transport)
     call = Call(leg, config, app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
-                openai_client=app[OPENAI_CLIENT], realtime_client=app[REALTIME_CLIENT], on_event=call_observers(app))
+                openai_client=app[OPENAI_CLIENT], sessions=app[SESSIONS], on_event=call_observers(app))
     task = asyncio.current_task()
     assert task is not None
     app[CALLS][call] = task  # type: ignore[assignment]

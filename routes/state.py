@@ -10,6 +10,7 @@ from aiohttp import web
 from bridge.call import Call
 from bridge.events import Stats
 from config import Config
+from model.session import SessionFactory
 from model.websocket import RealtimeClient
 from ops.capacity import Capacity
 from ops.console import Console
@@ -37,6 +38,8 @@ OPENAI_CLIENT = web.AppKey("openai_client", openai.AsyncOpenAI | None)
 """One REST client (and connection pool) for every call's web searches and every SMS reply."""
 REALTIME_CLIENT = web.AppKey("realtime_client", RealtimeClient)
 """One connection pool for every call's model websocket."""
+SESSIONS = web.AppKey("sessions", SessionFactory)
+"""Makes every call's model sessions over ``REALTIME_CLIENT`` (``model.factory``), built once."""
 SMS = web.AppKey("sms", SmsReplies)
 STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)
 """Issued by the voice webhooks, checked (once) by the media streams."""
