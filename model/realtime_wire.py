@@ -335,8 +335,9 @@ def _response_done(event: dict[str, Any]) -> ResponseDone:
             calls.append(FunctionCall(_optional_text(item, "call_id") or None, str(name or ""),
                                       arguments if type(arguments) is str else ""))
         elif item.get("type") == "message":
-            content = item.get("content") or ()
-            spoke = spoke or any(type(part) is dict and part.get("type") == "output_audio" for part in content)
+            content = item.get("content")
+            if type(content) is list:
+                spoke = spoke or any(type(part) is dict and part.get("type") == "output_audio" for part in content)
     return ResponseDone(_text(response, "id", kind), status, tuple(calls) if status == "completed" else (), spoke)
 
 

@@ -69,6 +69,8 @@ def parse_frame(
         except (binascii.Error, ValueError):
             raise MalformedFrame("base64", f"{network} media that is not base64 dropped") from None
         return PhoneAudio(payload)
+    if type(kind) is not str:  # a list or an object cannot be looked up among the names below
+        raise MalformedFrame("event", f"{network} event that is not a string dropped")
     if kind in mark_events:
         name = mark_name(event)
         if name is None:
