@@ -49,6 +49,8 @@ def find_caller(config: Config, raw_number: str | None) -> AllowedCaller | None:
 
 RESTRICTED_MESSAGE = "Sorry, this line is restricted. Goodbye."
 """What a caller on neither allowlist hears before the hang-up."""
+ADMITTED_MESSAGE = "This call is already connected. Goodbye."
+"""The answer to a repeated webhook for a call whose stream has started (a replayed request)."""
 BUSY_MESSAGE = "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
 """What a caller hears when the process is at ``MAX_CALLS``."""
 DRAINING_MESSAGE = "Sorry, this line is restarting. Please call again in a minute. Goodbye."

@@ -201,6 +201,15 @@ class Config:
         checked = _checked_values(reader, env, default)
         config = cls(**checked, **_operation_values(reader, default), **_voice_values(reader, default),
                      **_network_values(reader, checked["default_region"]))
+        signed = [name for name, token in (("TWILIO_AUTH_TOKEN", config.twilio_auth_token),
+                                           ("PLIVO_AUTH_TOKEN", config.plivo_auth_token)) if token]
+        if signed and not config.public_url and not config.ngrok_authtoken:
+            problems.append(
+                f"PUBLIC_URL is required when {' or '.join(signed)} is set: signatures are checked against this "
+                "server's public URL, which would otherwise be rebuilt from the Host header a client chooses "
+                "(a request signed for another app on the same account would pass); set PUBLIC_URL to this "
+                "server's public https origin"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
         return config
@@ -548,11 +557,6 @@ def startup_warnings(config: Config) -> list[str]:
         notes.append(
             "TWILIO_AUTH_TOKEN is not set: webhook and media-stream signatures are not checked, "
             "so anyone who finds this server can open a call"
-        )
-    elif not config.public_url and not config.ngrok_authtoken:
-        notes.append(
-            "TWILIO_AUTH_TOKEN is set but PUBLIC_URL is not: signatures are checked against the URL rebuilt "
-            "from the Host header, which a client chooses; set PUBLIC_URL to this server's public https origin"
         )
     return notes
 

@@ -570,6 +570,7 @@ async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
                   f"  OPENAI_REALTIME_URL=ws://{address}/v1/realtime\n"
                   f"  OPENAI_BASE_URL=http://{address}/v1\n"
                   f"  OPENAI_API_KEY=sk-standin-offline   (any value: the stand-ins need one, and check nothing)\n"
+                  "  and, with TWILIO_AUTH_TOKEN set, PUBLIC_URL=http://127.0.0.1:$PORT (the relay's own origin)\n"
                   "Then: python simulate.py --relay-url http://127.0.0.1:$PORT  (Ctrl-C stops the stand-ins)\n",
                   flush=True)
             stop = asyncio.Event()

@@ -7,6 +7,11 @@ number and the call's id, valid for ``TOKEN_TTL_S`` and usable once; the stream'
 it. The caller's number is taken from the token's signed fields, never from a peer's say-so alone.
 
 The token's fields are digits and hex only, because Plivo's ``extraHeaders`` allow nothing else.
+
+One call id is admitted once: the webhook for a call id seen before gets the same token again while it is
+unspent (a network that asks twice), and nothing once the call's stream has started or its token expired.
+So a captured signed webhook, replayed, opens no second stream and no second model session. Within one
+process: ``WORKERS`` processes each remember their own.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ TOKEN_TTL_S = 30.0
 """How long after the webhook the stream's start may present the token."""
 MAX_OUTSTANDING = 100_000
 """Used nonces remembered (each only until its token expires)."""
+ADMITTED_TTL_S = 24 * 3600.0
+"""How long a call id, once admitted, is remembered: a replay of its signed webhook within this time gets no
+second token (Twilio's signature has no timestamp or nonce, so a captured webhook is valid for good)."""
+MAX_ADMITTED = 100_000
+"""Call ids remembered at most (the oldest are forgotten first)."""
 
 FIELDS = ("caller_number", "stream_expires", "stream_nonce", "stream_token")
 """The custom parameters a stream's start carries (Twilio ``<Parameter>``s; Plivo ``extraHeaders``)."""
@@ -53,13 +63,36 @@ class StreamTokens:
         self._key = hashlib.sha256(b"relay stream token v1\0" + key).digest()
         self._now = now
         self._used: OrderedDict[str, float] = OrderedDict()
+        self._admitted: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
+        """Call ids admitted: when they are forgotten, and the parameters issued for them."""
 
     def issue(self, caller_number: str, call_sid: str) -> dict[str, str]:
-        """The parameters to attach to the stream for this caller and call (``FIELDS``)."""
-        expires = str(int(self._now() + TOKEN_TTL_S))
+        """The parameters to attach to the stream for this caller and call (``FIELDS``); the call id is
+        admitted from now on (``again``)."""
+        now = self._now()
+        expires = str(int(now + TOKEN_TTL_S))
         nonce = secrets.token_hex(8)
-        return {"caller_number": caller_number, "stream_expires": expires, "stream_nonce": nonce,
-                "stream_token": self._mac(caller_number, call_sid, expires, nonce)}
+        params = {"caller_number": caller_number, "stream_expires": expires, "stream_nonce": nonce,
+                  "stream_token": self._mac(caller_number, call_sid, expires, nonce)}
+        if call_sid:
+            self._admitted[call_sid] = (now + ADMITTED_TTL_S, params)
+            self._admitted.move_to_end(call_sid)
+            while self._admitted and (next(iter(self._admitted.values()))[0] < now
+                                      or len(self._admitted) > MAX_ADMITTED):
+                self._admitted.popitem(last=False)
+        return params
+
+    def again(self, call_sid: str) -> dict[str, str] | bool:
+        """A webhook for ``call_sid``: False when the call id was never admitted (issue a token); the
+        parameters issued before when that token is still unspent and valid (answer the same again);
+        True when the call was admitted and its stream has started or its token expired (refuse)."""
+        entry = self._admitted.get(call_sid) if call_sid else None
+        if entry is None or entry[0] < self._now():
+            return False
+        params = entry[1]
+        if params["stream_nonce"] in self._used or int(params["stream_expires"]) < self._now():
+            return True
+        return params
 
     def check(self, params: Mapping[str, str], call_sid: str) -> Verdict:
         """A stream's start: its custom parameters and the call id the network reported in it.

@@ -20,7 +20,15 @@ from aiohttp import WSCloseCode, web
 
 from bridge.call import Call
 from bridge.events import CallEvent, CallEventHook
-from callers import BUSY_MESSAGE, DRAINING_MESSAGE, RESTRICTED_MESSAGE, find_caller, mask_number, welcome_message
+from callers import (
+    ADMITTED_MESSAGE,
+    BUSY_MESSAGE,
+    DRAINING_MESSAGE,
+    RESTRICTED_MESSAGE,
+    find_caller,
+    mask_number,
+    welcome_message,
+)
 from config import Config
 from phones.network import Network
 from phones.websocket import WebSocketLeg
@@ -106,7 +114,8 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
 def _answer(request: web.Request, network: Network, raw_from: str | None, call_id: str) -> str:
     """The webhook answer: a short message and a hang-up for a caller on no allowlist, during a restart's
     drain, or at ``MAX_CALLS``; otherwise the welcome, then a stream carrying the caller's number and a
-    single-use stream token for this call (``ops.tokens``)."""
+    single-use stream token for this call (``ops.tokens``). A call id seen before gets the same answer while
+    its token is unspent, and a refusal once its stream has started (one call id, one stream)."""
     config = request.app[CONFIG]
     caller = find_caller(config, raw_from)
     if caller is None:
@@ -115,10 +124,17 @@ def _answer(request: web.Request, network: Network, raw_from: str | None, call_i
     if request.app[DRAINING].is_set():
         logger.info("call from %s turned away: draining for a restart", mask_number(caller.number))
         return network.hang_up_answer(DRAINING_MESSAGE)
-    if not request.app[CAPACITY].answer():
-        logger.warning("call from %s turned away: MAX_CALLS=%d reached", mask_number(caller.number), config.max_calls)
-        return network.hang_up_answer(BUSY_MESSAGE)
-    parameters = request.app[STREAM_TOKENS].issue(caller.number, call_id)
+    tokens = request.app[STREAM_TOKENS]
+    parameters = tokens.again(call_id)
+    if parameters is True:
+        logger.warning("webhook for call %r refused: that call was admitted already", call_id[:64])
+        return network.hang_up_answer(ADMITTED_MESSAGE)
+    if parameters is False:  # a new call: a place, and its token
+        if not request.app[CAPACITY].answer():
+            logger.warning("call from %s turned away: MAX_CALLS=%d reached", mask_number(caller.number),
+                           config.max_calls)
+            return network.hang_up_answer(BUSY_MESSAGE)
+        parameters = tokens.issue(caller.number, call_id)
     stream_url = stream_origin(config, request) + network.stream_path
     return network.stream_answer(welcome_message(config, caller), stream_url, parameters)
 

@@ -45,7 +45,7 @@ def test_defaults_match_the_design_card() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     """repr(Config) never shows the API key or the Twilio token."""
-    config = Config.from_env({**KEY, "TWILIO_AUTH_TOKEN": "tok-secret"})
+    config = Config.from_env({**KEY, "TWILIO_AUTH_TOKEN": "tok-secret", "PUBLIC_URL": "https://r.example"})
     assert "sk-test" not in repr(config) and "tok-secret" not in repr(config)
 
 
@@ -156,12 +156,26 @@ def test_startup_warning_for_empty_allowlists() -> None:
                      "refused (set ALLOW_ALL_CALLERS=true to let anyone in)"]
 
 
-def test_startup_warning_for_signatures_without_public_url() -> None:
-    """Signatures checked against a URL rebuilt from the Host header a client chooses: the operator is told."""
-    env = {**KEY, "TWILIO_AUTH_TOKEN": "t", "PRIMARY_USER_PHONE_NUMBERS": "+14155550100"}
-    assert startup_warnings(Config.from_env(env)) == [
-        "TWILIO_AUTH_TOKEN is set but PUBLIC_URL is not: signatures are checked against the URL rebuilt from the "
-        "Host header, which a client chooses; set PUBLIC_URL to this server's public https origin"]
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        pytest.param({"TWILIO_AUTH_TOKEN": "t"}, "TWILIO_AUTH_TOKEN", id="twilio"),
+        pytest.param({"PLIVO_AUTH_ID": "MA1", "PLIVO_AUTH_TOKEN": "p"}, "PLIVO_AUTH_TOKEN", id="plivo"),
+        pytest.param({"TWILIO_AUTH_TOKEN": "t", "PLIVO_AUTH_TOKEN": "p"}, "TWILIO_AUTH_TOKEN or PLIVO_AUTH_TOKEN",
+                     id="both"),
+    ],
+)
+def test_signatures_need_a_public_url(env: dict[str, str], names: str) -> None:
+    """Signatures checked against a URL rebuilt from the Host header a client chooses would pass a request signed
+    for another app: with any network's signatures on, startup stops until PUBLIC_URL is set."""
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({**KEY, "PRIMARY_USER_PHONE_NUMBERS": "+14155550100", **env})
+    assert str(info.value) == (
+        f"PUBLIC_URL is required when {names} is set: signatures are checked against this server's public URL, "
+        "which would otherwise be rebuilt from the Host header a client chooses (a request signed for another app "
+        "on the same account would pass); set PUBLIC_URL to this server's public https origin")
+    assert Config.from_env({**KEY, **env, "PUBLIC_URL": "https://relay.example.com"}).public_url
+    assert Config.from_env({**KEY, **env, "NGROK_AUTHTOKEN": "n"}).ngrok_authtoken == "n"  # the tunnel's URL
 
 
 @pytest.mark.parametrize(

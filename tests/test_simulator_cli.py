@@ -34,8 +34,9 @@ def _read_until(proc: subprocess.Popen[str], needle: str, lines: list[str]) -> N
 
 def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) -> None:
     """The README's recipe: `python simulate.py standins` prints the variables; `python relay.py` started with them
-    (no PUBLIC_URL) takes the call that `python simulate.py --relay-url` places, signed with the token it reads from
-    ./.env only; the music's clear is not counted as a barge-in, and the call passes as scripted."""
+    (and PUBLIC_URL, its own loopback origin) takes the call that `python simulate.py --relay-url` places, signed
+    with the token it reads from ./.env only; the music's clear is not counted as a barge-in, and the call passes as
+    scripted."""
     standins_port, relay_port = simulate.free_port(), simulate.free_port()
     standins = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "standins", "--port", str(standins_port)],
                                 cwd=tmp_path, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -48,6 +49,7 @@ def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) ->
         assert variables["OPENAI_REALTIME_URL"] == f"ws://127.0.0.1:{standins_port}/v1/realtime"
         assert variables["OPENAI_BASE_URL"] == f"http://127.0.0.1:{standins_port}/v1"
         env = process_env(**variables, TWILIO_AUTH_TOKEN="recipe-token", PORT=str(relay_port),
+                          PUBLIC_URL=f"http://127.0.0.1:{relay_port}",
                           PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Jordan")
         relay = subprocess.Popen([sys.executable, str(ROOT / "relay.py")], cwd=ROOT / "tests", env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import aiohttp
@@ -79,3 +80,54 @@ async def test_streams_without_this_calls_token_are_refused(stack: contextlib.As
     await leg.start(parameters=parameters(leg.call_sid))
     assert await leg.closed() == 1008
     assert standin.sessions == []
+
+
+def test_a_call_id_is_admitted_once() -> None:
+    """The same call id gets the same token while it is unspent, then nothing once its stream started or it
+    expired; another call id gets its own."""
+    clock = [1_000_000.0]
+    tokens = StreamTokens(b"k", now=lambda: clock[0])
+    assert tokens.again("CA1") is False
+    issued = tokens.issue(CALLER, "CA1")
+    assert tokens.again("CA1") == issued
+    assert tokens.check(issued, "CA1").caller_number == CALLER
+    assert tokens.again("CA1") is True
+    late = tokens.issue(CALLER, "CA2")
+    clock[0] += TOKEN_TTL_S + 1
+    assert tokens.again("CA2") is True and tokens.check(late, "CA2").reason == "stream token expired"
+    assert tokens.again("") is False  # no call id: nothing to remember it by
+
+
+async def test_a_replayed_signed_webhook_opens_no_second_session(stack: contextlib.AsyncExitStack,
+                                                                 http: aiohttp.ClientSession) -> None:
+    """The same signed voice webhook POSTed three times (a captured request, replayed): the first two answers carry
+    the same token, the stream it opens is the call's only one, and once it has started the webhook is refused;
+    the relay opened one model session."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
+    base = await start_relay(stack, make_config(url, public_url=PUBLIC, twilio_auth_token="tok"))
+    form = {"From": CALLER, "CallSid": "CA-replayed"}
+    headers = {"X-Twilio-Signature": twilio_signature("tok", PUBLIC + "/incoming-call", form)}
+
+    async def answer() -> ET.Element:
+        async with http.post(base + "/incoming-call", data=form, headers=headers) as resp:
+            assert resp.status == 200
+            return ET.fromstring(await resp.text())
+
+    def token(root: ET.Element) -> dict[str, str]:
+        return {p.get("name", ""): p.get("value", "") for p in root.iter("Parameter")}
+
+    first, second = token(await answer()), token(await answer())
+    assert first["stream_token"] and first == second
+    stream_sig = {"X-Twilio-Signature": twilio_signature("tok", "wss://relay.example.com/media-stream", {})}
+    leg = await RawLeg.open(http, base, headers={"Host": "relay.example.com", **stream_sig})
+    leg.network.messages.call_sid = "CA-replayed"  # type: ignore[union-attr]
+    await leg.start(parameters=first)
+    assert await leg.recv_kind() is not None
+    third = await answer()
+    assert third.find("Hangup") is not None and third.find("./Connect/Stream") is None
+    again = await RawLeg.open(http, base, headers={"Host": "relay.example.com", **stream_sig})
+    again.network.messages.call_sid = "CA-replayed"  # type: ignore[union-attr]
+    await again.start(parameters=first)
+    assert await again.closed() == 1008
+    assert len(standin.sessions) == 1
+    await leg.stop()
