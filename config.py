@@ -102,6 +102,8 @@ class Config:
     workers: int = 1
     """Processes serving the port (``workers.py``); each takes ``max_calls`` and drains on its own."""
     event_loop: EventLoop = EventLoop.UVLOOP
+    max_queued_audio_s: float = 120.0
+    """The most assistant audio queued at the phone ahead of real time; the excess is dropped."""
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long live calls may go on before each is ended with a spoken line."""
     session_rollover_s: float = 3300.0
@@ -321,6 +323,7 @@ def _operation_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, 
         "workers": reader.integer("WORKERS", default["workers"], 1, 256),
         "event_loop": reader.choice("EVENT_LOOP", EventLoop, default["event_loop"]),
         "drain_timeout_s": reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
+        "max_queued_audio_s": reader.number("MAX_QUEUED_AUDIO_S", default["max_queued_audio_s"], 5.0, 3600.0),
         "session_rollover_s": reader.number("SESSION_ROLLOVER_S", default["session_rollover_s"], 0.0, 3540.0),
         "metrics": reader.boolean("METRICS", default["metrics"]),
         "console_token": reader.text("CONSOLE_TOKEN", "") or None,

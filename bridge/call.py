@@ -97,7 +97,7 @@ class Call:
         self.transcript = Transcript()
         self.goodbye = Goodbye(self._goodbye_moved.set)
         self.output = PhoneOutput(phone, self.counts, (wait_music, config.wait_music_threshold_ms / 1000),
-                                  self._on_music, self.log)
+                                  self._on_music, self.log, config.max_queued_audio_s)
         self.upstream = Upstream(
             sessions or session_factory(config, realtime_client or self._own_client),  # type: ignore[arg-type]
             self.output, self.transcript, rollover_s=config.session_rollover_s, quiet=self._quiet,

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
+from audio import BYTES_PER_MS
 from bridge.events import CallCounts
 from bridge.music import WaitingMusic
 from bridge.playback import Playback, b64_decoded_len
@@ -37,6 +38,8 @@ class PhoneOutput:
             before it starts.
         on_music: told True when music starts playing, False when it stops.
         log: the call's logger.
+        max_ahead_s: the most assistant audio queued at the phone ahead of real time; the excess is
+            dropped with one warning (a service that sends minutes of audio in seconds).
     """
 
     def __init__(
@@ -46,11 +49,15 @@ class PhoneOutput:
         music: tuple[tuple[str, ...], float],
         on_music: Callable[[bool], None],
         log: CallLog,
+        max_ahead_s: float = 120.0,
     ) -> None:
         self._leg = leg
         self._counts = counts
         self._log = log
-        self.playback = Playback()
+        self._max_ahead_s = max_ahead_s
+        self.playback = Playback(int(max_ahead_s * 1000))
+        self.dropped_ms = 0
+        """Assistant audio dropped for running more than ``max_ahead_s`` ahead of the phone."""
         self._moved = asyncio.Event()
         """Set on every mark echo and clear: wakes ``wait_for_playout``."""
         frames, threshold_s = music
@@ -124,7 +131,14 @@ class PhoneOutput:
         await self.music.cancel()
 
     async def _send(self, item_id: str, payload: str) -> None:
-        mark = self.playback.on_audio_sent(item_id, b64_decoded_len(payload), time.monotonic())
+        nbytes = b64_decoded_len(payload)
+        mark = self.playback.on_audio_sent(item_id, nbytes, time.monotonic())
+        if mark is None:  # a service running far ahead of real time: the phone's queue stays bounded
+            if not self.dropped_ms:
+                self._log.warning("assistant audio more than %.0f s ahead of the phone dropped (MAX_QUEUED_AUDIO_S)",
+                                  self._max_ahead_s)
+            self.dropped_ms += nbytes // BYTES_PER_MS
+            return
         await self._leg.send_audio(payload)
         await self._leg.send_mark(mark)
         self._counts.frames_out += 1

@@ -62,7 +62,10 @@ class Playback:
     phone that never echoes cannot grow the relay's memory."""
     MAX_MARK_DIGITS = 15
 
-    def __init__(self) -> None:
+    def __init__(self, max_ahead_ms: int | None = None) -> None:
+        """``max_ahead_ms``: the most audio that may be queued at the phone ahead of real time (None: no
+        bound); audio past it is refused by ``on_audio_sent``, so the accounting holds only what was sent."""
+        self._max_ahead = max_ahead_ms * BYTES_PER_MS if max_ahead_ms else None
         self.generation = 0
         self.sent_total = 0
         """Offset one past the last byte sent to the phone."""
@@ -94,15 +97,21 @@ class Playback:
         """Estimated milliseconds of sent audio the phone has not played yet at ``now``."""
         return (self.sent_total - self.played(now)) // BYTES_PER_MS
 
-    def on_audio_sent(self, item_id: str, nbytes: int, now: float) -> str:
-        """Account ``nbytes`` µ-law bytes of ``item_id`` just sent to the phone.
+    def on_audio_sent(self, item_id: str, nbytes: int, now: float) -> str | None:
+        """Account ``nbytes`` µ-law bytes of ``item_id`` about to be sent to the phone.
 
         Returns:
-            The name of the mark to send right after that media message.
+            The name of the mark to send right after that media message; None when the audio would queue
+            more than ``max_ahead_ms`` ahead of real time (nothing is accounted: do not send it).
         """
         if not self._pending_marks and self.played(now) >= self.sent_total:
             # The queue had run dry: this audio starts playing now.
             self._anchor_offset, self._anchor_time = self.sent_total, now
+        elif self._max_ahead is not None and (  # queued after this audio, by the clock estimate (played() inlined)
+            self.sent_total + nbytes - self._anchor_offset - (now - self._anchor_time) * SAMPLE_RATE_HZ
+            > self._max_ahead
+        ):
+            return None
         item = self._items.get(item_id)
         if item is None:
             item = self._items[item_id] = _ItemAudio(start=self.sent_total)

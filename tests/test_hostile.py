@@ -153,6 +153,33 @@ async def test_an_oversized_delta_reaches_the_phone_in_pieces(stack: contextlib.
     await leg.stop()
 
 
+async def test_a_flood_of_assistant_audio_queues_at_most_the_bound_at_the_phone(
+        stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    """A service that sends five minutes of audio in a fraction of a second: the phone is sent what fits in
+    MAX_QUEUED_AUDIO_S ahead of real time (here 10 s), the rest is dropped with one warning, every message sent
+    still has its mark, and the call goes on."""
+    flood = b"\x10" * 8000 * 300
+    _standin, url = await start_standin(stack, [AssistantTurn(ulaw=flood, delta_ms=(1000, 1000), speed=1000.0)])
+    base = await start_relay(stack, make_config(url, max_queued_audio_s=10.0))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    heard, marks = 0, 0
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # the whole flood has come and gone upstream by then
+        with contextlib.suppress(TimeoutError):
+            message = await leg.recv_kind(timeout=0.2)
+            assert message is not None
+            if message[0] == "media":
+                heard += len(base64.b64decode(message[1]))
+            elif message[0] == "mark":
+                marks += 1
+    assert 10 * 8000 <= heard <= 12 * 8000 and marks == heard // 8000  # one mark per 1 s message
+    dropped = [r for r in caplog.records if "ahead of the phone dropped" in r.getMessage()]
+    assert len(dropped) == 1 and dropped[0].levelno == logging.WARNING
+    assert not leg.ws.closed
+    await leg.stop()
+
+
 async def test_a_silent_phone_is_hung_up(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession,
                                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A phone that sends no frame at all (a half-open socket: a live one sends 50 a second) is hung up, not held."""
@@ -223,7 +250,8 @@ async def test_a_caller_that_stops_reading_is_dropped_with_bounded_memory(stack:
     monkeypatch.setattr(watchdog, "PHONE_WRITE_TIMEOUT_S", 2)
     ten_minutes = AssistantTurn(ulaw=b"\xff" * 8 * 600_000, delta_ms=(200, 200), speed=2000.0)
     _standin, url = await start_standin(stack, [ten_minutes, AssistantTurn(ulaw=b"\x10" * 800)])
-    base = await start_relay(stack, make_config(url))
+    # All ten minutes may be sent (MAX_QUEUED_AUDIO_S's own bound is tested above): the socket's buffer is the limit.
+    base = await start_relay(stack, make_config(url, max_queued_audio_s=3600.0))
     leg = await RawLeg.open(http, base)  # aiohttp's client stops reading its socket once 64 KiB wait unread
     await leg.start()
     frame = b"\xff" * 160

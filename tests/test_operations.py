@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import secrets
 import signal
 import socket
 import ssl
@@ -47,7 +48,9 @@ CLOSING = bytes(range(0x30, 0x78)) * 25
 
 
 async def _webhook(http: aiohttp.ClientSession, base: str) -> str:
-    async with http.post(base + "/incoming-call", data={"From": CALLER, "CallSid": "CA" + "1" * 32}) as resp:
+    """The voice webhook for a new call (each with its own CallSid: one call id is admitted once)."""
+    form = {"From": CALLER, "CallSid": "CA" + secrets.token_hex(16)}
+    async with http.post(base + "/incoming-call", data=form) as resp:
         assert resp.status == 200
         return await resp.text()
 

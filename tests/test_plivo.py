@@ -245,3 +245,28 @@ def test_plivo_outbound_messages_and_bad_frames() -> None:
     with pytest.raises(MalformedFrame) as info:
         phone_plivo.parse_message('{"event": "start", "start": {}}')
     assert info.value.kind == "start"
+
+
+async def test_a_replayed_answer_webhook_opens_no_second_stream(stack: contextlib.AsyncExitStack,
+                                                                http: aiohttp.ClientSession) -> None:
+    """Plivo's CallUUID is admitted once, as Twilio's CallSid: the same signed answer webhook gets the same token
+    while it is unspent, and a hang-up once the call's stream has started."""
+    standin, url = await start_standin(stack, [AssistantTurn(ulaw=b"\x10" * 800)])
+    base = await start_relay(stack, make_config(url, public_url=PUBLIC, plivo_auth_token=TOKEN))
+    form = {"CallUUID": "uuid-replayed", "From": CALLER.lstrip("+"), "To": "14155550199"}
+
+    async def answer() -> ET.Element:
+        return await _answer(http, base, form, plivo_signature_headers(TOKEN, "POST", PUBLIC + "/plivo/answer", form))
+
+    first, second = await answer(), await answer()
+    assert first[1].get("extraHeaders") == second[1].get("extraHeaders") is not None
+    network = Plivo()
+    network.messages.call_id = "uuid-replayed"
+    signed = plivo_signature_headers(TOKEN, "GET", PUBLIC + "/plivo/media-stream", {})
+    leg = await RawLeg.open(http, base, network=network, headers=signed)
+    await leg.start(parameters=phone_plivo.extra_headers(first[1].get("extraHeaders")))
+    assert await leg.recv_kind() is not None
+    third = await answer()
+    assert [child.tag for child in third] == ["Speak", "Hangup"]
+    assert len(standin.sessions) == 1
+    await leg.stop()
