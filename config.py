@@ -79,6 +79,7 @@ REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 TOOL_NAMES = ("end_call", "update_mic_distance", "send_email", "gpt_web_search")
 """The tools ``TOOLS`` may name, in the order ``tools.TOOLS`` defines them (a test holds the two together)."""
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
 _HEADER_TOKEN = re.compile(r"[!#-&(-~]+")
 """Printable ASCII without spaces or quotes: what an ``Authorization: Bearer`` token can carry."""
@@ -121,6 +122,9 @@ class Config:
     """Open an ngrok tunnel at startup and use its URL as ``public_url`` (``tunnel.py``)."""
     ngrok_domain: str | None = None
     """A reserved ngrok domain for the tunnel (e.g. ``relay.ngrok.app``); None: ngrok assigns one."""
+    allow_unsigned_webhooks: bool = False
+    """Serve every network's routes without its credentials, unchecked (local tests only: refused with a
+    public ``PUBLIC_URL``). Off: a network's routes answer 404 until its credentials are set."""
     public_url: str | None = None
     """Public origin Twilio uses (``https://relay.example.com``); None: the Host header."""
     realtime_url: str = "wss://api.openai.com/v1/realtime"
@@ -205,6 +209,10 @@ class Config:
                      **_network_values(reader, checked["default_region"]))
         signed = [name for name, token in (("TWILIO_AUTH_TOKEN", config.twilio_auth_token),
                                            ("PLIVO_AUTH_TOKEN", config.plivo_auth_token)) if token]
+        public_host = urlsplit(config.public_url or "").hostname
+        if config.allow_unsigned_webhooks and public_host and public_host not in LOOPBACK_HOSTS:
+            problems.append("ALLOW_UNSIGNED_WEBHOOKS=true is for local tests: it is refused with a public PUBLIC_URL "
+                            "(set the networks' credentials instead)")
         if signed and not config.public_url and not config.ngrok_authtoken:
             problems.append(
                 f"PUBLIC_URL is required when {' or '.join(signed)} is set: signatures are checked against this "
@@ -377,6 +385,7 @@ def _network_values(reader: _EnvReader, region: str) -> dict[str, Any]:
         "primary_first_name": reader.text("PRIMARY_USER_FIRST_NAME", "") or None,
         "secondary_first_name": reader.text("SECONDARY_USER_FIRST_NAME", "") or None,
         "allow_all_callers": reader.boolean("ALLOW_ALL_CALLERS", False),
+        "allow_unsigned_webhooks": reader.boolean("ALLOW_UNSIGNED_WEBHOOKS", False),
         "smtp": reader.smtp_server(),
         "primary_to_email": reader.email("PRIMARY_TO_EMAIL"),
         "secondary_to_email": reader.email("SECONDARY_TO_EMAIL"),
@@ -556,10 +565,15 @@ def startup_warnings(config: Config) -> list[str]:
         )
     if config.allow_all_callers:
         notes.append("ALLOW_ALL_CALLERS=true: any caller reaches the assistant")
-    if not config.twilio_auth_token:
+    if config.allow_unsigned_webhooks:
         notes.append(
-            "TWILIO_AUTH_TOKEN is not set: webhook and media-stream signatures are not checked, "
-            "so anyone who finds this server can open a call"
+            "ALLOW_UNSIGNED_WEBHOOKS=true: networks without credentials are served with no signature check, "
+            "so anyone who reaches this server can open a call (local tests only)"
+        )
+    elif not config.twilio_auth_token and not config.plivo_auth_token:
+        notes.append(
+            "no phone network is on: set TWILIO_AUTH_TOKEN or PLIVO_AUTH_TOKEN (their routes answer 404 until "
+            "then), or ALLOW_UNSIGNED_WEBHOOKS=true for local tests"
         )
     return notes
 

@@ -20,8 +20,7 @@ class Signatures(Protocol):
     """A network's request signatures, checked with its own SDK.
 
     One meaning of off for every network: without the network's credentials (``enabled`` False) the
-    checks pass everything. Whether a network is served at all without them is its record's
-    ``served_unsigned``.
+    checks pass everything, and the network is served at all only with ``ALLOW_UNSIGNED_WEBHOOKS``.
     """
 
     @property
@@ -62,6 +61,5 @@ class Network:
     caller_number: Callable[[str | None], str | None]
     """The webhook's ``From`` made readable by ``callers.find_caller`` (E.164 with its ``+``)."""
     signatures: Callable[[Config], Signatures]
-    """The network's signature checks for a configuration."""
-    served_unsigned: bool
-    """The routes answer without the network's credentials (unchecked); False: 404 until they are set."""
+    """The network's signature checks for a configuration. Without the credentials the routes answer 404,
+    unless ``ALLOW_UNSIGNED_WEBHOOKS`` serves them unchecked (local tests)."""

@@ -218,7 +218,6 @@ NETWORK = Network(
     call_id_param="CallUUID",
     caller_number=caller_number,
     signatures=lambda config: Signatures(config.plivo_auth_token),
-    served_unsigned=False,
 )
 """Plivo: ``/plivo/answer`` answers Plivo XML, ``/plivo/media-stream`` carries the call; both 404 until
-``PLIVO_AUTH_TOKEN`` is set."""
+``PLIVO_AUTH_TOKEN`` is set (or ``ALLOW_UNSIGNED_WEBHOOKS``)."""

@@ -159,7 +159,6 @@ NETWORK = Network(
     call_id_param="CallSid",
     caller_number=lambda raw: raw,
     signatures=lambda config: Signatures(config.twilio_auth_token),
-    served_unsigned=True,
 )
-"""Twilio: ``/incoming-call`` answers TwiML, ``/media-stream`` carries the call. Served without
-``TWILIO_AUTH_TOKEN`` too (unchecked, for local tests): the signature checks then pass everything."""
+"""Twilio: ``/incoming-call`` answers TwiML, ``/media-stream`` carries the call; both 404 until
+``TWILIO_AUTH_TOKEN`` is set (or ``ALLOW_UNSIGNED_WEBHOOKS``)."""

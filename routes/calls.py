@@ -29,8 +29,9 @@ from callers import (
     mask_number,
     welcome_message,
 )
-from config import Config
-from phones.network import Network
+from config import LOOPBACK_HOSTS, Config
+from phones import twilio
+from phones.network import Network, Signatures
 from phones.websocket import WebSocketLeg
 from routes.state import (
     CALLS,
@@ -51,7 +52,6 @@ from routes.state import (
 logger = logging.getLogger("relay")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def add_network(app: web.Application, network: Network) -> Handler:
@@ -89,6 +89,14 @@ def stream_origin(config: Config, request: web.Request) -> str:
     return "wss://" + origin.netloc
 
 
+def _served(request: web.Request, network: Network) -> Signatures:
+    """The network's signature checks; 404 while it is off (no credentials, no ``ALLOW_UNSIGNED_WEBHOOKS``)."""
+    signatures = request.app[SIGNATURES][network.name]
+    if not signatures.enabled and not request.app[CONFIG].allow_unsigned_webhooks:
+        raise web.HTTPNotFound()
+    return signatures
+
+
 async def _form(request: web.Request) -> dict[str, str]:
     """A webhook's form parameters (empty for a GET)."""
     form = await request.post() if request.method == "POST" else {}
@@ -96,11 +104,9 @@ async def _form(request: web.Request) -> dict[str, str]:
 
 
 async def voice_webhook(request: web.Request, network: Network) -> web.Response:
-    """A network's voice webhook (GET or POST), answered in its language. 404 while the network is off
-    (``served_unsigned`` False and no credentials), 403 without a valid signature."""
-    signatures = request.app[SIGNATURES][network.name]
-    if not signatures.enabled and not network.served_unsigned:
-        raise web.HTTPNotFound()
+    """A network's voice webhook (GET or POST), answered in its language. 404 while the network is off (no
+    credentials, and no ``ALLOW_UNSIGNED_WEBHOOKS``), 403 without a valid signature."""
+    signatures = _served(request, network)
     params = await _form(request)
     url = public_origin(request.app[CONFIG], request) + request.path_qs
     if not signatures.webhook(request.method, url, params, request.headers):
@@ -142,9 +148,10 @@ def _answer(request: web.Request, network: Network, raw_from: str | None, call_i
 async def sms(request: web.Request) -> web.Response:
     """``POST /sms`` (Twilio "A message comes in" webhook): TwiML at once; the reply follows by REST
     (``phones.sms.SmsReplies``). Signed like the voice webhook (403 otherwise)."""
+    signatures = _served(request, twilio.NETWORK)
     params = await _form(request)
     url = public_origin(request.app[CONFIG], request) + request.path_qs
-    if not request.app[SIGNATURES]["twilio"].webhook(request.method, url, params, request.headers):
+    if not signatures.webhook(request.method, url, params, request.headers):
         logger.warning("rejected /sms: bad X-Twilio-Signature")
         return web.Response(status=403, text="invalid signature")
     return web.Response(text=request.app[SMS].receive(params), content_type="text/xml")
@@ -155,9 +162,7 @@ async def media_stream(request: web.Request, network: Network) -> web.StreamResp
     closed 1008, and one that comes during a drain or beyond ``MAX_CALLS`` open streams 1013 (try again
     later). 404 while the network is off."""
     app = request.app
-    signatures = app[SIGNATURES][network.name]
-    if not signatures.enabled and not network.served_unsigned:
-        raise web.HTTPNotFound()
+    signatures = _served(request, network)
     config = app[CONFIG]
     https_url = public_origin(config, request) + request.path_qs
     wss_url = stream_origin(config, request) + request.path_qs

@@ -184,7 +184,8 @@ async def test_relay_process_serves_a_call_and_drains_on_sigterm(stack: contextl
     ends it with its closing line and 1001, and exits 0 (the drain itself: test_operations)."""
     _standin, url = await start_standin(stack, [AssistantTurn(ulaw=_noise(1600, 40))])
     env = process_env(OPENAI_API_KEY="sk-sub", OPENAI_REALTIME_URL=url, PORT=str(simulate.free_port()),
-                      ALLOW_ALL_CALLERS="true", VAD_TYPE="server_vad", DRAIN_TIMEOUT_S="0")
+                      ALLOW_ALL_CALLERS="true", VAD_TYPE="server_vad", DRAIN_TIMEOUT_S="0",
+                      ALLOW_UNSIGNED_WEBHOOKS="true")
     async with relay_process(http, env) as relay:
         leg = await RawLeg.open(http, relay.base_url)
         await leg.start(key="sk-sub")

@@ -288,3 +288,32 @@ def test_reasoning_effort_goes_only_to_models_that_take_it(model: str, sent: dic
     assert bool(warned) is (sent is None)
     unset = session_update(realtime_options(Config.from_env({**KEY, "OPENAI_REALTIME_MODEL": model})).session("off"))
     assert "reasoning" not in unset["session"]
+
+
+@pytest.mark.parametrize(
+    ("public_url", "refused"),
+    [
+        pytest.param(None, False, id="no-public-url"),
+        pytest.param("http://127.0.0.1:5050", False, id="loopback"),
+        pytest.param("https://relay.example.com", True, id="public-host"),
+    ],
+)
+def test_unsigned_webhooks_are_for_local_tests(public_url: str | None, refused: bool) -> None:
+    """ALLOW_UNSIGNED_WEBHOOKS=true serves the networks unchecked, with a startup warning; with a public
+    PUBLIC_URL it stops startup instead. Without it and without a token, the operator is told no network is on."""
+    env = {**KEY, "ALLOW_UNSIGNED_WEBHOOKS": "true", "PRIMARY_USER_PHONE_NUMBERS": "+14155550100"}
+    if public_url:
+        env["PUBLIC_URL"] = public_url
+    if refused:
+        with pytest.raises(ConfigError) as info:
+            Config.from_env(env)
+        assert str(info.value) == ("ALLOW_UNSIGNED_WEBHOOKS=true is for local tests: it is refused with a public "
+                                   "PUBLIC_URL (set the networks' credentials instead)")
+        return
+    assert startup_warnings(Config.from_env(env)) == [
+        "ALLOW_UNSIGNED_WEBHOOKS=true: networks without credentials are served with no signature check, so anyone "
+        "who reaches this server can open a call (local tests only)"]
+    off = Config.from_env({**KEY, "PRIMARY_USER_PHONE_NUMBERS": "+14155550100"})
+    assert startup_warnings(off) == [
+        "no phone network is on: set TWILIO_AUTH_TOKEN or PLIVO_AUTH_TOKEN (their routes answer 404 until then), "
+        "or ALLOW_UNSIGNED_WEBHOOKS=true for local tests"]

@@ -60,7 +60,8 @@ async def test_answer_xml_for_allowed_and_restricted_callers(stack: contextlib.A
 async def test_plivo_routes_are_off_without_a_token(stack: contextlib.AsyncExitStack,
                                                     http: aiohttp.ClientSession) -> None:
     """A Twilio-only deployment (no PLIVO_AUTH_TOKEN) exposes no Plivo endpoint at all."""
-    base = await start_relay(stack, make_config())
+    base = await start_relay(stack, make_config(twilio_auth_token="tok", public_url="https://relay.example.com",
+                                                allow_unsigned_webhooks=False))
     async with http.post(base + "/plivo/answer", data={"From": "14155550100"}) as resp:
         assert resp.status == 404
     async with http.get(base + "/plivo/media-stream") as resp:
@@ -270,3 +271,19 @@ async def test_a_replayed_answer_webhook_opens_no_second_stream(stack: contextli
     assert [child.tag for child in third] == ["Speak", "Hangup"]
     assert len(standin.sessions) == 1
     await leg.stop()
+
+
+async def test_a_plivo_only_deployment_serves_no_twilio_route(stack: contextlib.AsyncExitStack,
+                                                              http: aiohttp.ClientSession) -> None:
+    """With Plivo's credentials and no TWILIO_AUTH_TOKEN, an unsigned POST to Twilio's webhook (or its media stream,
+    or /sms) gets 404, not TwiML with a stream token."""
+    base = await start_relay(stack, make_config(public_url=PUBLIC, plivo_auth_id="MA1", plivo_auth_token=TOKEN,
+                                                allow_unsigned_webhooks=False))
+    async with http.post(base + "/incoming-call", data={"From": CALLER, "CallSid": "CA123"}) as resp:
+        assert resp.status == 404
+    for path in ("/media-stream", "/sms"):
+        async with http.request("GET" if path == "/media-stream" else "POST", base + path) as resp:
+            assert resp.status == 404
+    form = {"CallUUID": "c9", "From": CALLER.lstrip("+")}
+    root = await _answer(http, base, form, plivo_signature_headers(TOKEN, "POST", PUBLIC + "/plivo/answer", form))
+    assert root.find("Stream") is not None
