@@ -165,7 +165,7 @@ class Call:
         now = time.monotonic()
         session = self.upstream.session
         if self.output.is_playing(now) or (session is not None and session.busy):
-            await self.conversation.cut(now, cancel=True)
+            await self.conversation.cut(now, cancel=True, by="the server")
         await self.upstream.note(instruction)
         self.goodbye.after_tools(spoke=False)
         await self.upstream.respond()

@@ -80,6 +80,8 @@ class Conversation:
         self._log = log
         self._publish = publish
         self.caller_speaking = False
+        self._cut_by = "the caller"
+        """Who cut the assistant last (the caller's barge-in, or the server's closing line), for the log."""
         self._logged_turns: dict[str, bool] = {}
         """Turns whose text has been logged, and whether as cut (a turn logged whole when generated gets
         one more line if the caller then cuts it)."""
@@ -111,12 +113,14 @@ class Conversation:
             self._handlers[kind] = handler
         await handler(event)
 
-    async def cut(self, now: float, cancel: bool) -> list[Truncation]:
+    async def cut(self, now: float, cancel: bool, by: str = "the caller") -> list[Truncation]:
         """Stop the assistant where the caller is: clear the phone, tell the session what was heard of
-        each cut item (and, with ``cancel``, to stop its turn), and cut the transcript to match."""
+        each cut item (and, with ``cancel``, to stop its turn), and cut the transcript to match. ``by``:
+        who cut it, for the log (``the caller`` on a barge-in, ``the server`` for a closing line)."""
         cuts = await self._output.clear(now)
         if self._upstream.session is not None:
             await self._upstream.session.interrupted(cuts, cancel)
+        self._cut_by = by
         for cut in cuts:
             self._said(self._transcript.cut(cut.item_id, cut.audio_end_ms, cut.sent_ms))
         return cuts
@@ -184,9 +188,9 @@ class Conversation:
         logged = self._logged_turns.get(turn.item_id)
         if logged is None:
             who = "caller" if turn.role == "user" else "assistant"
-            self._log.info("%s said: %s%s", who, turn.text or "-", " (cut off by the caller)" if turn.cut else "")
-        elif turn.cut and not logged:  # logged whole when generated, then the caller cut it
-            self._log.info("assistant cut off by the caller; heard: %s", turn.text or "-")
+            self._log.info("%s said: %s%s", who, turn.text or "-", f" (cut off by {self._cut_by})" if turn.cut else "")
+        elif turn.cut and not logged:  # logged whole when generated, then cut
+            self._log.info("assistant cut off by %s; heard: %s", self._cut_by, turn.text or "-")
         self._logged_turns[turn.item_id] = turn.cut
 
     async def _on_response_started(self, event: ResponseStarted) -> None:

@@ -7,7 +7,9 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 
+import pytest
 from support import make_config, speech, start_standin, until
 
 import audio
@@ -331,3 +333,27 @@ async def test_restricted_caller_is_refused_before_upstream(stack: contextlib.As
     end = await asyncio.wait_for(running, 5)
     assert (end.reason, end.failed, leg.close_code) == ("restricted caller", False, 1008)
     assert standin.sessions == []
+
+
+async def test_a_closing_line_is_logged_as_the_servers_cut(stack: contextlib.AsyncExitStack,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A drain's closing line cuts what the assistant was saying: the log says the server cut it, not the caller,
+    and the model is asked for the line."""
+    caplog.set_level(logging.INFO)
+    sessions: list[MemorySession] = []
+    leg = MemoryLeg()
+    call = Call(leg, make_config(), Stats(), None,
+                sessions=lambda nr, log: sessions.append(MemorySession(nr, log)) or sessions[-1])
+    running = asyncio.create_task(call.run())
+    stack.push_async_callback(_hang_up, leg, running)
+    leg.inbox.put_nowait(PhoneStart("MEM-5", "CALL-5", {"caller_number": "+14155550100"}))
+    await until(lambda: sessions and sessions[0].asked_for("respond"), what="the greeting asked for")
+    [session] = sessions
+    session.inbox.put_nowait(AssistantAudio("item_1", base64.b64encode(b"\x10" * 16_000).decode()))
+    session.inbox.put_nowait(AssistantTranscriptDone("item_1", "Hello Jordan, here is a long answer."))
+    await until(lambda: leg.sent, what="the answer at the leg")
+    await until(lambda: "assistant said" in caplog.text, what="the answer logged")
+    await call.say_goodbye("server restarting", "Say you must hang up.")
+    assert session.asked_for("note")[-1] == "Say you must hang up." and leg.sent[-1] == ("clear", "")
+    await until(lambda: "cut off by" in caplog.text, what="the cut logged")
+    assert "assistant cut off by the server; heard: " in caplog.text and "by the caller" not in caplog.text
