@@ -97,6 +97,8 @@ class Config:
     """
 
     openai_api_key: str = field(repr=False)
+    host: str = "0.0.0.0"
+    """The address ``python relay.py`` listens on (``HOST``, or ``--host``)."""
     port: int = 10000
     max_calls: int = 150
     """Calls one process takes at once; beyond it the webhook answers busy (``capacity.Capacity``)."""
@@ -326,6 +328,7 @@ def _checked_values(reader: _EnvReader, env: Mapping[str, str], default: dict[st
 def _operation_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, Any]:
     """How the process runs: port, capacity, drain, rollover, operator pages, logs, music levels."""
     return {
+        "host": reader.text("HOST", default["host"]),
         "port": reader.integer("PORT", default["port"], 1, 65535),
         "max_calls": reader.integer("MAX_CALLS", default["max_calls"], 1, 100_000),
         "workers": reader.integer("WORKERS", default["workers"], 1, 256),

@@ -18,6 +18,7 @@ Imports point one way: this module imports the others, nothing imports it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
@@ -300,7 +301,7 @@ async def _tunnel(app: web.Application, config: Config) -> tuple[Config, Callabl
 
 
 async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | None) -> int:
-    """Serve on 0.0.0.0:$PORT until SIGINT or SIGTERM; then ``drain`` and return 0.
+    """Serve on $HOST:$PORT until SIGINT or SIGTERM; then ``drain`` and return 0.
     Returns 1, after one line naming ``PORT``, when the port cannot be bound. A worker of
     ``WORKERS`` binds with ``SO_REUSEPORT``, beside its siblings."""
     asyncio.get_running_loop().set_exception_handler(LoopErrors())
@@ -313,7 +314,7 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
     runner = _runner(app, 5.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "0.0.0.0", config.port, ssl_context=tls, reuse_port=worker is not None).start()
+        await web.TCPSite(runner, config.host, config.port, ssl_context=tls, reuse_port=worker is not None).start()
     except OSError as exc:
         await runner.cleanup()
         why = "is in use by another process" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
@@ -327,8 +328,9 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
     gc.collect()
     gc.freeze()
     logger.info(
-        "%s listening on 0.0.0.0:%d%s (realtime %s, model %s, %s event loop)",
+        "%s listening on %s:%d%s (realtime %s, model %s, %s event loop)",
         f"worker {worker} (pid {os.getpid()})" if worker else "relay",
+        config.host,
         config.port,
         " with TLS (https/wss)" if tls else "",
         host_of(config.realtime_url),
@@ -357,13 +359,39 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
     return 0
 
 
+def command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """``python relay.py [--host HOST] [--port PORT]``: the environment (and ``.env``) configures the rest.
+
+    Raises:
+        SystemExit: after ``--help``, or naming a malformed option (exit 2).
+    """
+    parser = argparse.ArgumentParser(
+        prog="relay.py",
+        description="Serve phone calls (Twilio, Plivo) bridged to OpenAI's voice models. Every setting comes from "
+                    "the environment or ./.env (see .env.example and the README); these options override two.",
+        epilog="Without a command it serves until SIGINT or SIGTERM, then drains (DRAIN_TIMEOUT_S).",
+    )
+    parser.add_argument("--host", help="address to listen on (default: $HOST, else 0.0.0.0)")
+    parser.add_argument("--port", type=_port, help="port to listen on, 1-65535 (default: $PORT, else 10000)")
+    return parser.parse_args(argv)
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
+    return port
+
+
 def main() -> None:
-    """``python relay.py``: serve on 0.0.0.0:$PORT until SIGINT/SIGTERM (exit 0; 1 on bad config
-    or a port that cannot be bound); with ``WORKERS`` > 1, supervise that many worker processes."""
+    """``python relay.py``: serve on $HOST:$PORT until SIGINT/SIGTERM (exit 0; 1 on bad config or a port
+    that cannot be bound; 2 on a bad option); with ``WORKERS`` > 1, supervise that many worker processes."""
+    args = command_line()
     load_dotenv(Path.cwd() / ".env")  # the working directory's .env; real env vars win
     redactor = redact.install(os.environ)  # before anything can print a secret
     try:
         config = Config.from_env(os.environ)
+        config = replace(config, host=args.host or config.host, port=args.port or config.port)
         tls = tls_context(config)
         app = make_app(config)
     except ConfigError as exc:
@@ -378,7 +406,7 @@ def main() -> None:
         for note in startup_warnings(config) + model_factory.startup_warnings(config):
             logger.warning("%s", note)
         if config.workers > 1:
-            sys.exit(workers.supervise(config.workers, [sys.executable, str(Path(__file__).resolve())]))
+            sys.exit(workers.supervise(config.workers, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]))
     raise_open_files_limit(config.max_calls)
     with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
         sys.exit(runner.run(_serve(app, config, tls)))

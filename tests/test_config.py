@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 import typing
 
+import aiohttp
 import pytest
 from openai.types.realtime.realtime_reasoning_effort import RealtimeReasoningEffort
-from support import ROOT, process_env
+from support import ROOT, process_env, until
 
+import simulate
 import tools
 from config import (
     REASONING_EFFORTS,
@@ -317,3 +321,41 @@ def test_unsigned_webhooks_are_for_local_tests(public_url: str | None, refused: 
     assert startup_warnings(off) == [
         "no phone network is on: set TWILIO_AUTH_TOKEN or PLIVO_AUTH_TOKEN (their routes answer 404 until then), "
         "or ALLOW_UNSIGNED_WEBHOOKS=true for local tests"]
+
+
+def test_the_command_line_help_and_a_bad_port_start_nothing(tmp_path: os.PathLike[str]) -> None:
+    """`python relay.py --help` prints the options and exits 0; `--port 99999` is one line and exit 2; neither
+    reads the configuration or listens."""
+    shown = subprocess.run([sys.executable, str(ROOT / "relay.py"), "--help"], env=process_env(), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: relay.py [-h] [--host HOST] [--port PORT]")
+    assert "listening" not in shown.stdout + shown.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "relay.py"), "--port", "99999"], env=process_env(),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines()[-1] == "relay.py: error: argument --port: a port is a whole number from 1 to 65535"
+
+
+async def test_port_and_host_options_override_the_environment(http: aiohttp.ClientSession) -> None:
+    """--port and --host win over PORT and HOST: the relay listens where the command line says."""
+    port, other = simulate.free_port(), simulate.free_port()
+    env = process_env(OPENAI_API_KEY="sk-cli", PORT=str(other), HOST="0.0.0.0", ALLOW_UNSIGNED_WEBHOOKS="true")
+    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), "--port", str(port),
+                                                   "--host", "127.0.0.1", env=env, cwd=ROOT / "tests",
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert await until(lambda: _healthy(http, port), timeout=20, what="the relay on --port")
+        assert process.stdout is not None
+        lines = [(await process.stdout.readline()).decode() for _ in range(3)]  # two warnings, then the address
+        assert any(f"listening on 127.0.0.1:{port}" in line for line in lines), lines
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+
+
+async def _healthy(http: aiohttp.ClientSession, port: int) -> bool:
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+            return resp.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
