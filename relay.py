@@ -372,11 +372,12 @@ def command_line(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Without a command it serves until SIGINT or SIGTERM, then drains (DRAIN_TIMEOUT_S).",
     )
     parser.add_argument("--host", help="address to listen on (default: $HOST, else 0.0.0.0)")
-    parser.add_argument("--port", type=_port, help="port to listen on, 1-65535 (default: $PORT, else 10000)")
+    parser.add_argument("--port", type=port_argument, help="port to listen on, 1-65535 (default: $PORT, else 10000)")
     return parser.parse_args(argv)
 
 
-def _port(text: str) -> int:
+def port_argument(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535 (ArgumentTypeError otherwise)."""
     port = int(text) if text.isascii() and text.isdigit() else 0
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")

@@ -204,6 +204,7 @@ async def simulate_call(
     phone: str = "twilio",
     after_call: Callable[[CallResult, str], Awaitable[None]] | None = None,
     timeline: Timeline | None = None,
+    before_call: Callable[[PhoneCaller, str], None] | None = None,
     **relay_overrides: Any,
 ) -> CallResult:
     """Run one scripted call on loopback (or against ``relay_url``) and check it.
@@ -217,6 +218,8 @@ async def simulate_call(
         auth_token: the network's auth token the caller signs with (default: a random one given to
             the relay it starts).
         timeline: where the call's events go (default: a new one).
+        before_call: told the caller and the relay's URL just before the call is placed (the console's
+            address is printed there; a Ctrl-C keeps what that caller recorded).
     """
     timeline = timeline or Timeline()
     async with contextlib.AsyncExitStack() as stack:
@@ -252,6 +255,8 @@ async def simulate_call(
                              scenario.max_duration_s, timeline, auth_token, resolve, music_payloads, line)
         problems: list[str] = []
         timeline.t0 = time.monotonic()  # the call begins now, the relay (if started here) being up
+        if before_call is not None:
+            before_call(caller, relay_url)
         try:
             await caller.run(http, relay_url)
         except (CallFailed, aiohttp.ClientError, ET.ParseError) as exc:
@@ -476,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     load_dotenv(Path.cwd() / ".env")  # like the relay: the working directory's .env; real env vars win
     if (code := _configure_logging(args.verbose)) is not None:
         return code
+    if (unwritable := _unwritable(args.out)) is not None:
+        print(f"simulate: --out {args.out}: {unwritable}; choose another path with --out", file=sys.stderr)
+        return 2
     try:
         scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
     except ScenarioError as exc:
@@ -488,12 +496,22 @@ def main(argv: list[str] | None = None) -> int:
     timeline = Timeline()
     printer = timeline.listener = LivePrinter(timeline)
     print(_header(scenario, name, args.phone, args.relay_url, args.out, printer.width), flush=True)
+    placed: list[PhoneCaller] = []
     if not args.console:
-        result = asyncio.run(simulate_call(scenario, args.relay_url, token if args.relay_url else None,
-                                           seed=args.seed, phone=args.phone, timeline=timeline))
+        try:
+            result = asyncio.run(simulate_call(scenario, args.relay_url, token if args.relay_url else None,
+                                               seed=args.seed, phone=args.phone, timeline=timeline,
+                                               before_call=lambda caller, _url: placed.append(caller)))
+        except KeyboardInterrupt:
+            return _interrupted(placed, timeline, args.out)
         return _report(result, args.out)
     console_token = secrets.token_urlsafe(18)
-    code = 1
+    code: int | None = None
+
+    def show_console(caller: PhoneCaller, relay_url: str) -> None:
+        placed.append(caller)
+        print(f"console: {relay_url}/console  (any user name; password {console_token}): watch the call live",
+              flush=True)
 
     async def keep_console(result: CallResult, relay_url: str) -> None:
         nonlocal code
@@ -502,10 +520,43 @@ def main(argv: list[str] | None = None) -> int:
         print("the relay stays up with the call in the console's ended calls; Ctrl-C to stop", flush=True)
         await asyncio.Event().wait()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(simulate_call(scenario, seed=args.seed, phone=args.phone, after_call=keep_console,
-                                  console_token=console_token, timeline=timeline))
-    return code
+                                  console_token=console_token, timeline=timeline, before_call=show_console))
+    except KeyboardInterrupt:
+        if code is None:  # stopped during the call, not after it
+            return _interrupted(placed, timeline, args.out)
+    return 1 if code is None else code
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the recording cannot be written at ``out`` (checked before the call), or None."""
+    if out.is_dir():
+        return "is a directory"
+    folder = out.parent
+    if not folder.is_dir():
+        return f"there is no folder {folder}"
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return "not writable"
+    return None
+
+
+def _interrupted(placed: list[PhoneCaller], timeline: Timeline, out: Path) -> int:
+    """Ctrl-C during the call: one line, and what the caller recorded so far kept beside ``out`` as
+    ``NAME.partial.wav``. Returns 130, the shell's code for an interrupt."""
+    if not placed:
+        print("\nsimulate: stopped (Ctrl-C) before the call was placed", file=sys.stderr)
+        return 130
+    path = out.with_name(f"{out.stem}.partial{out.suffix}")
+    try:
+        write_atomically(path, placed[0].render_wav())
+    except OSError as exc:
+        print(f"\nsimulate: stopped (Ctrl-C); the recording could not be written to {path}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 130
+    print(f"\nsimulate: stopped (Ctrl-C) {time.monotonic() - timeline.t0:.1f} s into the call; what was recorded "
+          f"is in {path}", file=sys.stderr)
+    return 130
 
 
 def _report(result: CallResult, out: Path) -> int:
@@ -521,6 +572,9 @@ def _report(result: CallResult, out: Path) -> int:
         print(f"wrote {path} ({duration:.1f} s, stereo: left the caller, right the assistant as the caller heard it)")
     except OSError as exc:
         print(f"could not write {path}: {exc.strerror or exc}")
+        written = False
+    else:
+        written = True
     print(f"barge-ins: {len(caller.barge_ins)}, marks echoed: {caller.marks_echoed}")
     for item, heard, truncated in result.barge_in_accuracy():
         told = ""
@@ -532,7 +586,7 @@ def _report(result: CallResult, out: Path) -> int:
                             terminal_width(), subsequent_indent="    "))
     if result.ok:
         print("call completed as scripted")
-        return 0
+        return 0 if written else 1
     for problem in result.problems:
         print(f"FAILED: {problem}")
     if out.exists():
@@ -545,10 +599,13 @@ def standins_main(argv: list[str]) -> int:
     for a relay started with ``python relay.py``, speaking the scenario's assistant turns on every
     call; prints the variables to give the relay, then each call's events. Ends on Ctrl-C or
     SIGTERM (0); 1 when the port cannot be bound."""
+    import relay  # its port check only
+
     parser = argparse.ArgumentParser(prog="simulate.py standins",
                                      description="Serve the OpenAI stand-ins for a relay started separately.")
     _scenario_arg(parser)
-    parser.add_argument("--port", type=int, default=STANDINS_PORT, help=f"port on 127.0.0.1 (default {STANDINS_PORT})")
+    parser.add_argument("--port", type=relay.port_argument, default=STANDINS_PORT,
+                        help=f"port on 127.0.0.1, 1-65535 (default {STANDINS_PORT})")
     parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes")
     args = parser.parse_args(argv)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -218,3 +219,58 @@ def test_the_vad_follows_the_noise_floor(dbfs: float) -> None:
     assert [kind for kind, _ in noisy] == ["started", "stopped"]
     assert abs(noisy[0][1] - clean[0][1]) <= 40
     assert _vad_events(_noisy(b"", dbfs + 10, 6000, 0)) == []
+
+
+def test_ctrl_c_mid_call_stops_in_one_line_and_keeps_the_recording(tmp_path: Path) -> None:
+    """Ctrl-C during `python simulate.py`: one line on stderr, no traceback, exit 130, and what the caller recorded
+    so far in call.partial.wav."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "simulate.py")], cwd=tmp_path, env=process_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _read_until(proc, "caller   says", [])
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if line.strip()]
+    assert line.startswith("simulate: stopped (Ctrl-C) ") and line.endswith("what was recorded is in call.partial.wav")
+    recorded = audio.load_wav(tmp_path / "call.partial.wav")
+    assert recorded.channels == 2 and recorded.duration_ms > 1000
+    assert not (tmp_path / "call.wav").exists()
+
+
+def test_an_unwritable_out_is_refused_before_the_call(tmp_path: Path) -> None:
+    """`--out` into a folder that does not exist stops at once with one line and exit 2: no call is placed."""
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--out", str(tmp_path / "no" / "call.wav")],
+                            cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == (f"simulate: --out {tmp_path / 'no' / 'call.wav'}: there is no folder {tmp_path / 'no'}; "
+                             "choose another path with --out\n")
+    assert "POST /incoming-call" not in result.stdout
+
+
+def test_the_console_address_comes_before_the_call(tmp_path: Path) -> None:
+    """`python simulate.py --console` prints the console's address before the call is placed, so the call can be
+    watched live."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "--console"], cwd=tmp_path,
+                            env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        _read_until(proc, "POST /incoming-call", lines)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    console = [i for i, line in enumerate(lines) if line.startswith("console: http://127.0.0.1:")]
+    assert console and console[0] < len(lines) - 1 and "/console  (any user name; password " in lines[console[0]]
+
+
+def test_standins_with_a_port_out_of_range_is_one_line(tmp_path: Path) -> None:
+    """`python simulate.py standins --port 99999`: exit 2 and one line naming the option, no traceback."""
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "standins", "--port", "99999"],
+                            cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == ("simulate.py standins: error: argument --port: a port is a whole number "
+                                              "from 1 to 65535")
