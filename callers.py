@@ -3,16 +3,26 @@ caller hears before the assistant (the welcome, or why the call is refused)."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from config import CallerGroup, Config, to_e164
+from config import Config, to_e164
 
 
 def mask_number(number: str) -> str:
     """A phone number fit for logs: the last four digits only (``+*******0100``)."""
     return number[:1] + "*" * max(len(number) - 5, 0) + number[-4:] if len(number) > 4 else "****"
+
+
+class CallerGroup(enum.StrEnum):
+    """Which allowlist a caller is on."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+    ANYONE = "anyone"
+    """Not listed, but let in by ``ALLOW_ALL_CALLERS``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +80,14 @@ def welcome_message(config: Config, caller: AllowedCaller, now: datetime | None 
     if now is None:
         now = datetime.now(ZoneInfo(config.timezone) if config.timezone else None)
     return f"{greeting_for(now)}, {caller.first_name}. Connecting you to your assistant."
+
+
+def email_for(config: Config, group: CallerGroup) -> str | None:
+    """The ``send_email`` recipient for a caller group (``*_TO_EMAIL``); None for a group
+    with none, and for callers let in by ``ALLOW_ALL_CALLERS``."""
+    if group is CallerGroup.PRIMARY:
+        return config.primary_to_email
+    if group is CallerGroup.SECONDARY:
+        return config.secondary_to_email
+    return None
+

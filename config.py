@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+from openai.types.realtime.realtime_audio_config_output import Voice as RealtimeVoice
 
 from mailserver import WELL_KNOWN_SMTP, SmtpSecurity, SmtpServer
 
@@ -64,15 +66,6 @@ class EventLoop(enum.StrEnum):
     ASYNCIO = "asyncio"
 
 
-class CallerGroup(enum.StrEnum):
-    """Which allowlist a caller is on."""
-
-    PRIMARY = "primary"
-    SECONDARY = "secondary"
-    ANYONE = "anyone"
-    """Not listed, but let in by ``ALLOW_ALL_CALLERS``."""
-
-
 EAGERNESS = ("low", "medium", "high", "auto")
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 """``REASONING_EFFORT`` values (``openai.types.realtime.RealtimeReasoningEffort``)."""
@@ -80,6 +73,12 @@ TOOL_NAMES = ("end_call", "update_mic_distance", "send_email", "gpt_web_search")
 """The tools ``TOOLS`` may name, in the order ``tools.TOOLS`` defines them (a test holds the two together)."""
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+REALTIME_VOICES: tuple[str, ...] = next(
+    typing.get_args(kind) for kind in typing.get_args(RealtimeVoice) if typing.get_origin(kind) is typing.Literal
+)
+"""The Realtime API's built-in voices, as the ``openai`` package's types list them (``VOICE``)."""
+MIN_CONSOLE_TOKEN_CHARS = 16
+"""``CONSOLE_TOKEN`` guards the console and ``/metrics`` with HTTP Basic auth: a short one is guessable."""
 DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
 _HEADER_TOKEN = re.compile(r"[!#-&(-~]+")
 """Printable ASCII without spaces or quotes: what an ``Authorization: Bearer`` token can carry."""
@@ -241,15 +240,6 @@ class Config:
             **common,
         }
 
-    def email_for(self, group: CallerGroup) -> str | None:
-        """The ``send_email`` recipient for a caller group (``*_TO_EMAIL``); None for a group
-        with none, and for callers let in by ``ALLOW_ALL_CALLERS``."""
-        if group is CallerGroup.PRIMARY:
-            return self.primary_to_email
-        if group is CallerGroup.SECONDARY:
-            return self.secondary_to_email
-        return None
-
     def twilio_rest_credentials(self) -> tuple[str, str] | None:
         """``(username, password)`` for Twilio's REST API: the API key and secret when set, else the
         account SID and auth token; None without an account SID (SMS replies are then off)."""
@@ -292,8 +282,12 @@ def _checked_values(reader: _EnvReader, env: Mapping[str, str], default: dict[st
         except (ZoneInfoNotFoundError, ValueError):
             problems.append("TIMEZONE must be an IANA zone such as Europe/Paris")
     public_url = reader.text("PUBLIC_URL", "").rstrip("/") or None
-    if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+    public = urlsplit(public_url or "")
+    if public_url and public.scheme not in ("http", "https"):
         problems.append("PUBLIC_URL must start with https:// (or http:// for local tests)")
+    elif public_url and public.scheme == "http" and public.hostname not in LOOPBACK_HOSTS:
+        problems.append("PUBLIC_URL must be https:// for a public host (plain http:// is for loopback tests: "
+                        "127.0.0.1, localhost, ::1)")
     realtime_url = reader.url("OPENAI_REALTIME_URL", default["realtime_url"], ("ws", "wss"),
                               "OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
     transcription: str | None = reader.text("TRANSCRIPTION_MODEL", default["transcription_model"] or "")
@@ -337,7 +331,7 @@ def _operation_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, 
         "max_queued_audio_s": reader.number("MAX_QUEUED_AUDIO_S", default["max_queued_audio_s"], 5.0, 3600.0),
         "session_rollover_s": reader.number("SESSION_ROLLOVER_S", default["session_rollover_s"], 0.0, 3540.0),
         "metrics": reader.boolean("METRICS", default["metrics"]),
-        "console_token": reader.text("CONSOLE_TOKEN", "") or None,
+        "console_token": reader.secret("CONSOLE_TOKEN", MIN_CONSOLE_TOKEN_CHARS),
         "ngrok_authtoken": reader.text("NGROK_AUTHTOKEN", "") or None,
         "ngrok_domain": reader.text("NGROK_DOMAIN", "") or None,
         "log_level": reader.choice_text("LOG_LEVEL", LEVELS, "INFO", upper=True),
@@ -355,7 +349,7 @@ def _voice_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, Any]
     return {
         "realtime_model": reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
         "reasoning_effort": reader.choice_text("REASONING_EFFORT", REASONING_EFFORTS, "") or None,
-        "voice": reader.text("VOICE", default["voice"]),
+        "voice": reader.choice_text("VOICE", REALTIME_VOICES, default["voice"]),
         "instructions": reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
         "vad_type": reader.choice("VAD_TYPE", VadType, default["vad_type"]),
         "vad_eagerness": reader.choice_text("VAD_EAGERNESS", EAGERNESS, default["vad_eagerness"]),
@@ -405,6 +399,13 @@ class _EnvReader:
     def text(self, name: str, default: str) -> str:
         value = self.env.get(name)
         return default if value is None or not value.strip() else value.strip()
+
+    def secret(self, name: str, min_chars: int) -> str | None:
+        value = self.text(name, "") or None
+        if value is not None and len(value) < min_chars:
+            self.problems.append(f"{name} must be at least {min_chars} characters (it is a password)")
+            return None
+        return value
 
     def url(self, name: str, default: str, schemes: tuple[str, ...], problem: str) -> str:
         value = self.text(name, default).rstrip("/") if "http" in schemes else self.text(name, default)
@@ -568,6 +569,9 @@ def startup_warnings(config: Config) -> list[str]:
         )
     if config.allow_all_callers:
         notes.append("ALLOW_ALL_CALLERS=true: any caller reaches the assistant")
+    if config.metrics and not config.console_token:
+        notes.append("METRICS=true without CONSOLE_TOKEN: /metrics is public (set CONSOLE_TOKEN to put it behind "
+                     "a password)")
     if config.allow_unsigned_webhooks:
         notes.append(
             "ALLOW_UNSIGNED_WEBHOOKS=true: networks without credentials are served with no signature check, "

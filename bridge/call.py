@@ -36,7 +36,7 @@ from bridge.tool_runner import ToolRunner
 from bridge.transcript import Transcript
 from bridge.upstream import Upstream
 from bridge.watchdog import watch
-from callers import AllowedCaller, find_caller, mask_number
+from callers import AllowedCaller, email_for, find_caller, mask_number
 from config import Config
 from model.factory import session_factory
 from model.session import ModelRefused, ModelUnavailable, SessionFactory
@@ -226,7 +226,7 @@ class Call:
             self.log.warning("media stream for a restricted caller refused")
             await self.phone.close(WSCloseCode.POLICY_VIOLATION, "restricted")
             return Ending(EndReason.RESTRICTED, "restricted caller")
-        self.tools.context.email_to = self.config.email_for(self.caller.group)
+        self.tools.context.email_to = email_for(self.config, self.caller.group)
         self.upstream.caller_name = self.caller.first_name or "the caller"
         self.log.info("call started call_sid=%s network=%s caller=%s group=%s", self.call_sid, network,
                       mask_number(self.caller.number), self.caller.group)

@@ -96,6 +96,12 @@ def test_secrets_stay_out_of_repr() -> None:
                      "WAIT_MUSIC_THRESHOLD_MS must be a whole number from 0 to 60000", id="music-threshold"),
         pytest.param({**KEY, "OPENAI_BASE_URL": "api.openai.com"},
                      "OPENAI_BASE_URL must be an http(s):// URL", id="base-url"),
+        pytest.param({**KEY, "VOICE": "bogus"}, "VOICE must be one of alloy, ash, ballad, coral, echo, sage, shimmer, "
+                     "verse, marin, cedar", id="voice"),
+        pytest.param({**KEY, "CONSOLE_TOKEN": "abc"}, "CONSOLE_TOKEN must be at least 16 characters (it is a password)",
+                     id="console-token-short"),
+        pytest.param({**KEY, "PUBLIC_URL": "http://relay.example.com"}, "PUBLIC_URL must be https:// for a public host "
+                     "(plain http:// is for loopback tests: 127.0.0.1, localhost, ::1)", id="public-url-plain-http"),
         pytest.param({**KEY, "REASONING_EFFORT": "max"},
                      "REASONING_EFFORT must be one of minimal, low, medium, high, xhigh", id="reasoning-effort"),
     ],
@@ -359,3 +365,12 @@ async def _healthy(http: aiohttp.ClientSession, port: int) -> bool:
             return resp.status == 200
     except aiohttp.ClientConnectionError:
         return False
+
+
+def test_metrics_without_a_console_token_are_public_and_the_operator_is_told() -> None:
+    """METRICS=true with no CONSOLE_TOKEN serves /metrics to anyone: a startup warning says so."""
+    env = {**KEY, "PRIMARY_USER_PHONE_NUMBERS": "+14155550100", "TWILIO_AUTH_TOKEN": "t",
+           "PUBLIC_URL": "https://r.example", "METRICS": "true"}
+    assert startup_warnings(Config.from_env(env)) == [
+        "METRICS=true without CONSOLE_TOKEN: /metrics is public (set CONSOLE_TOKEN to put it behind a password)"]
+    assert startup_warnings(Config.from_env({**env, "CONSOLE_TOKEN": "a-token-of-24-characters"})) == []
