@@ -25,6 +25,7 @@ USER relay
 
 EXPOSE 10000
 STOPSIGNAL SIGTERM
+# http or https, whichever the relay serves (TLS_CERT_FILE), on its own PORT.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '10000'), timeout=2)"]
+    CMD ["python", "relay.py", "healthcheck"]
 CMD ["python", "relay.py"]

@@ -50,6 +50,7 @@ from ops import tunnel, workers
 from ops.capacity import Capacity, LoopErrors, raise_open_files_limit
 from ops.console import Console
 from ops.metrics import Metrics
+from ops.probe import healthcheck
 from ops.tokens import StreamTokens
 from phones import sms as sms_module
 from phones.networks import NETWORKS
@@ -373,6 +374,9 @@ def command_line(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address to listen on (default: $HOST, else 0.0.0.0)")
     parser.add_argument("--port", type=port_argument, help="port to listen on, 1-65535 (default: $PORT, else 10000)")
+    commands = parser.add_subparsers(dest="command", title="commands")
+    commands.add_parser("healthcheck", help="ask this relay's own /healthz over loopback (TLS when it serves "
+                        "TLS); exit 0 when healthy (a container's HEALTHCHECK)")
     return parser.parse_args(argv)
 
 
@@ -393,6 +397,8 @@ def main() -> None:
     try:
         config = Config.from_env(os.environ)
         config = replace(config, host=args.host or config.host, port=args.port or config.port)
+        if args.command == "healthcheck":
+            sys.exit(healthcheck(config))
         tls = tls_context(config)
         app = make_app(config)
     except ConfigError as exc:

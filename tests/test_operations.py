@@ -9,6 +9,7 @@ import secrets
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     CALLER,
+    ROOT,
     RawLeg,
     health,
     make_config,
@@ -259,6 +261,15 @@ async def test_tls_from_certificate_files(stack: contextlib.AsyncExitStack, http
             return False
 
         await until(up, timeout=15, what="the relay up over https")
+        # The container's HEALTHCHECK (python relay.py healthcheck) speaks https to a relay that serves TLS.
+        probe = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), "healthcheck", env=env,
+                                                     cwd=ROOT / "tests", stdout=asyncio.subprocess.PIPE)
+        assert await asyncio.wait_for(probe.wait(), 15) == 0
+        wrong = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), "healthcheck",
+                                                     env={**env, "TLS_CERT_FILE": "", "TLS_KEY_FILE": ""},
+                                                     cwd=ROOT / "tests", stdout=asyncio.subprocess.PIPE)
+        said, _ = await asyncio.wait_for(wrong.communicate(), 15)  # plain http to a TLS port: unhealthy, one line
+        assert wrong.returncode == 1 and said.decode().startswith(f"healthcheck: http://127.0.0.1:{port}/healthz")
         async with http.post(base + "/incoming-call", data={"From": CALLER}, ssl=client_tls) as resp:
             assert f'url="wss://127.0.0.1:{port}/media-stream"' in await resp.text()
         ws = await http.ws_connect(f"wss://127.0.0.1:{port}/media-stream", ssl=client_tls)
