@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from dotenv import load_dotenv
@@ -478,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.console and args.relay_url:
         parser.error("--console serves the relay this command starts; open a running relay's own /console instead")
+    if args.relay_url and urlsplit(args.relay_url).scheme not in ("http", "https"):
+        parser.error(f"--relay-url needs http:// or https:// in front: --relay-url http://{args.relay_url}")
     load_dotenv(Path.cwd() / ".env")  # like the relay: the working directory's .env; real env vars win
     if (code := _configure_logging(args.verbose)) is not None:
         return code
@@ -504,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
                                                before_call=lambda caller, _url: placed.append(caller)))
         except KeyboardInterrupt:
             return _interrupted(placed, timeline, args.out)
+        if args.relay_url and result.caller.connected_at is None:  # it never reached a stream: say what to do
+            print(f"\nFAILED: {relay_url_hint(result.problems, args.relay_url, args.phone)}")
+            return 1
         return _report(result, args.out)
     console_token = secrets.token_urlsafe(18)
     code: int | None = None
@@ -527,6 +533,21 @@ def main(argv: list[str] | None = None) -> int:
         if code is None:  # stopped during the call, not after it
             return _interrupted(placed, timeline, args.out)
     return 1 if code is None else code
+
+
+def relay_url_hint(problems: list[str], relay_url: str, phone: str) -> str:
+    """What to do when a call to ``--relay-url`` never reached its media stream, in one line."""
+    token = "PLIVO_AUTH_TOKEN" if phone == "plivo" else "TWILIO_AUTH_TOKEN"
+    problem = problems[0] if problems else "the call never connected"
+    if "HTTP 404" in problem:
+        return (f"the relay at {relay_url} does not serve {phone} (404): set {token} on it (or "
+                "ALLOW_UNSIGNED_WEBHOOKS=true for local tests)")
+    if "HTTP 403" in problem:
+        return (f"the relay at {relay_url} refused the webhook's signature (403): sign with the relay's {token}, "
+                f"given with --auth-token or as {token} in ./.env")
+    if "Cannot connect" in problem or "Connect call failed" in problem:
+        return f"nothing answers at {relay_url}: start the relay (python relay.py) or fix --relay-url"
+    return f"{problem} (calling {relay_url})"
 
 
 def _unwritable(out: Path) -> str | None:

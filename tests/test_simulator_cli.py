@@ -4,7 +4,10 @@ follows the line's noise floor."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -14,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT, process_env
+from support import ROOT, make_config, process_env, start_relay
 
 import audio
 import simulate
@@ -274,3 +277,31 @@ def test_standins_with_a_port_out_of_range_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == ("simulate.py standins: error: argument --port: a port is a whole number "
                                               "from 1 to 65535")
+
+
+async def test_relay_url_failures_say_what_to_do(stack: contextlib.AsyncExitStack, tmp_path: Path) -> None:
+    """A call to --relay-url that never reaches a stream ends in one line saying what to do (no scheme, a network
+    the relay does not serve, a missing token, nothing listening), exit 1 or 2, and no empty .failed.wav."""
+    base = await start_relay(stack, make_config(twilio_auth_token="relay-token", allow_unsigned_webhooks=False,
+                                                public_url="http://127.0.0.1:1"))  # what it signs against: unused
+
+    async def run(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "simulate.py"), *args, cwd=tmp_path,
+                                                    env=process_env(), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode().rstrip().splitlines()[-1]
+
+    assert await run("--relay-url", base.removeprefix("http://")) == (
+        2, f"simulate.py: error: --relay-url needs http:// or https:// in front: --relay-url {base}")
+    assert await run("--relay-url", base, "--phone", "plivo") == (
+        1, f"FAILED: the relay at {base} does not serve plivo (404): set PLIVO_AUTH_TOKEN on it (or "
+           "ALLOW_UNSIGNED_WEBHOOKS=true for local tests)")
+    assert await run("--relay-url", base) == (
+        1, f"FAILED: the relay at {base} refused the webhook's signature (403): sign with the relay's "
+           "TWILIO_AUTH_TOKEN, given with --auth-token or as TWILIO_AUTH_TOKEN in ./.env")
+    closed = f"http://127.0.0.1:{simulate.free_port()}"
+    assert await run("--relay-url", closed) == (
+        1, f"FAILED: nothing answers at {closed}: start the relay (python relay.py) or fix --relay-url")
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".wav")]
