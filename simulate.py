@@ -510,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.relay_url and result.caller.connected_at is None:  # it never reached a stream: say what to do
             print(f"\nFAILED: {relay_url_hint(result.problems, args.relay_url, args.phone)}")
             return 1
-        return _report(result, args.out)
+        code = _report(result, args.out)
+        if code and args.relay_url and any("waiting" in problem for problem in result.problems):
+            print("hint: the stand-ins speak their own --scenario; start python simulate.py standins with the same "
+                  f"--scenario as this call ({name})")
+        return code
     console_token = secrets.token_urlsafe(18)
     code: int | None = None
 
@@ -642,6 +646,14 @@ async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
     timeline.listener = LivePrinter(timeline)
     standin = RealtimeStandIn(scenario.assistant, timeline.add, seed, scenario.web_search)
     standin.standalone = True
+    calls = [0]
+
+    def new_call() -> None:  # each call's times count from its own start, as the caller's terminal does
+        calls[0] += 1
+        timeline.t0 = time.monotonic()
+        print(f"--- call {calls[0]} (times from its start) ---", flush=True)
+
+    standin.on_session = new_call
     standin.caller_transcripts = scenario.caller_words()
     try:
         async with serve_on_loopback(standin.app(), port) as address:

@@ -592,6 +592,9 @@ class RealtimeStandIn:
         self.caller_transcripts: list[str] = []
         """What the caller said, turn by turn: sent as input transcriptions (when the session asks for
         transcription) in order of the committed turns."""
+        self.on_session: Callable[[], None] | None = None
+        """Told when a session (a call) opens, before its first event (the standalone stand-ins' timeline
+        starts its clock there)."""
         self.standalone = False
         """Serving a relay in another process for as long as it runs (``simulate.py standins``): every
         session starts the script and the caller's transcripts over, no payload is kept for
@@ -702,6 +705,8 @@ class RealtimeStandIn:
         session = RealtimeSession(self, ws, request.transport)
         session.session["model"] = request.query.get("model", "gpt-realtime-2.1")
         self.sessions.append(session)
+        if self.on_session is not None:
+            self.on_session()
         if "OpenAI-Beta" in request.headers:
             await session.error("beta_api_shape_disabled", "The Realtime Beta API is no longer supported.")
             await ws.close()

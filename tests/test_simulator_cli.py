@@ -71,12 +71,31 @@ def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) ->
         assert "twilio   clear (waiting music)" in out
         assert "clear: caller heard" in out and "of item turn-2" in out  # the scripted turn the caller cut
         assert (tmp_path / "call.wav").is_file()
+        # A caller playing another scenario than the stand-ins: the failure says so.
+        other = json.loads((ROOT / "scenarios" / "real_speech.json").read_text())
+        other["max_duration_s"] = 12
+        for turn in other["assistant"] + other["caller"]:
+            if "audio" in turn:
+                turn["audio"] = str(ROOT / turn["audio"])
+        (tmp_path / "other.json").write_text(json.dumps(other))
+        mismatched = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--relay-url",
+                                     f"http://127.0.0.1:{relay_port}", "--scenario", "other.json"], cwd=tmp_path,
+                                    env=process_env(), capture_output=True, text=True, timeout=100)
+        assert mismatched.returncode == 1
+        assert mismatched.stdout.rstrip().splitlines()[-1] == (
+            "hint: the stand-ins speak their own --scenario; start python simulate.py standins with the same "
+            "--scenario as this call (other.json)")
     finally:
+        streamed = ""
         for proc in (relay, standins):
             if proc is not None:
                 proc.terminate()
-                proc.communicate(timeout=10)
+                streamed = proc.communicate(timeout=10)[0]
     assert standins.returncode == 0
+    # The stand-ins' terminal counts each call's times from that call's start.
+    assert "--- call 1 (times from its start) ---" in streamed and "--- call 2 (times from its start) ---" in streamed
+    first_event = streamed.split("--- call 2 (times from its start) ---\n")[1].splitlines()[0]
+    assert int(first_event.split()[0]) < 1000, first_event
 
 
 def test_standins_on_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
