@@ -99,5 +99,14 @@ async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib
     if os.environ.get("UPDATE_SCREENSHOT"):  # the README's picture: UPDATE_SCREENSHOT=1 pytest -k browser
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copy(tmp_path / "console.png", SCREENSHOT)
+    # At a phone's width (390 px) the call list sits above the conversation and the turns use the width.
+    await _in_thread(driver.set_window_size, 390, 844)
+    widths = await _in_thread(driver.execute_script, """
+        const width = el => document.querySelector(el).getBoundingClientRect().width;
+        return {page: document.documentElement.clientWidth, aside: width('aside'), turn: width('.turn.user')};""")
+    assert widths["aside"] == widths["page"] and widths["turn"] > 300, widths
+    await _in_thread(driver.save_screenshot, str(tmp_path / "console-narrow.png"))
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        shutil.copy(tmp_path / "console-narrow.png", SCREENSHOT.with_name("console-narrow.png"))
     await leg.stop()
     await _in_thread(wait.until, lambda d: _texts(d, "#ended .call .who") == ["+*******0100 · primary"])
