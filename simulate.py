@@ -443,7 +443,7 @@ def _configure_logging(verbose: bool) -> int | None:
 
 def _scenario_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", type=Path,
-                        help="scenario JSON (default: scenarios/default.json; keys: README, Scenario files)")
+                        help="scenario JSON (default: scenarios/default.json; keys: docs/simulator.md, Scenario files)")
 
 
 def main(argv: list[str] | None = None) -> int:

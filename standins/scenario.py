@@ -26,7 +26,7 @@ class ScenarioError(ValueError):
 
 @dataclass(slots=True)
 class Scenario:
-    """A whole scripted call (its JSON form: ``scenario_from_dict``, README "Scenario files")."""
+    """A whole scripted call (its JSON form: ``scenario_from_dict``, docs/simulator.md "Scenario files")."""
 
     caller_number: str = DEFAULT_CALLER
     caller_name: str = "Jordan"
@@ -52,7 +52,7 @@ class Scenario:
 
 SCENARIO_KEYS = {"caller_number", "caller_name", "assistant", "caller", "hangup", "expect_barge_ins",
                  "expect_wait_music", "web_search", "max_duration_s", "line_noise_dbfs", "network"}
-"""The keys of a scenario file; README "Scenario files" says what each means."""
+"""The keys of a scenario file; docs/simulator.md "Scenario files" says what each means."""
 ASSISTANT_KEYS = {"audio", "transcript", "function_calls"}
 CALLER_KEYS = {"audio", "text", "when", "dtmf"}
 MOMENT_KEYS = {"after", "delay_ms", "ms", "at_ms", "by"}

@@ -1,4 +1,4 @@
-"""The house's layout: imports point one way (the table below, which the README's layout section follows), the
+"""The house's layout: imports point one way (the table below, which docs/layout.md follows), the
 call names no wire string of any phone network or voice API, and the image ships the product only."""
 
 from __future__ import annotations
@@ -108,3 +108,10 @@ def test_the_image_ships_the_product_only() -> None:
     product = {name for name in FIRST_PARTY if name not in ("simulate", "standins")}
     assert {name.removesuffix(".py") for name in sources} >= product
     assert not sources & {"simulate.py", "standins", "tests", "benchmarks", "*.py", "scenarios"}
+
+
+def test_what_the_simulator_writes_is_git_ignored() -> None:
+    """The recordings `python simulate.py` leaves in the working directory (the call, a failed one, a partial one
+    after Ctrl-C) are git-ignored, with .env."""
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert {"call.wav", "call.failed.wav", "call.partial.wav", ".env"} <= set(ignored)

@@ -133,3 +133,11 @@ async def test_media_stream_refuses_unlisted_caller(stack: contextlib.AsyncExitS
     leg = await RawLeg.open(http, base)
     await leg.start(caller="+12125550123")
     assert await leg.closed() == 1008
+
+
+async def test_the_root_names_no_single_network(stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
+    """``GET /`` says a phone relay is running, whichever networks it serves (not "Twilio ⇄ Realtime" on Plivo)."""
+    base = await start_relay(stack, make_config(plivo_auth_token="p", allow_unsigned_webhooks=False,
+                                                public_url="https://relay.example.com"))
+    async with http.get(base + "/") as resp:
+        assert (resp.status, await resp.json()) == (200, {"message": "phone ⇄ OpenAI voice relay is running"})
