@@ -125,6 +125,7 @@ class RealtimeSession:
         except (OSError, TimeoutError, aiohttp.ClientError) as exc:
             raise ModelUnavailable(f"realtime connect failed: {describe(exc)}") from None
         self._socket = socket
+        configured = False
         try:
             await socket.send(orjson.dumps(wire.session_update(options.session(self._noise_reduction))))
             async with asyncio.timeout(configure_timeout_s):
@@ -135,15 +136,17 @@ class RealtimeSession:
                         continue
                     if type(event) is SessionUpdated:
                         await self._on_session_updated(event)
+                        configured = True
                         return
                     if type(event) is RealtimeError:
                         self._pending.append(await self._on_error(event))
         except TimeoutError:
-            await socket.close()
             raise ModelUnavailable(f"no session.updated within {configure_timeout_s:.0f}s") from None
         except SessionClosed:
             pass
-        await socket.close()
+        finally:
+            if not configured:  # refused, timed out, or the call ended meanwhile (cancelled): nothing leaks
+                await socket.close()
         raise ModelUnavailable(f"realtime closed the session before session.updated code={socket.close_code}")
 
     def __aiter__(self) -> RealtimeSession:

@@ -92,6 +92,7 @@ class RealtimeSocket:
     async def close(self) -> None:
         """Close with 1000, waiting up to ``CLOSE_TIMEOUT_S`` for the service's close frame."""
         self._pinger.cancel()
+        await asyncio.gather(self._pinger, return_exceptions=True)
         await self._ws.close()
 
     async def _keep_alive(self) -> None:
