@@ -270,7 +270,8 @@ class Call:
         try:
             await self.upstream.start()
         except ModelUnavailable as exc:
-            return await self.upstream.lost(str(exc), Ending(EndReason.MODEL_UNAVAILABLE, "realtime unavailable"))
+            unavailable = Ending(EndReason.MODEL_UNAVAILABLE, f"{self.upstream.api} unavailable")
+            return await self.upstream.lost(str(exc), unavailable)
         name = self.caller.first_name if self.caller else None
         await self.upstream.note(greeting_instruction(name or "there"))
         await self.upstream.respond()

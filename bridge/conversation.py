@@ -207,7 +207,7 @@ class Conversation:
 
     async def _on_error(self, event: ModelError) -> None:
         self._counts.realtime_errors += 1
-        api = self._upstream.session.api if self._upstream.session is not None else "model"
+        api = self._upstream.api
         if event.harmless:
             self._log.debug("%s error %s (harmless)", api, event.code)
             return

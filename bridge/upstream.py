@@ -97,6 +97,8 @@ class Upstream:
         self._log = log
         self._publish = publish
         self.session: ModelSession | None = None
+        self.api = "model"
+        """The voice API the sessions speak (``realtime``), once one has been made: for logs and end reasons."""
         self.caller_name = "the caller"
         """Named in the replay's opening."""
         self.forwarding = False
@@ -221,6 +223,7 @@ class Upstream:
 
     async def _open(self, connect_timeout_s: float, configure_timeout_s: float) -> ModelSession:
         session = self._sessions(self._noise_reduction, self._log)
+        self.api = session.api
         await session.open(connect_timeout_s, configure_timeout_s)
         return session
 
