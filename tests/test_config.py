@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -374,3 +375,13 @@ def test_metrics_without_a_console_token_are_public_and_the_operator_is_told() -
     assert startup_warnings(Config.from_env(env)) == [
         "METRICS=true without CONSOLE_TOKEN: /metrics is public (set CONSOLE_TOKEN to put it behind a password)"]
     assert startup_warnings(Config.from_env({**env, "CONSOLE_TOKEN": "a-token-of-24-characters"})) == []
+
+
+def test_every_variable_is_documented() -> None:
+    """Every variable the configuration reads has a line in .env.example and a row in the README's table."""
+    source = (ROOT / "config.py").read_text()
+    read = set(re.findall(r'(?:env\.get|reader\.\w+|self\.\w+)\("([A-Z][A-Z0-9_]+)"', source))
+    example = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    readme = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "README.md").read_text()))
+    assert len(read) > 60  # the regex still finds them all
+    assert sorted(read - example) == [] and sorted(read - readme) == []
