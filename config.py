@@ -7,6 +7,7 @@ one ``ConfigError``; tests build ``Config(...)`` directly.
 
 from __future__ import annotations
 
+import base64
 import enum
 import re
 import typing
@@ -124,8 +125,7 @@ class Config:
     ngrok_domain: str | None = None
     """A reserved ngrok domain for the tunnel (e.g. ``relay.ngrok.app``); None: ngrok assigns one."""
     allow_unsigned_webhooks: bool = False
-    """Serve every network's routes without its credentials, unchecked (local tests only: refused with a
-    public ``PUBLIC_URL``). Off: a network's routes answer 404 until its credentials are set."""
+    """Serve networks without their credentials, unchecked (local tests only; refused with a public URL)."""
     public_url: str | None = None
     """Public origin Twilio uses (``https://relay.example.com``); None: the Host header."""
     realtime_url: str = "wss://api.openai.com/v1/realtime"
@@ -156,6 +156,8 @@ class Config:
     """Twilio's REST API (SMS threads and replies); a stand-in's URL in tests."""
     plivo_auth_id: str | None = field(default=None, repr=False)
     plivo_auth_token: str | None = field(default=None, repr=False)
+    telnyx_public_key: str | None = None
+    """Telnyx's Ed25519 public key (base64, 32 bytes): turns the Telnyx routes on and checks their webhooks."""
     """Plivo's routes (``/plivo/answer``, ``/plivo/media-stream``) answer only when this is set."""
     primary_numbers: tuple[str, ...] = ()
     """E.164 numbers of the primary caller group."""
@@ -209,7 +211,8 @@ class Config:
         config = cls(**checked, **_operation_values(reader, default), **_voice_values(reader, default),
                      **_network_values(reader, checked["default_region"]))
         signed = [name for name, token in (("TWILIO_AUTH_TOKEN", config.twilio_auth_token),
-                                           ("PLIVO_AUTH_TOKEN", config.plivo_auth_token)) if token]
+                                           ("PLIVO_AUTH_TOKEN", config.plivo_auth_token),
+                                           ("TELNYX_PUBLIC_KEY", config.telnyx_public_key)) if token]
         public_host = urlsplit(config.public_url or "").hostname
         if config.allow_unsigned_webhooks and public_host and public_host not in LOOPBACK_HOSTS:
             problems.append("ALLOW_UNSIGNED_WEBHOOKS=true is for local tests: it is refused with a public PUBLIC_URL "
@@ -377,6 +380,7 @@ def _network_values(reader: _EnvReader, region: str) -> dict[str, Any]:
         "twilio_api_secret": reader.text("TWILIO_API_SECRET", "") or None,
         "plivo_auth_id": reader.text("PLIVO_AUTH_ID", "") or None,
         "plivo_auth_token": reader.text("PLIVO_AUTH_TOKEN", "") or None,
+        "telnyx_public_key": reader.ed25519_key("TELNYX_PUBLIC_KEY"),
         "primary_numbers": reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
         "secondary_numbers": reader.phone_list("SECONDARY_USER_PHONE_NUMBERS", region),
         "primary_first_name": reader.text("PRIMARY_USER_FIRST_NAME", "") or None,
@@ -399,6 +403,16 @@ class _EnvReader:
     def text(self, name: str, default: str) -> str:
         value = self.env.get(name)
         return default if value is None or not value.strip() else value.strip()
+
+    def ed25519_key(self, name: str) -> str | None:
+        value = self.text(name, "") or None
+        try:
+            if value is not None and len(base64.b64decode(value, validate=True)) != 32:
+                raise ValueError
+        except ValueError:
+            self.problems.append(f"{name} must be a base64 Ed25519 public key (32 bytes), as Telnyx shows it")
+            return None
+        return value
 
     def secret(self, name: str, min_chars: int) -> str | None:
         value = self.text(name, "") or None
@@ -577,10 +591,10 @@ def startup_warnings(config: Config) -> list[str]:
             "ALLOW_UNSIGNED_WEBHOOKS=true: networks without credentials are served with no signature check, "
             "so anyone who reaches this server can open a call (local tests only)"
         )
-    elif not config.twilio_auth_token and not config.plivo_auth_token:
+    elif not (config.twilio_auth_token or config.plivo_auth_token or config.telnyx_public_key):
         notes.append(
-            "no phone network is on: set TWILIO_AUTH_TOKEN or PLIVO_AUTH_TOKEN (their routes answer 404 until "
-            "then), or ALLOW_UNSIGNED_WEBHOOKS=true for local tests"
+            "no phone network is on: set TWILIO_AUTH_TOKEN, PLIVO_AUTH_TOKEN or TELNYX_PUBLIC_KEY (their routes "
+            "answer 404 until then), or ALLOW_UNSIGNED_WEBHOOKS=true for local tests"
         )
     return notes
 

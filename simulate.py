@@ -50,15 +50,8 @@ from standins.openai_service import (
     rest_base_url,
     serve_on_loopback,
 )
-from standins.phone_network import (
-    DEFAULT_LINE_NOISE_DBFS,
-    NETWORKS,
-    CallFailed,
-    Line,
-    PhoneCaller,
-    Timeline,
-    twilio_signature,
-)
+from standins.phone_dialects import NETWORKS, CallFailed, telnyx_public_key, twilio_signature
+from standins.phone_network import DEFAULT_LINE_NOISE_DBFS, Line, PhoneCaller, Timeline
 from standins.scenario import (
     DEFAULT_CALLER,
     DEFAULT_SCENARIO,
@@ -73,6 +66,11 @@ from standins.twilio_rest import twilio_rest_standin
 logger = logging.getLogger("simulate")
 
 STANDINS_PORT = 8765
+TOKEN_VARIABLES = {"twilio": "TWILIO_AUTH_TOKEN", "plivo": "PLIVO_AUTH_TOKEN", "telnyx": "TELNYX_STANDIN_SEED"}
+"""Where ``--relay-url`` calls find what they sign with, per network (``--auth-token`` overrides it)."""
+TELNYX_STANDIN_SEED = "telnyx-standin"
+"""The simulated Telnyx caller's key seed when none is given: ``python simulate.py standins`` prints the public
+key that matches it, for the relay's ``TELNYX_PUBLIC_KEY``."""
 """Where ``python simulate.py standins`` listens by default (``--port``)."""
 
 # --- Running a simulated call -------------------------------------------------------------------
@@ -240,6 +238,7 @@ async def simulate_call(
                 "public_url": f"http://127.0.0.1:{port}",
                 "twilio_auth_token": auth_token,
                 "plivo_auth_token": auth_token,
+                "telnyx_public_key": telnyx_public_key(auth_token),
                 "primary_numbers": (scenario.caller_number,),
                 "primary_first_name": scenario.caller_name,
             }
@@ -494,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.line_noise_db is None or not math.isnan(args.line_noise_db):
         scenario.line_noise_dbfs = args.line_noise_db
-    token = args.auth_token or os.environ.get("PLIVO_AUTH_TOKEN" if args.phone == "plivo" else "TWILIO_AUTH_TOKEN")
+    token = args.auth_token or os.environ.get(TOKEN_VARIABLES[args.phone]) or (
+        TELNYX_STANDIN_SEED if args.phone == "telnyx" else None)
     name = str(args.scenario or DEFAULT_SCENARIO.relative_to(HERE))
     timeline = Timeline()
     printer = timeline.listener = LivePrinter(timeline)
@@ -541,8 +541,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def relay_url_hint(problems: list[str], relay_url: str, phone: str) -> str:
     """What to do when a call to ``--relay-url`` never reached its media stream, in one line."""
-    token = "PLIVO_AUTH_TOKEN" if phone == "plivo" else "TWILIO_AUTH_TOKEN"
+    token = {"plivo": "PLIVO_AUTH_TOKEN", "telnyx": "TELNYX_PUBLIC_KEY"}.get(phone, "TWILIO_AUTH_TOKEN")
     problem = problems[0] if problems else "the call never connected"
+    if "HTTP 403" in problem and phone == "telnyx":
+        return (f"the relay at {relay_url} refused the webhook's signature (403): give it the TELNYX_PUBLIC_KEY "
+                "that python simulate.py standins prints")
     if "HTTP 404" in problem:
         return (f"the relay at {relay_url} does not serve {phone} (404): set {token} on it (or "
                 "ALLOW_UNSIGNED_WEBHOOKS=true for local tests)")
@@ -660,6 +663,8 @@ async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
             print(f"OpenAI stand-ins on {address}, for a relay started with python relay.py; give it:\n"
                   f"  OPENAI_REALTIME_URL=ws://{address}/v1/realtime\n"
                   f"  OPENAI_BASE_URL=http://{address}/v1\n"
+                  f"  TELNYX_PUBLIC_KEY={telnyx_public_key(TELNYX_STANDIN_SEED)}   (for --phone telnyx: the key "
+                  "the simulated Telnyx caller signs with)\n"
                   f"  OPENAI_API_KEY=sk-standin-offline   (any value: the stand-ins need one, and check nothing)\n"
                   "  and, with TWILIO_AUTH_TOKEN set, PUBLIC_URL=http://127.0.0.1:$PORT (the relay's own origin)\n"
                   "Then: python simulate.py --relay-url http://127.0.0.1:$PORT  (Ctrl-C stops the stand-ins)\n",

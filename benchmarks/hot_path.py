@@ -27,7 +27,7 @@ from model import realtime_wire
 from phones import twilio as phone_twilio
 from phones.leg import PhoneAudio
 from standins import validation
-from standins.phone_network import TwilioMessages
+from standins.phone_dialects import TwilioMessages
 
 FRAME = TwilioMessages().media(os.urandom(160), 820)
 DELTA = json.dumps({"type": "response.output_audio.delta", "event_id": "event_1", "response_id": "resp_1",

@@ -195,7 +195,7 @@ class Call:
 
 
 async def place_call(http: aiohttp.ClientSession, relay: str, compress: bool) -> Call:
-    from standins.phone_network import Twilio
+    from standins.phone_dialects import Twilio
 
     twilio = Twilio()
     form = twilio.webhook("+14155550100")

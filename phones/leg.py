@@ -37,6 +37,14 @@ class PhoneAudio:
     payload: str
 
 
+@dataclass(slots=True)
+class SequencedAudio(PhoneAudio):
+    """A frame of caller audio with its network's sequence number, for a network whose frames may arrive
+    out of order (Telnyx): the leg puts them back in order and hands the call plain ``PhoneAudio``."""
+
+    sequence: int
+
+
 @dataclass(slots=True)  # not frozen: built per frame, and frozen construction costs 0.55 µs against 0.2 µs
 class PhoneMarkPlayed:
     """The phone reached a mark the relay sent after some audio (Twilio ``mark`` echo, Plivo

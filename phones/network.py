@@ -28,8 +28,10 @@ class Signatures(Protocol):
         """The network's credentials are set: requests must be signed."""
         ...
 
-    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
-        """A webhook's signature matches its ``method``, full ``url`` and form ``params``."""
+    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str],
+                body: bytes = b"") -> bool:
+        """A webhook's signature matches its ``method``, full ``url`` and form ``params`` (or its raw ``body``,
+        for a network that signs the bytes: Telnyx)."""
         ...
 
     def handshake(self, https_url: str, wss_url: str, headers: Mapping[str, str]) -> bool:
@@ -63,3 +65,6 @@ class Network:
     signatures: Callable[[Config], Signatures]
     """The network's signature checks for a configuration. Without the credentials the routes answer 404,
     unless ``ALLOW_UNSIGNED_WEBHOOKS`` serves them unchecked (local tests)."""
+    carries_call_id: bool = False
+    """The stream's parameters carry the webhook's call id (``call_id``), and the stream's start reports it as
+    its call id: for a network whose stream may name the call otherwise than its webhook did (Telnyx)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from phones import plivo, twilio
+from phones import plivo, telnyx, twilio
 from phones.network import Network
 
-NETWORKS: tuple[Network, ...] = (twilio.NETWORK, plivo.NETWORK)
+NETWORKS: tuple[Network, ...] = (twilio.NETWORK, plivo.NETWORK, telnyx.NETWORK)
 """Served in this order; the first is the one a bare ``/`` websocket upgrade reaches."""

@@ -174,7 +174,8 @@ class Signatures:
         """True when ``PLIVO_AUTH_TOKEN`` is set."""
         return self._token is not None
 
-    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str],
+                body: bytes = b"") -> bool:
         """True when a signature header matches ``method``, ``url`` (``http(s)://``) and ``params``
         for the request's nonce (always, when off); False without a nonce or a signature."""
         if self._token is None:

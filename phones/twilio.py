@@ -132,7 +132,8 @@ class Signatures:
         """True when ``TWILIO_AUTH_TOKEN`` is set and requests must be signed."""
         return self._validator is not None
 
-    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    def webhook(self, method: str, url: str, params: Mapping[str, str], headers: Mapping[str, str],
+                body: bytes = b"") -> bool:
         """True when the request's signature matches ``url`` and ``params`` (always, when off)."""
         if self._validator is None:
             return True

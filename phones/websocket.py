@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from phones.leg import (
     PhoneMarkPlayed,
     PhoneStart,
     PhoneStop,
+    SequencedAudio,
     decode_json_object,
     inner_text,
 )
@@ -39,6 +41,7 @@ def parse_frame(
     mark_events: frozenset[str],
     mark_name: Callable[[dict[str, Any]], str | None],
     quiet: frozenset[str] = frozenset(),
+    sequenced: Callable[[str, dict[str, Any]], PhoneAudio] | None = None,
 ) -> PhoneEvent | None:
     """One media-stream text frame as a phone event: what Twilio's and Plivo's frames share
     (``{"event": ...}``, ``media.payload``, ``dtmf.digit``, ``stop``), with each dialect's own
@@ -51,6 +54,8 @@ def parse_frame(
         mark_events: the event names that report a mark played (``mark``; ``playedStream``).
         mark_name: the mark's name from such an event, or None.
         quiet: events that are expected and ignored without a DEBUG line.
+        sequenced: for a network whose frames may arrive out of order, ``(payload, event)`` to a
+            ``SequencedAudio`` carrying the frame's sequence number (raises MalformedFrame).
 
     Raises:
         MalformedFrame: not JSON, not an object, or a known event missing what the relay reads.
@@ -68,7 +73,7 @@ def parse_frame(
             binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError):
             raise MalformedFrame("base64", f"{network} media that is not base64 dropped") from None
-        return PhoneAudio(payload)
+        return PhoneAudio(payload) if sequenced is None else sequenced(payload, event)
     if type(kind) is not str:  # a list or an object cannot be looked up among the names below
         raise MalformedFrame("event", f"{network} event that is not a string dropped")
     if kind in mark_events:
@@ -107,6 +112,52 @@ class Dialect:
     """``stream_sid`` to the message that drops the phone's queued audio."""
     max_message_bytes: int
     """Largest frame accepted from the network."""
+    reorders: bool = False
+    """Its media frames may arrive out of order: ``parse`` yields ``SequencedAudio``, which the leg puts back in
+    order (``Resequencer``)."""
+
+
+class Resequencer:
+    """Media frames back in their sequence order, within a small window.
+
+    A frame that comes before its turn waits for the ones before it, at most ``WINDOW`` frames; then the gap is
+    given up (those frames are lost). A frame older than one already handed on (late, or a duplicate) is
+    dropped, and so is one more than ``MAX_AHEAD`` ahead of the next expected (a number from the future would
+    otherwise make every later frame "late"). In-order frames pass at once: the window costs nothing then.
+    """
+
+    WINDOW = 4
+    """Frames held waiting for a missing one: 80 ms of 20 ms frames."""
+    MAX_AHEAD = 50
+    """A frame this far ahead of the next expected one is not believed (one second of frames)."""
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+        self._held: dict[int, PhoneAudio] = {}
+        self.dropped = 0
+        """Frames dropped as late, duplicate or from the future."""
+
+    def push(self, sequence: int, audio: PhoneAudio) -> list[PhoneAudio]:
+        """One frame in; the frames to hand on now, in order."""
+        expected = self._next
+        if expected is None or sequence == expected:  # the common case
+            self._next = sequence + 1
+            return [audio, *self._release()] if self._held else [audio]
+        if sequence < expected or sequence in self._held or sequence > expected + self.MAX_AHEAD:
+            self.dropped += 1
+            return []
+        self._held[sequence] = audio
+        if len(self._held) <= self.WINDOW:
+            return []
+        self._next = min(self._held)  # the missing frames are not coming: skip the gap
+        return self._release()
+
+    def _release(self) -> list[PhoneAudio]:
+        out = []
+        while self._next in self._held:
+            out.append(self._held.pop(self._next))
+            self._next += 1
+        return out
 
 
 class WebSocketLeg:
@@ -127,12 +178,17 @@ class WebSocketLeg:
         self.stream_sid = ""
         self._media = dialect.media
         self._warned: set[str] = set()
+        self._resequencer = Resequencer() if dialect.reorders else None
+        self._ready: deque[PhoneEvent] = deque()
+        """Frames the resequencer released together, handed on one by one."""
 
     def __aiter__(self) -> WebSocketLeg:
         return self
 
     async def __anext__(self) -> PhoneEvent:
         """The next usable phone event; StopAsyncIteration once the socket is closed. Safe to cancel."""
+        if self._ready:
+            return self._ready.popleft()
         while True:
             msg = await self.ws.receive()
             if msg.type is WSMsgType.TEXT:
@@ -143,6 +199,12 @@ class WebSocketLeg:
                     continue
                 if event is None:
                     continue
+                if type(event) is SequencedAudio and self._resequencer is not None:
+                    released = self._resequencer.push(event.sequence, PhoneAudio(event.payload))
+                    if not released:
+                        continue
+                    self._ready.extend(released[1:])
+                    return released[0]
                 if type(event) is PhoneStart:
                     self.stream_sid = event.stream_sid
                 return event

@@ -107,9 +107,10 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
     """A network's voice webhook (GET or POST), answered in its language. 404 while the network is off (no
     credentials, and no ``ALLOW_UNSIGNED_WEBHOOKS``), 403 without a valid signature."""
     signatures = _served(request, network)
+    body = await request.read() if request.method == "POST" else b""
     params = await _form(request)
     url = public_origin(request.app[CONFIG], request) + request.path_qs
-    if not signatures.webhook(request.method, url, params, request.headers):
+    if not signatures.webhook(request.method, url, params, request.headers, body):
         logger.warning("rejected %s: bad %s signature", request.path, network.name)
         return web.Response(status=403, text="invalid signature")
     raw_from = network.caller_number(params.get("From") or request.query.get("From"))
@@ -141,6 +142,8 @@ def _answer(request: web.Request, network: Network, raw_from: str | None, call_i
                            config.max_calls)
             return network.hang_up_answer(BUSY_MESSAGE)
         parameters = tokens.issue(caller.number, call_id)
+    if network.carries_call_id:
+        parameters = {**parameters, "call_id": call_id}
     stream_url = stream_origin(config, request) + network.stream_path
     return network.stream_answer(welcome_message(config, caller), stream_url, parameters)
 

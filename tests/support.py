@@ -32,7 +32,7 @@ from mailserver import SmtpSecurity, SmtpServer
 from ops.tokens import StreamTokens
 from phones import plivo as phone_plivo
 from standins import openai_service as standin_openai
-from standins.phone_network import Answer, Plivo, Twilio
+from standins.phone_dialects import Answer, Plivo, Telnyx, Twilio
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLER = simulate.DEFAULT_CALLER
@@ -69,19 +69,20 @@ def speech(name: str) -> bytes:
 class RawLeg:
     """A raw media-stream client: what Twilio (or Plivo) sends and receives, frame by frame."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, network: Twilio | Plivo) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, network: Twilio | Plivo | Telnyx) -> None:
         self.ws = ws
         self.network = network
         self.stream_sid = network.messages.stream_sid if isinstance(network, Twilio) else network.messages.stream_id
 
     @classmethod
     async def open(cls, http: aiohttp.ClientSession, base_url: str, path: str | None = None,
-                   headers: dict[str, str] | None = None, network: Twilio | Plivo | None = None,
+                   headers: dict[str, str] | None = None, network: Twilio | Plivo | Telnyx | None = None,
                    auth_token: str | None = None, compress: int = 0) -> RawLeg:
         """Open the network's media websocket (signed with ``auth_token`` when given; offering
         permessage-deflate with ``compress``, a zlib window size such as 15)."""
         network = network or Twilio()
-        path = path or ("/media-stream" if isinstance(network, Twilio) else "/plivo/media-stream")
+        path = path or {"twilio": "/media-stream", "plivo": "/plivo/media-stream",
+                        "telnyx": "/telnyx/media-stream"}[network.name]
         url = base_url.replace("http://", "ws://") + path
         if auth_token:
             headers = {**network.sign(auth_token, "GET", network.handshake_url(url), {}), **(headers or {})}
@@ -93,7 +94,7 @@ class RawLeg:
 
     @property
     def call_sid(self) -> str:
-        return self.network.messages.call_sid if isinstance(self.network, Twilio) else self.network.messages.call_id
+        return self.network.messages.call_id if isinstance(self.network, Plivo) else self.network.messages.call_sid
 
     async def start(self, caller: str = CALLER, key: str = SECRET_KEY, parameters: dict[str, str] | None = None,
                     ) -> None:
@@ -101,6 +102,8 @@ class RawLeg:
         token minted with the relay's key ``key``), or with ``parameters`` as given."""
         if parameters is None:
             parameters = StreamTokens(key.encode()).issue(caller, self.call_sid)
+        if isinstance(self.network, Telnyx) and "call_id" not in parameters:
+            parameters = {**parameters, "call_id": self.call_sid}  # as the relay's TeXML carries it
         params: Any = parameters
         if isinstance(self.network, Plivo):
             params = ",".join(f"{phone_plivo.HEADERS[k]}={v.lstrip('+')}" for k, v in parameters.items())
@@ -108,7 +111,9 @@ class RawLeg:
             await self.ws.send_str(message)
 
     async def media(self, ulaw: bytes) -> None:
-        await self.ws.send_str(self.network.media(ulaw, 0))
+        out = self.network.media(ulaw, 0)
+        for message in [out] if isinstance(out, str) else out:
+            await self.ws.send_str(message)
 
     async def mark(self, name: str) -> None:
         """Report a mark (checkpoint) as played."""

@@ -131,7 +131,7 @@ def _random_call(rng: random.Random, speech: bytes, turns: int, barge_ins: int) 
 
 
 @pytest.mark.timing
-@pytest.mark.parametrize("phone", ["twilio", "plivo"])
+@pytest.mark.parametrize("phone", ["twilio", "plivo", "telnyx"])
 async def test_randomized_barge_ins_match_what_the_caller_heard(phone: str) -> None:
     """Over 100+ random barge-ins on either network: |audio_end_ms - heard| <= 20 ms for 90% and never > 40 ms;
     no truncate error; no audio of an interrupted item reaches the caller after its clear."""

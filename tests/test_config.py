@@ -326,8 +326,8 @@ def test_unsigned_webhooks_are_for_local_tests(public_url: str | None, refused: 
         "who reaches this server can open a call (local tests only)"]
     off = Config.from_env({**KEY, "PRIMARY_USER_PHONE_NUMBERS": "+14155550100"})
     assert startup_warnings(off) == [
-        "no phone network is on: set TWILIO_AUTH_TOKEN or PLIVO_AUTH_TOKEN (their routes answer 404 until then), "
-        "or ALLOW_UNSIGNED_WEBHOOKS=true for local tests"]
+        "no phone network is on: set TWILIO_AUTH_TOKEN, PLIVO_AUTH_TOKEN or TELNYX_PUBLIC_KEY (their routes answer "
+        "404 until then), or ALLOW_UNSIGNED_WEBHOOKS=true for local tests"]
 
 
 def test_the_command_line_help_and_a_bad_port_start_nothing(tmp_path: os.PathLike[str]) -> None:
@@ -385,3 +385,11 @@ def test_every_variable_is_documented() -> None:
     readme = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "README.md").read_text()))
     assert len(read) > 60  # the regex still finds them all
     assert sorted(read - example) == [] and sorted(read - readme) == []
+
+
+def test_a_telnyx_key_must_be_an_ed25519_public_key() -> None:
+    """TELNYX_PUBLIC_KEY is the 32-byte Ed25519 key Telnyx shows, base64: anything else stops startup."""
+    for bad in ("not base64 at all", "c2hvcnQ="):
+        with pytest.raises(ConfigError) as info:
+            Config.from_env({**KEY, "TELNYX_PUBLIC_KEY": bad, "PUBLIC_URL": "https://r.example"})
+        assert str(info.value) == "TELNYX_PUBLIC_KEY must be a base64 Ed25519 public key (32 bytes), as Telnyx shows it"

@@ -42,7 +42,8 @@ from config import VadType
 from ops.tokens import operator_allowed
 from simulate import Scenario
 from standins.openai_service import AssistantTurn, realtime_standin
-from standins.phone_network import CallerTurn, Twilio
+from standins.phone_dialects import Twilio
+from standins.phone_network import CallerTurn
 
 GREETING = bytes(range(0x10, 0x60)) * 20  # 200 ms, no silence byte
 ANSWER = bytes(range(0x20, 0x70)) * 20

@@ -1,6 +1,7 @@
-"""Every field of every peer message may carry any JSON type: the parsers of Twilio's, Plivo's and the Realtime
-service's messages, fed messages of each shape they read with any field replaced by arbitrary JSON (hypothesis),
-return a typed event or raise their own Malformed error, never anything else; and a call fed such frames goes on."""
+"""Every field of every peer message may carry any JSON type: the parsers of Twilio's, Plivo's, Telnyx's and the
+Realtime service's messages, fed messages of each shape they read with any field replaced by arbitrary JSON
+(hypothesis), return a typed event or raise their own Malformed error, never anything else; and a call fed such
+frames goes on."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from support import RawLeg, make_config, start_relay, start_standin, until
 
 from model.realtime_wire import MalformedEvent, parse_server_event
-from phones import plivo, twilio
+from phones import plivo, telnyx, twilio
 from phones.leg import MalformedFrame
 from standins.openai_service import AssistantTurn
 
@@ -49,6 +50,18 @@ PLIVO = [
     {"event": "dtmf", "streamId": "S1", "dtmf": {"digit": "#"}},
     {"event": "clearedAudio", "streamId": "S1"},
     {"event": "stop", "streamId": "S1"},
+]
+TELNYX = [
+    {"event": "connected", "version": "1.0.0"},
+    {"event": "start", "sequence_number": "1", "stream_id": "S1",
+     "start": {"call_control_id": "v3:c", "from": "+14155550100", "custom_parameters": {"call_id": "v3:c"},
+               "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}},
+    {"event": "media", "sequence_number": "4", "stream_id": "S1",
+     "media": {"track": "inbound", "chunk": "2", "timestamp": "40", "payload": PAYLOAD}},
+    {"event": "mark", "sequence_number": "5", "stream_id": "S1", "mark": {"name": "0.160"}},
+    {"event": "dtmf", "sequence_number": "6", "stream_id": "S1", "dtmf": {"digit": "1"}},
+    {"event": "error", "stream_id": "S1", "payload": {"code": 100003, "title": "malformed_frame", "detail": "x"}},
+    {"event": "stop", "sequence_number": "7", "stream_id": "S1", "stop": {"call_control_id": "v3:c"}},
 ]
 REALTIME = [
     {"type": "response.output_audio.delta", "response_id": "r", "item_id": "i", "delta": PAYLOAD},
@@ -96,6 +109,7 @@ def _replaced(message: Any, path: tuple[Any, ...], value: Any) -> Any:
 PARSERS: dict[str, tuple[Callable[[bytes], Any], type[Exception], list[dict[str, Any]]]] = {
     "twilio": (twilio.parse_message, MalformedFrame, TWILIO),
     "plivo": (plivo.parse_message, MalformedFrame, PLIVO),
+    "telnyx": (telnyx.parse_message, MalformedFrame, TELNYX),
     "realtime": (parse_server_event, MalformedEvent, REALTIME),
 }
 CASES = [(peer, template, path) for peer, (_, _, templates) in PARSERS.items() for template in templates
@@ -146,7 +160,7 @@ def test_any_field_of_any_json_type(peer: str, template: dict[str, Any], path: t
         pass
 
 
-@pytest.mark.parametrize("network", [twilio, plivo], ids=["twilio", "plivo"])
+@pytest.mark.parametrize("network", [twilio, plivo, telnyx], ids=["twilio", "plivo", "telnyx"])
 def test_an_event_name_that_is_not_a_string_is_malformed(network: Any) -> None:
     """``{"event": ["media"]}`` (a list cannot be looked up in a set of names) is a malformed frame."""
     with pytest.raises(MalformedFrame):

@@ -18,7 +18,7 @@ from bridge.prompts import keypad_text
 from phones import plivo as phone_plivo
 from phones.leg import MalformedFrame, PhoneAudio, PhoneDtmf, PhoneMarkPlayed, PhoneStart, PhoneStop
 from standins.openai_service import AssistantTurn, RealtimeStandIn
-from standins.phone_network import Plivo, Twilio, plivo_signature_headers
+from standins.phone_dialects import Plivo, Twilio, plivo_signature_headers
 
 TOKEN = "plivo-token-for-tests"
 PUBLIC = "https://relay.example.com"

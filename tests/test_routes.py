@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import aiohttp
 from support import CALLER, RawLeg, make_config, start_relay
 
-from standins.phone_network import twilio_signature
+from standins.phone_dialects import twilio_signature
 
 PUBLIC = "https://relay.example.com"
 

@@ -52,7 +52,10 @@ def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) ->
         variables = dict(re.findall(r"^\s+(OPENAI_\w+)=(\S+)", "".join(printed), re.MULTILINE))
         assert variables["OPENAI_REALTIME_URL"] == f"ws://127.0.0.1:{standins_port}/v1/realtime"
         assert variables["OPENAI_BASE_URL"] == f"http://127.0.0.1:{standins_port}/v1"
+        telnyx_key = re.search(r"^\s+TELNYX_PUBLIC_KEY=(\S+)", "".join(printed), re.MULTILINE)
+        assert telnyx_key is not None
         env = process_env(**variables, TWILIO_AUTH_TOKEN="recipe-token", PORT=str(relay_port),
+                          TELNYX_PUBLIC_KEY=telnyx_key.group(1),
                           PUBLIC_URL=f"http://127.0.0.1:{relay_port}",
                           PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Jordan")
         relay = subprocess.Popen([sys.executable, str(ROOT / "relay.py")], cwd=ROOT / "tests", env=env,
@@ -71,6 +74,12 @@ def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) ->
         assert "twilio   clear (waiting music)" in out
         assert "clear: caller heard" in out and "of item turn-2" in out  # the scripted turn the caller cut
         assert (tmp_path / "call.wav").is_file()
+        # The same recipe over Telnyx: the relay has the simulated Telnyx caller's public key from the stand-ins.
+        over_telnyx = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--relay-url",
+                                      f"http://127.0.0.1:{relay_port}", "--phone", "telnyx", "--out", "telnyx.wav"],
+                                     cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=100)
+        assert over_telnyx.returncode == 0, over_telnyx.stdout + over_telnyx.stderr
+        assert f"stream connected ws://127.0.0.1:{relay_port}/telnyx/media-stream" in over_telnyx.stdout
         # A caller playing another scenario than the stand-ins: the failure says so.
         other = json.loads((ROOT / "scenarios" / "real_speech.json").read_text())
         other["max_duration_s"] = 12
@@ -93,8 +102,8 @@ def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) ->
                 streamed = proc.communicate(timeout=10)[0]
     assert standins.returncode == 0
     # The stand-ins' terminal counts each call's times from that call's start.
-    assert "--- call 1 (times from its start) ---" in streamed and "--- call 2 (times from its start) ---" in streamed
-    first_event = streamed.split("--- call 2 (times from its start) ---\n")[1].splitlines()[0]
+    assert "--- call 1 (times from its start) ---" in streamed and "--- call 3 (times from its start) ---" in streamed
+    first_event = streamed.split("--- call 3 (times from its start) ---\n")[1].splitlines()[0]
     assert int(first_event.split()[0]) < 1000, first_event
 
 

@@ -14,7 +14,7 @@ from support import CALLER, make_config, start_relay, start_standin, until
 
 from phones import sms
 from standins.openai_service import RealtimeStandIn, rest_base_url
-from standins.phone_network import twilio_signature
+from standins.phone_dialects import twilio_signature
 from standins.twilio_rest import TwilioRestStandIn, twilio_rest_standin
 
 ACCOUNT = "AC" + "5" * 32

@@ -12,7 +12,7 @@ from support import CALLER, SECRET_KEY, RawLeg, make_config, start_relay, start_
 
 from ops.tokens import TOKEN_TTL_S, StreamTokens
 from standins.openai_service import AssistantTurn
-from standins.phone_network import Plivo, Twilio, twilio_signature
+from standins.phone_dialects import Plivo, Twilio, twilio_signature
 
 PUBLIC = "https://relay.example.com"
 
