@@ -140,7 +140,26 @@ class Answer:
     """Twilio: the ``<Parameter>``s as a dict; Plivo: the ``extraHeaders`` string."""
 
 
-class Twilio:
+class _EchoesMarks:
+    """What Twilio and Telnyx do alike: a played mark is sent back as ``mark`` (and a ``clear`` sends back every
+    queued one, so nothing answers the clear itself), key presses are ``dtmf``, the end is ``stop``."""
+
+    messages: TwilioMessages | TelnyxMessages
+
+    def played(self, name: str) -> str:
+        return self.messages.mark(name)
+
+    def cleared(self) -> str | None:
+        return None
+
+    def dtmf(self, digit: str) -> str:
+        return self.messages.dtmf(digit)
+
+    def goodbye(self) -> str | None:
+        return self.messages.stop()
+
+
+class Twilio(_EchoesMarks):
     """Twilio's side of a call: voice webhook, TwiML, Media Streams, ``mark`` echoes (cleared ones too)."""
 
     name = "twilio"
@@ -174,18 +193,6 @@ class Twilio:
 
     def media(self, ulaw: bytes, timestamp_ms: int) -> str:
         return self.messages.media(ulaw, timestamp_ms)
-
-    def played(self, name: str) -> str:
-        return self.messages.mark(name)
-
-    def cleared(self) -> str | None:
-        return None
-
-    def dtmf(self, digit: str) -> str:
-        return self.messages.dtmf(digit)
-
-    def goodbye(self) -> str | None:
-        return self.messages.stop()
 
     def read(self, event: dict[str, Any]) -> tuple[str, str]:
         """A relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
@@ -335,7 +342,7 @@ class TelnyxMessages:
         return self._message("stop", stop={"user_id": str(uuid.uuid4()), "call_control_id": self.call_control_id})
 
 
-class Telnyx:
+class Telnyx(_EchoesMarks):
     """Telnyx's side of a call: TeXML webhook (signed with Ed25519), media streaming in RTP mode, ``mark``
     echoes (cleared ones too, as a ``clear`` returns every queued mark), and now and then two media frames
     that arrive swapped, as Telnyx warns frames may."""
@@ -392,18 +399,6 @@ class Telnyx:
             self._held = message
             return []
         return [message]
-
-    def played(self, name: str) -> str:
-        return self.messages.mark(name)
-
-    def cleared(self) -> str | None:
-        return None
-
-    def dtmf(self, digit: str) -> str:
-        return self.messages.dtmf(digit)
-
-    def goodbye(self) -> str | None:
-        return self.messages.stop()
 
     def read(self, event: dict[str, Any]) -> tuple[str, str]:
         """A relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
