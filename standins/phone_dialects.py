@@ -141,10 +141,50 @@ class Answer:
 
 
 class _EchoesMarks:
-    """What Twilio and Telnyx do alike: a played mark is sent back as ``mark`` (and a ``clear`` sends back every
-    queued one, so nothing answers the clear itself), key presses are ``dtmf``, the end is ``stop``."""
+    """What Twilio and Telnyx do alike (TeXML mirrors TwiML): the answer is ``<Say>`` then ``<Connect><Stream>``
+    with ``<Parameter>``s, the stream opens with ``connected`` and ``start``, the relay sends ``media``, ``mark``
+    and ``clear``, a played mark is sent back as ``mark`` (a ``clear`` sends back every queued one, so nothing
+    answers the clear itself), key presses are ``dtmf``, the end is ``stop``."""
 
     messages: TwilioMessages | TelnyxMessages
+    document = "TwiML"
+    stream_attributes: tuple[tuple[str, str], ...] = ()
+    """Attributes the answer's ``<Stream>`` must have, as ``(name, value)``."""
+
+    def _stream_id(self) -> str | None:
+        """The id every relay message must carry at the top level (None: they carry none)."""
+        return None
+
+    def read_answer(self, body: str) -> Answer:
+        root = ET.fromstring(body)
+        stream = root.find("./Connect/Stream")
+        if stream is None:
+            raise CallFailed(f"{self.document} has no <Connect><Stream>: " + body[:200])
+        for attribute, wanted in self.stream_attributes:
+            if stream.get(attribute) != wanted:
+                raise CallFailed(f"<Stream {attribute}> is {stream.get(attribute)!r}, not {wanted!r}")
+        params = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
+        return Answer([el.text or "" for el in root.iter("Say")], stream.get("url", ""), params)
+
+    def handshake_url(self, stream_url: str) -> str:
+        return stream_url  # Twilio signs the wss:// URL itself; Telnyx signs none
+
+    def opening(self, answer: Answer) -> list[str]:
+        return [self.messages.connected(), self.messages.start(answer.stream_params)]
+
+    def read(self, event: dict[str, Any]) -> tuple[str, str]:
+        """A relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
+        kind = event.get("event")
+        stream_id = self._stream_id()
+        if stream_id is not None and event.get("streamSid") != stream_id:
+            raise CallFailed(f"relay sent {kind} with streamSid {event.get('streamSid')!r}")
+        if kind == "media":
+            return "media", event["media"]["payload"]
+        if kind == "mark":
+            return "mark", event["mark"]["name"]
+        if kind == "clear":
+            return "clear", ""
+        raise CallFailed(f"relay sent an unknown event {kind!r}")
 
     def played(self, name: str) -> str:
         return self.messages.mark(name)
@@ -177,35 +217,11 @@ class Twilio(_EchoesMarks):
     def sign(self, token: str, method: str, url: str, params: dict[str, str]) -> dict[str, str]:
         return {"X-Twilio-Signature": twilio_signature(token, url, params)}
 
-    def read_answer(self, body: str) -> Answer:
-        root = ET.fromstring(body)
-        stream = root.find("./Connect/Stream")
-        if stream is None:
-            raise CallFailed("TwiML has no <Connect><Stream>: " + body[:200])
-        params = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
-        return Answer([el.text or "" for el in root.iter("Say")], stream.get("url", ""), params)
-
-    def handshake_url(self, stream_url: str) -> str:
-        return stream_url  # Twilio signs the wss:// URL itself
-
-    def opening(self, answer: Answer) -> list[str]:
-        return [self.messages.connected(), self.messages.start(answer.stream_params)]
+    def _stream_id(self) -> str | None:
+        return self.messages.stream_sid
 
     def media(self, ulaw: bytes, timestamp_ms: int) -> str:
         return self.messages.media(ulaw, timestamp_ms)
-
-    def read(self, event: dict[str, Any]) -> tuple[str, str]:
-        """A relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
-        kind = event.get("event")
-        if event.get("streamSid") != self.messages.stream_sid:
-            raise CallFailed(f"relay sent {kind} with streamSid {event.get('streamSid')!r}")
-        if kind == "media":
-            return "media", event["media"]["payload"]
-        if kind == "mark":
-            return "mark", event["mark"]["name"]
-        if kind == "clear":
-            return "clear", ""
-        raise CallFailed(f"relay sent an unknown event {kind!r}")
 
 
 class Plivo:
@@ -350,6 +366,9 @@ class Telnyx(_EchoesMarks):
     name = "telnyx"
     answer_path = "/telnyx/answer"
     echoes_cleared_marks = True
+    document = "TeXML"
+    stream_attributes = (("bidirectionalMode", "rtp"), ("bidirectionalCodec", "PCMU"),
+                         ("bidirectionalSamplingRate", "8000"))
     SWAP_EVERY = 25
     """Every this many media frames, the frame is held and sent after the next one (out of order)."""
 
@@ -369,24 +388,6 @@ class Telnyx(_EchoesMarks):
             return {}
         return telnyx_signature_headers(token, urlencode(params).encode())
 
-    def read_answer(self, body: str) -> Answer:
-        root = ET.fromstring(body)
-        stream = root.find("./Connect/Stream")
-        if stream is None:
-            raise CallFailed("TeXML has no <Connect><Stream>: " + body[:200])
-        for attribute, wanted in (("bidirectionalMode", "rtp"), ("bidirectionalCodec", "PCMU"),
-                                  ("bidirectionalSamplingRate", "8000")):
-            if stream.get(attribute) != wanted:
-                raise CallFailed(f"<Stream {attribute}> is {stream.get(attribute)!r}, not {wanted!r}")
-        params = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
-        return Answer([el.text or "" for el in root.iter("Say")], stream.get("url", ""), params)
-
-    def handshake_url(self, stream_url: str) -> str:
-        return stream_url
-
-    def opening(self, answer: Answer) -> list[str]:
-        return [self.messages.connected(), self.messages.start(answer.stream_params)]
-
     def media(self, ulaw: bytes, timestamp_ms: int) -> list[str]:
         """This frame's message, or none now and two next time (the held frame after its successor)."""
         message = self.messages.media(ulaw, timestamp_ms)
@@ -399,17 +400,6 @@ class Telnyx(_EchoesMarks):
             self._held = message
             return []
         return [message]
-
-    def read(self, event: dict[str, Any]) -> tuple[str, str]:
-        """A relay message as ``("media", payload)``, ``("mark", name)`` or ``("clear", "")``."""
-        kind = event.get("event")
-        if kind == "media":
-            return "media", event["media"]["payload"]
-        if kind == "mark":
-            return "mark", event["mark"]["name"]
-        if kind == "clear":
-            return "clear", ""
-        raise CallFailed(f"relay sent an unknown event {kind!r}")
 
 
 PhoneNetwork = Twilio | Plivo | Telnyx
