@@ -95,7 +95,7 @@ class PhoneOutput:
             One truncation per assistant item cut (``Playback.barge_in``): the item being heard at what
             was heard, items queued behind it at 0 ms.
         """
-        await self.music.stop()
+        await self.music.cancel()  # the one clear below drops any music queued too
         await self._leg.clear()
         cuts = self.playback.barge_in(now)
         self._moved.set()  # cleared: nothing is left to play

@@ -43,5 +43,5 @@ async def watch(phone: PhoneLeg, counts: CallCounts, upstream: Upstream, log: Ca
         overdue = upstream.overdue(now)
         if overdue is not None:
             log.error("%s", overdue)
-            api = upstream.api
-            raise HangUp(Ending(EndReason.MODEL_SILENT, f"{api} did not answer", True, WSCloseCode.INTERNAL_ERROR))
+            raise HangUp(Ending(EndReason.MODEL_SILENT, f"{upstream.api} did not answer", True,
+                                WSCloseCode.INTERNAL_ERROR))
