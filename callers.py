@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from config import Config, to_e164
+from config import Config
+from envreader import to_e164
 
 
 def mask_number(number: str) -> str:

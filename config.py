@@ -7,21 +7,21 @@ one ``ConfigError``; tests build ``Config(...)`` directly.
 
 from __future__ import annotations
 
-import base64
 import enum
 import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from openai.types.realtime.realtime_audio_config_output import Voice as RealtimeVoice
 
-from mailserver import WELL_KNOWN_SMTP, SmtpSecurity, SmtpServer
+from envreader import EnvReader
+from mailserver import SmtpServer
 
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, capable voice assistant on a phone call. Speak naturally and keep "
@@ -83,10 +83,6 @@ MIN_CONSOLE_TOKEN_CHARS = 16
 DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
 _HEADER_TOKEN = re.compile(r"[!#-&(-~]+")
 """Printable ASCII without spaces or quotes: what an ``Authorization: Bearer`` token can carry."""
-_EMAIL = re.compile(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+")
-_E = TypeVar("_E", bound=enum.StrEnum)
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +201,7 @@ class Config:
                 in one line.
         """
         problems: list[str] = []
-        reader = _EnvReader(env, problems)
+        reader = EnvReader(env, problems)
         default = {f.name: f.default for f in fields(cls)}
         checked = _checked_values(reader, env, default)
         config = cls(**checked, **_operation_values(reader, default), **_voice_values(reader, default),
@@ -263,7 +259,7 @@ class Config:
         return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _checked_values(reader: _EnvReader, env: Mapping[str, str], default: dict[str, Any]) -> dict[str, Any]:
+def _checked_values(reader: EnvReader, env: Mapping[str, str], default: dict[str, Any]) -> dict[str, Any]:
     """The values checked beyond their type: the API key, region, zone, URLs, files and pairs."""
     problems = reader.problems
     api_key = env.get("OPENAI_API_KEY", "").strip()
@@ -322,7 +318,7 @@ def _checked_values(reader: _EnvReader, env: Mapping[str, str], default: dict[st
     }
 
 
-def _operation_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, Any]:
+def _operation_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, Any]:
     """How the process runs: port, capacity, drain, rollover, operator pages, logs, music levels."""
     return {
         "host": reader.text("HOST", default["host"]),
@@ -347,7 +343,7 @@ def _operation_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, 
     }
 
 
-def _voice_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, Any]:
+def _voice_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, Any]:
     """The voice model and what it is told and offered: model, voice, prompt, VAD, tools."""
     return {
         "realtime_model": reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
@@ -364,14 +360,14 @@ def _voice_values(reader: _EnvReader, default: dict[str, Any]) -> dict[str, Any]
         "vad_interrupt_response": reader.boolean("VAD_INTERRUPT_RESPONSE", default["vad_interrupt_response"]),
         "noise_reduction": reader.choice("NOISE_REDUCTION", NoiseReduction, default["noise_reduction"]),
         "log_transcripts": reader.boolean("LOG_TRANSCRIPTS", default["log_transcripts"]),
-        "tools": reader.tool_names("TOOLS", default["tools"]),
+        "tools": reader.names("TOOLS", TOOL_NAMES, default["tools"], "tool name"),
         "web_search_model": reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
         "web_search_timeout_s": reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
         "sms_model": reader.text("SMS_MODEL", "") or None,
     }
 
 
-def _network_values(reader: _EnvReader, region: str) -> dict[str, Any]:
+def _network_values(reader: EnvReader, region: str) -> dict[str, Any]:
     """The phone networks' credentials, the callers on the allowlists, and where email goes."""
     return {
         "twilio_account_sid": reader.text("TWILIO_ACCOUNT_SID", "") or None,
@@ -391,186 +387,6 @@ def _network_values(reader: _EnvReader, region: str) -> dict[str, Any]:
         "primary_to_email": reader.email("PRIMARY_TO_EMAIL"),
         "secondary_to_email": reader.email("SECONDARY_TO_EMAIL"),
     }
-
-
-class _EnvReader:
-    """Reads typed values, collecting problems instead of stopping at the first."""
-
-    def __init__(self, env: Mapping[str, str], problems: list[str]) -> None:
-        self.env = env
-        self.problems = problems
-
-    def text(self, name: str, default: str) -> str:
-        value = self.env.get(name)
-        return default if value is None or not value.strip() else value.strip()
-
-    def ed25519_key(self, name: str) -> str | None:
-        value = self.text(name, "") or None
-        try:
-            if value is not None and len(base64.b64decode(value, validate=True)) != 32:
-                raise ValueError
-        except ValueError:
-            self.problems.append(f"{name} must be a base64 Ed25519 public key (32 bytes), as Telnyx shows it")
-            return None
-        return value
-
-    def secret(self, name: str, min_chars: int) -> str | None:
-        value = self.text(name, "") or None
-        if value is not None and len(value) < min_chars:
-            self.problems.append(f"{name} must be at least {min_chars} characters (it is a password)")
-            return None
-        return value
-
-    def url(self, name: str, default: str, schemes: tuple[str, ...], problem: str) -> str:
-        value = self.text(name, default).rstrip("/") if "http" in schemes else self.text(name, default)
-        if urlsplit(value).scheme not in schemes:
-            self.problems.append(problem)
-        return value
-
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            self.problems.append(f"{name} must be a whole number from {low} to {high}")
-            return default
-        return value
-
-    def number(self, name: str, default: float, low: float, high: float) -> float:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            self.problems.append(f"{name} must be a number from {low:g} to {high:g}")
-            return default
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.env.get(name)
-        if raw is None or not raw.strip():  # blank means "use the default", as for text
-            return default
-        value = raw.strip().lower()
-        if value in _TRUE:
-            return True
-        if value in _FALSE:
-            return False
-        self.problems.append(f"{name} must be true or false")
-        return default
-
-    def choice(self, name: str, kind: type[_E], default: _E) -> _E:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        try:
-            return kind(raw.lower())
-        except ValueError:
-            allowed = ", ".join(member.value for member in kind)
-            self.problems.append(f"{name} must be one of {allowed}")
-            return default
-
-    def choice_text(self, name: str, allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
-        raw = self.text(name, "")
-        value = raw.upper() if upper else raw.lower()
-        if not raw:
-            return default
-        if value not in allowed:
-            self.problems.append(f"{name} must be one of {', '.join(allowed)}")
-            return default
-        return value
-
-    def tool_names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        raw = self.text(name, "")
-        if not raw:
-            return default
-        if raw.lower() == "none":
-            return ()
-        wanted = {part.strip() for part in raw.split(",") if part.strip()}
-        unknown = sorted(wanted - set(TOOL_NAMES))
-        if unknown:
-            self.problems.append(
-                f"{name} has {len(unknown)} unknown tool name(s); known: {', '.join(TOOL_NAMES)}, or none"
-            )
-        return tuple(tool for tool in TOOL_NAMES if tool in wanted)
-
-    def email(self, name: str) -> str | None:
-        raw = self.text(name, "")
-        if not raw:
-            return None
-        if not _EMAIL.fullmatch(raw):
-            self.problems.append(f"{name} must be an email address such as name@example.com")
-            return None
-        return raw
-
-    def smtp_server(self) -> SmtpServer | None:
-        """``SMTP_*`` and ``SENDER_FROM_EMAIL``: a service id (``gmail``) or an explicit host;
-        explicit ``SMTP_HOST``/``SMTP_PORT``/``SMTP_SECURITY`` override the service's."""
-        service = self.text("SMTP_NODEMAILER_SERVICE_ID", "").lower()
-        known = WELL_KNOWN_SMTP.get(service)
-        if service and known is None:
-            self.problems.append(
-                f"SMTP_NODEMAILER_SERVICE_ID is not a known service ({', '.join(WELL_KNOWN_SMTP)}); "
-                "set SMTP_HOST and SMTP_PORT instead"
-            )
-        host = self.text("SMTP_HOST", "") or (known[0] if known else "")
-        security_raw = self.text("SMTP_SECURITY", "")
-        security = self.choice("SMTP_SECURITY", SmtpSecurity, SmtpSecurity.STARTTLS) if security_raw else None
-        port_default = known[1] if known else (465 if security is SmtpSecurity.SSL else 587)
-        port = self.integer("SMTP_PORT", port_default, 1, 65535)
-        if security is None and known and port == known[1]:
-            security = known[2]
-        elif security is None:
-            security = SmtpSecurity.SSL if port == 465 else SmtpSecurity.STARTTLS
-        sender = self.email("SENDER_FROM_EMAIL")
-        if sender is None:
-            return None
-        if not host:
-            if not service:  # an unknown service id was reported above
-                self.problems.append("SENDER_FROM_EMAIL is set but neither SMTP_NODEMAILER_SERVICE_ID nor SMTP_HOST is")
-            return None
-        user = self.text("SMTP_USER", "") or None
-        password = self.env.get("SMTP_PASS") or None
-        if user and not password:
-            self.problems.append("SMTP_USER is set but SMTP_PASS is not")
-        return SmtpServer(host, port, security, sender, user, password)
-
-    def phone_list(self, name: str, region: str) -> tuple[str, ...]:
-        numbers = []
-        for position, raw in enumerate(self.text(name, "").split(","), start=1):
-            if not raw.strip():
-                continue
-            number = to_e164(raw, region)
-            if number is None:
-                self.problems.append(f"{name} item {position} is not a valid phone number")
-            else:
-                numbers.append(number)
-        return tuple(numbers)
-
-
-def to_e164(raw: str, region: str = "US") -> str | None:
-    """Normalise a phone number to E.164 (``+14155550100``) with libphonenumber rules.
-
-    Args:
-        raw: a number as dialled or written (``+44 20 7946 0958``, ``(415) 555-0100``).
-        region: ISO country assumed when ``raw`` has no leading ``+``.
-
-    Returns:
-        The E.164 string, or None when ``raw`` is not a valid number (e.g. ``anonymous``).
-    """
-    try:
-        parsed = phonenumbers.parse(raw.strip(), region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(parsed):
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def startup_warnings(config: Config) -> list[str]:

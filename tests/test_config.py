@@ -25,8 +25,8 @@ from config import (
     NoiseReduction,
     VadType,
     startup_warnings,
-    to_e164,
 )
+from envreader import to_e164
 from mailserver import SmtpSecurity
 from model.factory import realtime_options
 from model.factory import startup_warnings as model_warnings

@@ -27,8 +27,9 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "model": ("model", "config", "tools", "redact"),
     # Observers see the calls' events only.
     "ops": ("ops", "bridge.events", "config", "redact"),
-    "callers": ("config",),
-    "config": ("mailserver",),
+    "callers": ("config", "envreader"),
+    "config": ("envreader", "mailserver"),
+    "envreader": ("mailserver",),
     "tools": ("mailserver",),
     "mailserver": (),
     "redact": (),
