@@ -12,7 +12,7 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 # The product only: no simulator, stand-ins, scenarios or tests (tests/test_layout.py holds this list).
-COPY relay.py config.py callers.py tools.py mailserver.py audio.py redact.py ./
+COPY relay.py config.py envreader.py callers.py tools.py mailserver.py audio.py redact.py ./
 COPY routes/ routes/
 COPY bridge/ bridge/
 COPY phones/ phones/

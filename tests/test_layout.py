@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
-FIRST_PARTY = ("relay", "routes", "bridge", "phones", "model", "ops", "config", "callers", "tools", "mailserver",
+FIRST_PARTY = ("relay", "routes", "bridge", "phones", "model", "ops", "config", "envreader", "callers", "tools", "mailserver",
                "redact", "audio", "simulate", "standins")
 """Every first-party module and package at the top of the repository."""
 
