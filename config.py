@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+from openai.types.live.built_in_voice import BuiltInVoice as LiveVoice
 from openai.types.realtime.realtime_audio_config_output import Voice as RealtimeVoice
 
 from envreader import EnvReader
@@ -59,6 +60,15 @@ class LogFormat(enum.StrEnum):
     """One JSON object per line, for log platforms."""
 
 
+class VoiceApi(enum.StrEnum):
+    """The OpenAI voice API that serves the calls (``VOICE_API``)."""
+
+    REALTIME = "realtime"
+    """The Realtime API (GA): ``wss://api.openai.com/v1/realtime?model=...``."""
+    LIVE = "live"
+    """GPT-Live: ``wss://api.openai.com/v1/live/sessions``."""
+
+
 class EventLoop(enum.StrEnum):
     """The asyncio event loop implementation (``EVENT_LOOP``)."""
 
@@ -78,6 +88,13 @@ REALTIME_VOICES: tuple[str, ...] = next(
     typing.get_args(kind) for kind in typing.get_args(RealtimeVoice) if typing.get_origin(kind) is typing.Literal
 )
 """The Realtime API's built-in voices, as the ``openai`` package's types list them (``VOICE``)."""
+LIVE_VOICES: tuple[str, ...] = typing.get_args(LiveVoice)
+"""GPT-Live's built-in voices (``openai.types.live.BuiltInVoice``)."""
+LIVE_IGNORES = ("VAD_TYPE", "VAD_EAGERNESS", "VAD_THRESHOLD", "VAD_PREFIX_PADDING_MS", "VAD_SILENCE_DURATION_MS",
+                "VAD_INTERRUPT_RESPONSE", "NOISE_REDUCTION", "TRANSCRIPTION_MODEL", "REASONING_EFFORT",
+                "OPENAI_REALTIME_MODEL")
+"""Settings GPT-Live has no place for (its model takes its own turns, always transcribes, and has no input
+noise reduction or reasoning effort): with ``VOICE_API=live`` they are ignored, with one startup warning."""
 MIN_CONSOLE_TOKEN_CHARS = 16
 """``CONSOLE_TOKEN`` guards the console and ``/metrics`` with HTTP Basic auth: a short one is guessable."""
 DEFAULT_WAIT_MUSIC = Path(__file__).resolve().parent / "assets" / "wait_music.wav"
@@ -127,6 +144,15 @@ class Config:
     realtime_url: str = "wss://api.openai.com/v1/realtime"
     realtime_model: str = "gpt-realtime-2.1"
     """The Realtime model (``OPENAI_REALTIME_MODEL``); ``gpt-realtime`` is shut down on 2027-01-20."""
+    voice_api: VoiceApi = VoiceApi.REALTIME
+    """Which voice API serves the calls (``VOICE_API``)."""
+    live_url: str = "wss://api.openai.com/v1/live/sessions"
+    live_model: str = "gpt-live-1.1"
+    """The GPT-Live model (``OPENAI_LIVE_MODEL``)."""
+    live_backend_model: str = "gpt-5.6-luna"
+    """The Responses model GPT-Live delegates tool calls to (``LIVE_BACKEND_MODEL``)."""
+    ignored_settings: tuple[str, ...] = ()
+    """Variables set in the environment that the chosen voice API has no place for (``LIVE_IGNORES``)."""
     reasoning_effort: str | None = None
     """``reasoning.effort`` for a model that reasons (the ``gpt-realtime-2`` family): ``minimal`` to
     ``xhigh``; None: the service's default."""
@@ -289,6 +315,8 @@ def _checked_values(reader: EnvReader, env: Mapping[str, str], default: dict[str
                         "127.0.0.1, localhost, ::1)")
     realtime_url = reader.url("OPENAI_REALTIME_URL", default["realtime_url"], ("ws", "wss"),
                               "OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
+    live_url = reader.url("OPENAI_LIVE_URL", default["live_url"], ("ws", "wss"),
+                          "OPENAI_LIVE_URL must be a ws:// or wss:// URL")
     transcription: str | None = reader.text("TRANSCRIPTION_MODEL", default["transcription_model"] or "")
     if transcription and transcription.lower() in ("none", "off"):
         transcription = None
@@ -312,7 +340,8 @@ def _checked_values(reader: EnvReader, env: Mapping[str, str], default: dict[str
         music_file = None
     return {
         "openai_api_key": api_key, "default_region": region, "timezone": timezone, "public_url": public_url,
-        "realtime_url": realtime_url, "transcription_model": transcription or None, "openai_base_url": base_url,
+        "realtime_url": realtime_url, "live_url": live_url, "transcription_model": transcription or None,
+        "openai_base_url": base_url,
         "twilio_api_base_url": twilio_api, "tls_cert_file": tls_cert, "tls_key_file": tls_key,
         "wait_music_file": music_file,
     }
@@ -344,11 +373,17 @@ def _operation_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, A
 
 
 def _voice_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, Any]:
-    """The voice model and what it is told and offered: model, voice, prompt, VAD, tools."""
+    """The voice model and what it is told and offered: API, model, voice, prompt, VAD, tools."""
+    api = reader.choice("VOICE_API", VoiceApi, default["voice_api"])
+    live = api is VoiceApi.LIVE
     return {
         "realtime_model": reader.text("OPENAI_REALTIME_MODEL", default["realtime_model"]),
+        "voice_api": api,
+        "live_model": reader.text("OPENAI_LIVE_MODEL", default["live_model"]),
+        "live_backend_model": reader.text("LIVE_BACKEND_MODEL", default["live_backend_model"]),
+        "ignored_settings": tuple(name for name in LIVE_IGNORES if reader.text(name, "")) if live else (),
         "reasoning_effort": reader.choice_text("REASONING_EFFORT", REASONING_EFFORTS, "") or None,
-        "voice": reader.choice_text("VOICE", REALTIME_VOICES, default["voice"]),
+        "voice": reader.choice_text("VOICE", LIVE_VOICES if live else REALTIME_VOICES, default["voice"]),
         "instructions": reader.text("INSTRUCTIONS", DEFAULT_INSTRUCTIONS),
         "vad_type": reader.choice("VAD_TYPE", VadType, default["vad_type"]),
         "vad_eagerness": reader.choice_text("VAD_EAGERNESS", EAGERNESS, default["vad_eagerness"]),

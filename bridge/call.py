@@ -166,9 +166,8 @@ class Call:
         session = self.upstream.session
         if self.output.is_playing(now) or (session is not None and session.busy):
             await self.conversation.cut(now, cancel=True, by="the server")
-        await self.upstream.note(instruction)
         self.goodbye.after_tools(spoke=False)
-        await self.upstream.respond()
+        await self.upstream.respond(instruction)
 
     async def close(self, code: int, reason: str) -> None:
         """End the call from outside (shutdown): close the phone socket with ``code``."""
@@ -273,8 +272,7 @@ class Call:
             unavailable = Ending(EndReason.MODEL_UNAVAILABLE, f"{self.upstream.api} unavailable")
             return await self.upstream.lost(str(exc), unavailable)
         name = self.caller.first_name if self.caller else None
-        await self.upstream.note(greeting_instruction(name or "there"))
-        await self.upstream.respond()
+        await self.upstream.respond(greeting_instruction(name or "there"))
         try:
             return await self.upstream.serve(self.conversation.dispatch, lambda: self.goodbye.under_way)
         except ConnectionResetError:  # the caller hung up while audio was being sent: a normal end
@@ -295,6 +293,7 @@ class Call:
                     await self._goodbye_moved.wait()
         except TimeoutError:
             self.log.warning("no goodbye within %.0f s of end_call", GOODBYE_RESPONSE_TIMEOUT_S)
+        await self.upstream.until_quiet(GOODBYE_RESPONSE_TIMEOUT_S)
         await self.output.wait_for_playout("goodbye")
         return Ending(EndReason.END_CALL if goodbye.by_model else EndReason.CLOSING_LINE, str(goodbye.reason))
 

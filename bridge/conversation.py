@@ -133,10 +133,11 @@ class Conversation:
     async def on_key_presses(self, digits: str) -> None:
         """A DTMF sequence: one note for the model, and a response when none is under way (an answer in
         progress sees the note on its next turn)."""
-        await self._upstream.note(keypad_text(digits))
         session = self._upstream.session
         if session is not None and not session.busy:
-            await self._upstream.respond()
+            await self._upstream.respond(keypad_text(digits))
+        else:
+            await self._upstream.note(keypad_text(digits))
 
     # -- model events --
 
@@ -154,6 +155,11 @@ class Conversation:
         if not self._output.is_playing(now):
             return
         self._counts.barge_ins += 1
+        session = self._upstream.session
+        if session is not None and not session.truncates:  # the model yields by itself (GPT-Live): nothing to cut
+            self._log.debug("barge-in: the caller spoke over the assistant")
+            self._publish(CallEventKind.BARGE_IN, truncations=[])
+            return
         cuts = await self.cut(now, cancel=not self._interrupt_response)
         self._log.debug("barge-in truncations=%s", cuts)
         self._publish(CallEventKind.BARGE_IN, truncations=[asdict(cut) for cut in cuts])

@@ -271,3 +271,6 @@ class CallCounts:
     realtime_errors: int = 0
     sessions: int = 0
     """Model sessions the call used (more than one after a rollover or a reconnect)."""
+    billed_s: float = 0.0
+    """Session seconds the voice API bills for, over every session of the call (GPT-Live ``usage.seconds``;
+    0 where billing is per token)."""

@@ -20,7 +20,7 @@ def greeting_instruction(first_name: str) -> str:
     """What the model is told once the first session is ready, to greet the caller by name."""
     return (
         f"The caller, whose first name is {first_name}, has just been connected. Greet them "
-        "by name in one short sentence and ask how you can help."
+        "by name in one short sentence and ask how you can help. Do not wait for them to speak first."
     )
 
 

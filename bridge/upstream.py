@@ -111,6 +111,9 @@ class Upstream:
         """Held while the session is being replaced (a rollover and a drop must not both do it)."""
         self._opened_at = 0.0
         self._last_reconnect_at: float | None = None
+        self._retired: set[ModelSession] = set()
+        self._replayed = 0
+        """Turns replayed into the latest replacement session."""
 
     @property
     def generation(self) -> int:
@@ -144,10 +147,23 @@ class Upstream:
         if self.session is not None:
             await self.session.add_note(text)
 
-    async def respond(self) -> None:
+    async def respond(self, instruction: str | None = None) -> None:
         """Ask the model to speak (``ModelSession.respond``); nothing before the first session."""
         if self.session is not None:
-            await self.session.respond()
+            await self.session.respond(instruction)
+
+    async def until_quiet(self, timeout_s: float) -> None:
+        """Return once the session has no turn under way (GPT-Live's voice may still be finishing a goodbye
+        it began with the tool call), or after ``timeout_s``. Polled: it runs once per call, at its end."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    session = self.session
+                    if session is None or not session.busy:
+                        return
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            self._log.warning("the model was still speaking %.0f s after its goodbye; hanging up", timeout_s)
 
     async def live(self) -> None:
         """Return once a configured session is open (at once, unless one is being replaced)."""
@@ -212,18 +228,30 @@ class Upstream:
             if old is None:
                 await asyncio.sleep(ROLLOVER_RETRY_S)
             else:
-                await old.close()  # serve() sees it end and reads the new session
+                await self._retire(old)  # serve() sees it end and reads the new session
 
     async def close(self) -> None:
-        """Close the current session (the call's end)."""
+        """Close the current session (the call's end) and count its billed seconds."""
         if self.session is not None:
-            await self.session.close()
+            await self._retire(self.session)
+
+    async def _retire(self, session: ModelSession) -> None:
+        """Close ``session`` and add what it bills to the call's count (once per session)."""
+        await session.close()
+        if session not in self._retired:
+            self._retired.add(session)
+            self._counts.billed_s += session.billed_seconds or 0.0
 
     # -- the session's lifetime --
 
-    async def _open(self, connect_timeout_s: float, configure_timeout_s: float) -> ModelSession:
+    async def _open(self, connect_timeout_s: float, configure_timeout_s: float, replay: bool = False) -> ModelSession:
+        """A new configured session; with ``replay``, seeded with the conversation so far."""
         session = self._sessions(self._noise_reduction, self._log)
         self.api = session.api
+        if replay:
+            turns = self._transcript.replay()
+            session.replay(replay_intro(self.caller_name), [(turn.role, turn.text.strip()) for turn in turns])
+            self._replayed = len(turns)
         await session.open(connect_timeout_s, configure_timeout_s)
         return session
 
@@ -251,7 +279,7 @@ class Upstream:
         self._live.clear()
         self.forwarding = False
         self._noise_reduction = session.noise_reduction
-        await session.close()
+        await self._retire(session)
         end, api = session.end, session.api
         if goodbye_under_way:  # the call was ending anyway
             if end.code != 1000:
@@ -301,7 +329,7 @@ class Upstream:
         if self.session is not None:
             self._noise_reduction = self.session.noise_reduction
         try:
-            session = await self._open(RECONNECT_TIMEOUT_S, RECONNECT_TIMEOUT_S)
+            session = await self._open(RECONNECT_TIMEOUT_S, RECONNECT_TIMEOUT_S, replay=True)
         except ModelUnavailable:
             if cause == "rollover":
                 await self._flush_held()  # the old session goes on
@@ -309,13 +337,12 @@ class Upstream:
         self.session = session
         self._began()
         self._on_replaced()
-        turns = self._transcript.replay()
-        await session.replay(replay_intro(self.caller_name), [(turn.role, turn.text.strip()) for turn in turns])
         await self._flush_held()
         gap_ms = (time.monotonic() - started) * 1000
         self._stats.session_replacements += 1
-        self._log.info("%s session replaced (%s) in %.0f ms; %d turns replayed", session.api, cause, gap_ms, len(turns))
-        self._publish(CallEventKind.SESSION_REPLACED, cause=cause, replayed=len(turns), gap_ms=gap_ms)
+        self._log.info("%s session replaced (%s) in %.0f ms; %d turns replayed", session.api, cause, gap_ms,
+                       self._replayed)
+        self._publish(CallEventKind.SESSION_REPLACED, cause=cause, replayed=self._replayed, gap_ms=gap_ms)
 
     async def _until_quiet(self) -> None:
         """Return once the call has been quiet for ``ROLLOVER_QUIET_S``: a session live and idle, and the

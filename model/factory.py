@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import tools
-from config import Config
+from config import Config, VoiceApi
+from model.live import LiveOptions, LiveSession
 from model.realtime import RealtimeOptions, RealtimeSession
 from model.realtime_wire import takes_reasoning
 from model.session import ModelSession, SessionFactory
@@ -26,8 +27,33 @@ def realtime_options(config: Config) -> RealtimeOptions:
     )
 
 
+LIVE_TOOLS_LEFT_OUT = ("update_mic_distance",)
+"""Tools GPT-Live has no use for: it has no input noise reduction to switch."""
+
+
+def live_options(config: Config) -> LiveOptions:
+    """The GPT-Live session settings of ``config``: its tools (but ``LIVE_TOOLS_LEFT_OUT``) go to the backend."""
+    offered = tuple(name for name in config.tools if name not in LIVE_TOOLS_LEFT_OUT)
+    return LiveOptions(
+        url=config.live_url,
+        api_key=config.openai_api_key,
+        model=config.live_model,
+        instructions=config.instructions,
+        voice=config.voice,
+        backend_model=config.live_backend_model,
+        tools=tuple(tools.definitions(offered)),
+    )
+
+
 def session_factory(config: Config, client: RealtimeClient) -> SessionFactory:
-    """Makes each call's sessions over ``client`` (the process's websocket pool)."""
+    """Makes each call's sessions of ``VOICE_API`` over ``client`` (the process's websocket pool)."""
+    if config.voice_api is VoiceApi.LIVE:
+        live = live_options(config)
+
+        def make_live(noise_reduction: str, log: CallLog) -> ModelSession:
+            return LiveSession(client, live, log)
+
+        return make_live
     options = realtime_options(config)
 
     def make(noise_reduction: str, log: CallLog) -> ModelSession:
@@ -39,6 +65,12 @@ def session_factory(config: Config, client: RealtimeClient) -> SessionFactory:
 def startup_warnings(config: Config) -> list[str]:
     """What an operator should know about the voice model before taking calls, one sentence each."""
     notes = []
+    if config.voice_api is VoiceApi.LIVE:
+        if config.ignored_settings:
+            notes.append(f"VOICE_API=live: {', '.join(config.ignored_settings)} ignored: GPT-Live has no place for "
+                         "them (its model takes its own turns, always transcribes, has no input noise reduction "
+                         "and no reasoning effort)")
+        return notes
     if config.reasoning_effort and not takes_reasoning(config.realtime_model):
         notes.append(f"REASONING_EFFORT is ignored: {config.realtime_model} does not take a reasoning effort "
                      "(the gpt-realtime-2 family does)")

@@ -104,6 +104,8 @@ class RealtimeSession:
         self._pending: list[ModelEvent] = []
         """Events seen while the session was being configured, handed out first."""
         self._warned: set[str] = set()
+        self._replay: list[dict[str, Any]] = []
+        """Conversation items to send once configured (a replacement session's replay)."""
         self._internal: dict[type, Callable[[Any], Awaitable[ModelEvent | None]]] = {
             SessionUpdated: self._on_session_updated,
             ResponseCreated: self._on_response_created,
@@ -137,6 +139,8 @@ class RealtimeSession:
                     if type(event) is SessionUpdated:
                         await self._on_session_updated(event)
                         configured = True
+                        for item in self._replay:
+                            await self._send(item)
                         return
                     if type(event) is RealtimeError:
                         self._pending.append(await self._on_error(event))
@@ -190,13 +194,15 @@ class RealtimeSession:
     async def add_note(self, text: str) -> None:
         await self._send(wire.system_message(text))
 
-    async def replay(self, intro: str, turns: Sequence[tuple[str, str]]) -> None:
-        await self._send(wire.system_message(intro))
-        for role, text in turns:
-            await self._send(wire.text_message(role, text))
+    def replay(self, intro: str, turns: Sequence[tuple[str, str]]) -> None:
+        """Sent as a system message and one message item per turn, right after ``session.updated``."""
+        self._replay = [wire.system_message(intro), *(wire.text_message(role, text) for role, text in turns)]
 
-    async def respond(self) -> None:
-        """``response.create`` now, or once the active response is done (``ResponseSlot``)."""
+    async def respond(self, instruction: str | None = None) -> None:
+        """``instruction`` as a system message, then ``response.create`` now, or once the active response
+        is done (``ResponseSlot``)."""
+        if instruction is not None:
+            await self._send(wire.system_message(instruction))
         if self.slot.request():
             await self._send_create()
 
@@ -248,6 +254,10 @@ class RealtimeSession:
         code = socket.close_code if socket is not None else None
         reason = (socket.close_reason if socket is not None else "") or "-"
         return SessionEnd(code, reason, self._expired or code == 1001)
+
+    @property
+    def billed_seconds(self) -> float | None:
+        return None  # billed per token
 
     async def close(self) -> None:
         if self._socket is not None:

@@ -16,6 +16,8 @@ How the two APIs differ, and how this interface absorbs it (``shared/docs/gpt-li
 - Realtime's server VAD says when the caller starts and stops speaking (``CallerSpeechStarted``,
   ``CallerSpeechStopped``); GPT-Live has no speech events, and its sessions infer them from the
   caller's transcript deltas or do not send them.
+- Realtime answers a tool call only when asked again (``response.create``); GPT-Live's backend
+  continues by itself once the outputs are in, and its voice speaks the result.
 - Realtime must be told what the caller heard after a barge-in (``conversation.item.truncate``):
   ``truncates`` is True and ``interrupted`` sends it. GPT-Live handles barge-in itself: ``truncates``
   is False and ``interrupted`` sends nothing.
@@ -25,22 +27,14 @@ Sources: the ``openai`` package's ``openai.types.realtime`` and ``openai.types.l
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from config import VoiceApi as VoiceApi  # the interface names the API a session speaks
+
 if TYPE_CHECKING:
     from redact import CallLog
-
-
-class VoiceApi(enum.StrEnum):
-    """The OpenAI voice API a session speaks."""
-
-    REALTIME = "realtime"
-    """The Realtime API (GA): ``wss://api.openai.com/v1/realtime?model=...``."""
-    LIVE = "live"
-    """GPT-Live: ``wss://api.openai.com/v1/live/sessions``."""
 
 
 class ModelUnavailable(Exception):
@@ -254,14 +248,16 @@ class ModelSession(Protocol):
         GPT-Live: an instructions append)."""
         ...
 
-    async def replay(self, intro: str, turns: Sequence[tuple[str, str]]) -> None:
-        """Seed a replacement session with the conversation so far: ``intro``, then ``(role, text)``
-        turns (``user`` or ``assistant``)."""
+    def replay(self, intro: str, turns: Sequence[tuple[str, str]]) -> None:
+        """Before ``open``: seed a replacement session with the conversation so far, ``intro`` then
+        ``(role, text)`` turns (``user`` or ``assistant``). Realtime sends them as conversation items once
+        configured; GPT-Live puts them in ``session.start``'s ``input`` (its context is append-only)."""
         ...
 
-    async def respond(self) -> None:
-        """Ask the model to speak now, or once its current turn ends (Realtime: ``response.create``,
-        one at a time; GPT-Live: a speakable context append)."""
+    async def respond(self, instruction: str | None = None) -> None:
+        """Ask the model to speak now, or once its current turn ends, following ``instruction`` when given
+        (Realtime: a system message, then ``response.create``, one at a time; GPT-Live: a speakable
+        context append, or nothing when a tool answer is already making it continue)."""
         ...
 
     async def answer_tools(self, outputs: Sequence[ToolOutput]) -> None:
@@ -297,6 +293,12 @@ class ModelSession(Protocol):
     @property
     def end(self) -> SessionEnd:
         """How the session ended (valid once iteration has stopped)."""
+        ...
+
+    @property
+    def billed_seconds(self) -> float | None:
+        """Seconds the service bills for this session so far (GPT-Live ``usage.seconds``); None where
+        billing is per token (Realtime)."""
         ...
 
     async def close(self) -> None:

@@ -53,6 +53,10 @@ class Metrics:
         )
         self.realtime_errors = Counter("relay_realtime_errors", "Realtime error events, by code.", ["code"],
                                        registry=r)
+        self.billed_seconds = Counter(
+            "relay_model_billed_seconds", "Voice-model session seconds billed (GPT-Live usage.seconds), counted when "
+            "each call ends.", registry=r,
+        )
         self.frames = Counter("relay_frames", "Audio frames, counted when each call ends.", ["direction"],
                               registry=r)
         self.session_rollovers = Counter(
@@ -77,6 +81,7 @@ class Metrics:
             counts = data.get("counts") or {}
             self.frames.labels("in").inc(int(counts.get("frames_in", 0)))
             self.frames.labels("out").inc(int(counts.get("frames_out", 0)))
+            self.billed_seconds.inc(max(0.0, float(counts.get("billed_s", 0.0))))
         elif kind is CallEventKind.BARGE_IN:
             self.barge_ins.inc()
             for cut in data.get("truncations", ()):

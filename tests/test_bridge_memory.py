@@ -119,11 +119,11 @@ class MemorySession:
     async def add_note(self, text: str) -> None:
         self.asked.append(("note", text))
 
-    async def replay(self, intro: str, turns: object) -> None:
+    def replay(self, intro: str, turns: object) -> None:
         self.asked.append(("replay", turns))
 
-    async def respond(self) -> None:
-        self.asked.append(("respond", None))
+    async def respond(self, instruction: str | None = None) -> None:
+        self.asked.append(("respond", instruction))
 
     async def answer_tools(self, outputs: list[ToolOutput]) -> None:
         self.asked.append(("tools", list(outputs)))
@@ -140,6 +140,7 @@ class MemorySession:
         return self._noise_reduction
 
     busy = False
+    billed_seconds = None
 
     def overdue(self, now: float) -> str | None:
         return None
@@ -176,8 +177,8 @@ async def test_a_whole_call_in_memory_on_both_sides(stack: contextlib.AsyncExitS
     leg.inbox.put_nowait(PhoneStart("MEM-9", "CALL-9", {"caller_number": "+14155550100"}))
     await until(lambda: sessions and sessions[0].asked_for("respond"), what="the greeting asked for")
     [session] = sessions
-    assert [kind for kind, _ in session.asked] == ["open", "note", "respond"]
-    assert "Jordan" in str(session.asked_for("note")[0])
+    assert [kind for kind, _ in session.asked] == ["open", "respond"]
+    assert "Jordan" in str(session.asked_for("respond")[0])
 
     greeting = (bytes(range(0, 0x7F)) * 126)[:16_000]  # 2 s
     session.inbox.put_nowait(ResponseStarted("resp_1", asked=True))
@@ -354,6 +355,6 @@ async def test_a_closing_line_is_logged_as_the_servers_cut(stack: contextlib.Asy
     await until(lambda: leg.sent, what="the answer at the leg")
     await until(lambda: "assistant said" in caplog.text, what="the answer logged")
     await call.say_goodbye("server restarting", "Say you must hang up.")
-    assert session.asked_for("note")[-1] == "Say you must hang up." and leg.sent[-1] == ("clear", "")
+    assert session.asked_for("respond")[-1] == "Say you must hang up." and leg.sent[-1] == ("clear", "")
     await until(lambda: "cut off by" in caplog.text, what="the cut logged")
     assert "assistant cut off by the server; heard: " in caplog.text and "by the caller" not in caplog.text

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
-FIRST_PARTY = ("relay", "routes", "bridge", "phones", "model", "ops", "config", "envreader", "callers", "tools", "mailserver",
-               "redact", "audio", "simulate", "standins")
+FIRST_PARTY = ("relay", "routes", "bridge", "phones", "model", "ops", "config", "envreader", "callers", "tools",
+               "mailserver", "redact", "audio", "simulate", "standins")
 """Every first-party module and package at the top of the repository."""
 
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
