@@ -114,6 +114,7 @@ def relay_config(realtime_url: str, **overrides: Any) -> Config:
     values: dict[str, Any] = {
         "openai_api_key": "sk-simulator-offline",
         "realtime_url": realtime_url,
+        "live_url": realtime_url.removesuffix("/realtime") + "/live/sessions",
         "openai_base_url": rest_base_url(realtime_url),
         "primary_numbers": (DEFAULT_CALLER,),
         "primary_first_name": "Jordan",
@@ -148,7 +149,12 @@ def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: S
         problems.append(
             f"{len(caller.late_frames)} media message(s) of an interrupted item reached the caller after its clear"
         )
-    if scenario.expect_barge_ins is not None and len(caller.barge_ins) != scenario.expect_barge_ins:
+    live = standin is not None and bool(standin.live_sessions)
+    if live and scenario.expect_barge_ins is not None:  # GPT-Live yields by itself: no clear reaches the phone
+        yields = sum(len(session.yields) for session in standin.live_sessions)  # type: ignore[union-attr]
+        if yields != scenario.expect_barge_ins:
+            problems.append(f"expected {scenario.expect_barge_ins} barge-in(s), GPT-Live yielded {yields} time(s)")
+    elif scenario.expect_barge_ins is not None and len(caller.barge_ins) != scenario.expect_barge_ins:
         problems.append(
             f"expected {scenario.expect_barge_ins} barge-in(s), the caller's phone got {len(caller.barge_ins)} "
             f"clear(s) of assistant audio"
@@ -166,18 +172,18 @@ def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: S
         last = next((c.tag[0] for c in reversed(caller.playback.chunks) if c.tag is not None), None)
         if standin is not None and last is not None and last not in caller.cut_items:
             heard = caller.playback.heard_bytes_by_item(ended).get(last, 0)
-            generated = max((s.generated.get(last, 0) for s in standin.sessions), default=0)
+            generated = max((s.generated.get(last, 0) for s in [*standin.sessions, *standin.live_sessions]), default=0)
             if heard < generated:
                 problems.append(
                     f"the line closed after {heard / BYTES_PER_MS:.0f} of {generated / BYTES_PER_MS:.0f} ms "
                     "of the goodbye"
                 )
     if standin is not None:
-        for session in standin.sessions:
+        for session in [*standin.sessions, *standin.live_sessions]:
             for event, why in session.invalid:
                 problems.append(f"relay sent an invalid {event.get('type')}: {'; '.join(why)}")
             for error in session.errors:
-                problems.append(f"realtime stand-in answered an error: {error['code']}: {error['message']}")
+                problems.append(f"the model stand-in answered an error: {error['code']}: {error['message']}")
             turns = standin.turns_used(session)
             if isinstance(standin.script, list) and turns < len(standin.script):
                 problems.append(f"only {turns} of {len(standin.script)} scripted assistant turns were used")

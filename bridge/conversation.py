@@ -80,6 +80,8 @@ class Conversation:
         self._log = log
         self._publish = publish
         self.caller_speaking = False
+        self._speaking: str | None = None
+        """The assistant turn under way (``ResponseStarted`` without its ``ResponseDone``)."""
         self._cut_by = "the caller"
         """Who cut the assistant last (the caller's barge-in, or the server's closing line), for the log."""
         self._logged_turns: dict[str, bool] = {}
@@ -152,14 +154,16 @@ class Conversation:
         self.caller_speaking = True
         await self._output.music.stop()
         now = time.monotonic()
+        session = self._upstream.session
+        if session is not None and not session.truncates:  # the model yields by itself (GPT-Live): nothing to cut
+            if self._speaking is not None:  # its speech is told late, from the transcript: the turn is what counts
+                self._counts.barge_ins += 1
+                self._log.debug("barge-in: the caller spoke over the assistant")
+                self._publish(CallEventKind.BARGE_IN, truncations=[])
+            return
         if not self._output.is_playing(now):
             return
         self._counts.barge_ins += 1
-        session = self._upstream.session
-        if session is not None and not session.truncates:  # the model yields by itself (GPT-Live): nothing to cut
-            self._log.debug("barge-in: the caller spoke over the assistant")
-            self._publish(CallEventKind.BARGE_IN, truncations=[])
-            return
         cuts = await self.cut(now, cancel=not self._interrupt_response)
         self._log.debug("barge-in truncations=%s", cuts)
         self._publish(CallEventKind.BARGE_IN, truncations=[asdict(cut) for cut in cuts])
@@ -200,10 +204,13 @@ class Conversation:
         self._logged_turns[turn.item_id] = turn.cut
 
     async def _on_response_started(self, event: ResponseStarted) -> None:
+        self._speaking = event.response_id
         self._goodbye.on_response_created(event.response_id, event.asked)
         self._counts.responses += 1
 
     async def _on_response_done(self, event: ResponseDone) -> None:
+        if event.response_id == self._speaking:
+            self._speaking = None
         self._goodbye.on_response_done(event.response_id)
         calls = self._tools.new_calls(event.function_calls)
         if calls:

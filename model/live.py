@@ -62,7 +62,12 @@ from model.websocket import RealtimeClient, RealtimeSocket
 from redact import CallLog, describe
 
 TURN_GAP_S = 0.8
-"""A turn (either side's) ends after this long without its speech or transcript."""
+"""The assistant's turn ends after this long without its speech or transcript (pipecat's and LiveKit
+Agents' gap for GPT-Live)."""
+CALLER_TURN_GAP_S = 1.5
+"""The caller's turn ends after this long without a transcript fragment: longer than the assistant's, as
+fragments of the caller's words may lag their speech (a turn split in two reads badly in the log and the
+replay; nothing waits on its end)."""
 ASKED_WINDOW_S = 8.0
 """A turn that starts within this long of ``respond`` answers it (the goodbye is told apart this way)."""
 CLOSE_WAIT_S = 3.0
@@ -125,8 +130,8 @@ class LiveSession:
         self._caller: _Turn | None = None
         self._turns = 0
         self._asked_at: float | None = None
-        self._continuing = False
-        """A ``response.create`` for tool outputs is under way: the voice will speak the result itself."""
+        self._continued_at: float | None = None
+        """When tool outputs made the backend continue: the voice speaks the result itself (its next turn)."""
         self._delegations: dict[str | None, _Delegation] = {}
         self._handed: set[str] = set()
         self._answered: set[str] = set()
@@ -231,8 +236,8 @@ class LiveSession:
         """``session.commentary.append`` of ``instruction`` (or ``SPEAK_NOW``); nothing when tool outputs
         have just made the backend continue (the voice speaks the result by itself). Either way the next
         turn answers it."""
-        self._asked_at = time.monotonic()
-        if instruction is None and self._continuing:
+        now = self._asked_at = time.monotonic()
+        if instruction is None and self._continued_at is not None and now - self._continued_at < ASKED_WINDOW_S:
             return
         await self._send(wire.context_append("commentary", instruction or SPEAK_NOW))
 
@@ -243,7 +248,7 @@ class LiveSession:
             await self._send(wire.function_call_output(output.call_id, self._fit(output.output)))
             self._answered.add(output.call_id)
         if not self._handed - self._answered:
-            self._continuing = True
+            self._continued_at = time.monotonic()
             await self._send(wire.response_create())
 
     async def interrupted(self, cuts: Sequence[Truncation], cancel: bool) -> None:
@@ -259,8 +264,9 @@ class LiveSession:
     @property
     def busy(self) -> bool:
         """The voice is speaking, was asked to, or a delegated task is under way."""
-        asked = self._asked_at is not None and time.monotonic() - self._asked_at < ASKED_WINDOW_S
-        return self._assistant is not None or asked or self._continuing or bool(self._delegations)
+        now = time.monotonic()
+        waiting = any(at is not None and now - at < ASKED_WINDOW_S for at in (self._asked_at, self._continued_at))
+        return self._assistant is not None or waiting or bool(self._delegations)
 
     def overdue(self, now: float) -> str | None:
         return None  # the model takes its own turns: there is no request to be late for
@@ -283,7 +289,7 @@ class LiveSession:
         socket = self._socket
         if socket is None:
             return
-        if socket.close_code is None and self._closed is None:
+        if not socket.closed and self._closed is None:
             await self._send(wire.session_close())
             try:
                 async with asyncio.timeout(CLOSE_WAIT_S):
@@ -299,19 +305,13 @@ class LiveSession:
     # -- what the call does not see --
 
     async def _receive(self) -> bytes | None:
-        """The next frame, or None at a turn's quiet deadline; at the socket's end, None and ``_eof``."""
+        """The next frame; at the socket's end, None and ``_eof``. No deadline of its own: the service streams
+        audio continuously (silence included), so a turn's quiet gap is seen at the next frame. (Cancelling
+        aiohttp's ``receive`` would mark the socket 1006.)"""
         assert self._socket is not None, "open() first"
-        deadline = min((turn.last_at for turn in (self._assistant, self._caller) if turn), default=None)
         self._reading = True
         try:
-            if deadline is None:
-                raw = await self._socket.receive()
-            else:
-                try:
-                    async with asyncio.timeout(max(0.0, deadline + TURN_GAP_S - time.monotonic()) + 0.01):
-                        raw = await self._socket.receive()
-                except TimeoutError:
-                    return None
+            raw = await self._socket.receive()
         finally:
             self._reading = False
         if raw is None:
@@ -346,7 +346,7 @@ class LiveSession:
             self._turns += 1
             turn = self._assistant = _Turn(f"live_turn_{self._turns}", now)
             asked = self._asked_at is not None and now - self._asked_at < ASKED_WINDOW_S
-            self._asked_at = None if asked else self._asked_at
+            self._asked_at = self._continued_at = None
             self._queue.append(ResponseStarted(turn.id, asked))
         turn.last_at = now
         for delegation in self._delegations.values():
@@ -365,7 +365,7 @@ class LiveSession:
     def _close_quiet(self, now: float) -> None:
         """End each turn that has been quiet for ``TURN_GAP_S`` at ``now``."""
         caller, assistant = self._caller, self._assistant
-        if caller is not None and now - caller.last_at >= TURN_GAP_S:
+        if caller is not None and now - caller.last_at >= CALLER_TURN_GAP_S:
             self._caller = None
             self._queue.extend((CallerTranscriptDone(caller.id, "".join(caller.parts).strip()), CallerSpeechStopped()))
         if assistant is not None and now - assistant.last_at >= TURN_GAP_S:
@@ -384,7 +384,6 @@ class LiveSession:
         if event.status is None:
             return
         del self._delegations[event.delegation_id]
-        self._continuing = False
         calls = tuple(delegation.calls) if event.status == "completed" else ()  # a failed one's are refused
         self._handed.update(call.call_id for call in calls if call.call_id)
         self._queue.append(ResponseDone(f"backend_{event.delegation_id}_{len(self._handed)}", event.status, calls,

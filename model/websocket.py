@@ -118,6 +118,12 @@ class RealtimeSocket:
                 return
 
     @property
+    def closed(self) -> bool:
+        """The socket has closed (or is closing): nothing more can be sent. ``close_code`` alone does not
+        say so: aiohttp sets it to 1006 when a ``receive`` is cancelled, the socket still open."""
+        return self._ws.closed
+
+    @property
     def close_code(self) -> int | None:
         """The close code once closed (the service's, or 1006 for a dropped connection)."""
         return self._ws.close_code

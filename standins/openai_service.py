@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from openai.types.responses import Response
 
 from audio import BYTES_PER_MS, ULAW_SILENCE
+from standins.live_service import LiveSession
 from standins.vad import Vad
 from standins.validation import client_event_problems, responses_request_problems, warm_up_validators
 
@@ -599,16 +600,41 @@ class RealtimeStandIn:
         """Serving a relay in another process for as long as it runs (``simulate.py standins``): every
         session starts the script and the caller's transcripts over, no payload is kept for
         ``resolve``, and a session is forgotten when it ends."""
+        self.live_sessions: list[LiveSession] = []
+        """GPT-Live sessions (``/v1/live/sessions``), in order."""
+        self.live_delta_ms = 100
+        """Milliseconds of audio per GPT-Live ``session.output_audio.delta`` (its stream's pace)."""
         self._turns: dict[int, int] = {}
         self._attribution: dict[str, deque[tuple[str, int]]] = {}
         self.input_audio: dict[int, bytearray] = {}
         warm_up_validators()
 
-    def turns_used(self, session: RealtimeSession) -> int:
+    async def _live(self, request: web.Request) -> web.WebSocketResponse:
+        """``/v1/live/sessions``: a GPT-Live session (``standins.live_service``), the script shared."""
+        self.handshake_headers.append(dict(request.headers))
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            raise web.HTTPUnauthorized(text="missing bearer token")
+        if self.refuse:
+            raise web.HTTPServiceUnavailable(text="the service is down")
+        ws = web.WebSocketResponse(max_msg_size=16 * 2**20)
+        await ws.prepare(request)
+        session = LiveSession(self, ws)
+        self.live_sessions.append(session)
+        if self.on_session is not None:
+            self.on_session()
+        try:
+            await session.serve()
+        finally:
+            if self.standalone:
+                self.live_sessions.remove(session)
+                self._turns.pop(id(session), None)
+        return ws
+
+    def turns_used(self, session: RealtimeSession | LiveSession) -> int:
         """How many scripted turns ``session`` has played."""
         return self._turns.get(id(session), 0)
 
-    def next_turn(self, session: RealtimeSession) -> AssistantTurn:
+    def next_turn(self, session: RealtimeSession | LiveSession) -> AssistantTurn:
         if callable(self.script):
             return self.script(session)
         n = self._turns.get(id(session), 0)
@@ -639,6 +665,7 @@ class RealtimeStandIn:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/realtime", self._realtime)
+        app.router.add_get("/v1/live/sessions", self._live)
         app.router.add_post("/v1/responses", self._responses)
         return app
 

@@ -20,8 +20,13 @@ def _discriminated(alias: Any) -> TypeAdapter[Any]:
 
 @functools.cache
 def _event_adapter(side: str) -> TypeAdapter[Any]:
-    """The validator of ``RealtimeClientEvent`` (``side="client"``) or ``RealtimeServerEvent``, built
-    on first use (a few hundred ms)."""
+    """The validator of ``RealtimeClientEvent`` (``side="client"``), ``RealtimeServerEvent`` (``server``),
+    or GPT-Live's ``ClientEvent`` (``live-client``) and ``ServerEvent`` (``live-server``), built on first
+    use (a few hundred ms)."""
+    if side.startswith("live-"):
+        from openai.types.live import ClientEvent, ServerEvent
+
+        return _discriminated(ClientEvent if side == "live-client" else ServerEvent)
     from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 
     return _discriminated(RealtimeClientEvent if side == "client" else RealtimeServerEvent)
@@ -61,10 +66,12 @@ def warm_up_validators() -> None:
     stalls the relay's audio: the Responses stand-in's first answer (108 ms to build ``Response``)
     used to land in the waiting music and leave a 50 ms gap the caller heard.
     """
-    if _event_adapter.cache_info().currsize == 2:
+    if _event_adapter.cache_info().currsize == 4:
         return
     client_event_problems({"type": "response.cancel"})
     server_event_problems({"type": "session.created"})
+    live_client_event_problems({"type": "session.close"})
+    live_server_event_problems({"type": "session.usage.updated", "event_id": "warm-up", "usage": {"seconds": 0}})
     responses_request_problems({"model": "warm-up", "input": "warm-up", "tools": [{"type": "web_search"}],
                                 "tool_choice": "required"})
     Response.model_validate({"id": "resp_warm_up", "object": "response", "created_at": 0, "status": "completed",
@@ -86,6 +93,17 @@ def client_event_problems(event: dict[str, Any]) -> list[str]:
 def server_event_problems(event: dict[str, Any]) -> list[str]:
     """Why ``event`` is not a valid GA Realtime server event ([] when it is)."""
     return _event_problems("server", event)
+
+
+def live_client_event_problems(event: dict[str, Any]) -> list[str]:
+    """Why ``event`` is not a valid GPT-Live client event ([] when it is): ``openai.types.live.ClientEvent``
+    discriminated on ``type``, and no key the models do not define (``session`` is strict at the service)."""
+    return _event_problems("live-client", event)
+
+
+def live_server_event_problems(event: dict[str, Any]) -> list[str]:
+    """Why ``event`` is not a valid GPT-Live server event ([] when it is): ``openai.types.live.ServerEvent``."""
+    return _event_problems("live-server", event)
 
 
 @functools.cache
