@@ -43,7 +43,7 @@ from dotenv import load_dotenv
 import redact
 from audio import BYTES_PER_MS
 from bridge import music
-from config import LEVELS, Config, VadType
+from config import LEVELS, Config, VadType, VoiceApi
 from standins.openai_service import (
     RealtimeStandIn,
     realtime_standin,
@@ -88,6 +88,21 @@ class CallResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def live_barge_ins(self) -> list[tuple[str, float, float, float]]:
+        """Each time GPT-Live yielded to the caller: the item, the ms of it the model said, the ms the caller
+        heard, and how long after the model's speech ended the caller's phone stopped playing it (ms; the
+        audio still queued at the phone, which nothing clears)."""
+        out = []
+        ended = self.caller.ended_at or time.monotonic()
+        heard = self.caller.playback.heard_bytes_by_item(ended)
+        for session in self.standin.live_sessions if self.standin else []:
+            for y in session.yields:
+                chunks = [c for c in self.caller.playback.chunks if c.tag is not None and c.tag[0] == y.item_id]
+                played_until = max((c.start + len(c.data) / 1000 / BYTES_PER_MS for c in chunks), default=y.at)
+                out.append((y.item_id, y.spoken_ms, heard.get(y.item_id, 0) / BYTES_PER_MS,
+                            (played_until - y.at) * 1000))
+        return out
 
     def barge_in_accuracy(self) -> list[tuple[str, float, float | None]]:
         """Each barge-in: the item, the ms of it the caller heard before the clear, and the
@@ -380,7 +395,11 @@ class LivePrinter:
         print(self.format(at, source, text), flush=True)
 
 
-def _header(scenario: Scenario, name: str, phone: str, relay_url: str | None, out: Path, width: int) -> str:
+API_NAMES = {"realtime": "the Realtime API", "live": "GPT-Live"}
+
+
+def _header(scenario: Scenario, name: str, phone: str, relay_url: str | None, out: Path, width: int,
+            voice_api: str | None = None) -> str:
     spoken = sum(1 for turn in scenario.caller if not turn.dtmf)
     expects = []
     if scenario.expect_barge_ins:
@@ -393,7 +412,8 @@ def _header(scenario: Scenario, name: str, phone: str, relay_url: str | None, ou
     network = (f"{scenario.network_delay_ms:g} ms one way (jitter {scenario.network_jitter_ms:g} ms)"
                if scenario.network_delay_ms or scenario.network_jitter_ms else "no delay")
     where = (f"the relay at {relay_url} (its stand-ins: python simulate.py standins)" if relay_url
-             else "the relay, started here on loopback with the OpenAI stand-ins (no account, no network)")
+             else "the relay, started here on loopback with the OpenAI stand-ins "
+             f"({API_NAMES[voice_api or 'realtime']}; no account, no network)")
     lines = [
         f"A simulated {phone.capitalize()} call from {scenario.caller_number} ({scenario.caller_name}) to {where}.",
         f"  scenario: {name}: {spoken} caller utterance(s), {len(scenario.assistant)} assistant turn(s)"
@@ -465,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "started with python relay.py; python simulate.py sms TEXT: text the relay.")
     _scenario_arg(parser)
     parser.add_argument("--phone", choices=sorted(NETWORKS), default="twilio", help="the network to call through")
+    parser.add_argument("--voice-api", choices=[api.value for api in VoiceApi], default=VoiceApi.REALTIME.value,
+                        help="the OpenAI voice API the relay started here uses (a --relay-url relay uses its own "
+                        "VOICE_API)")
     parser.add_argument("--relay-url", help="dial a relay that is already running (started with python relay.py, "
                         "its OpenAI endpoints the stand-ins of python simulate.py standins) instead of starting one")
     parser.add_argument(
@@ -504,13 +527,15 @@ def main(argv: list[str] | None = None) -> int:
     name = str(args.scenario or DEFAULT_SCENARIO.relative_to(HERE))
     timeline = Timeline()
     printer = timeline.listener = LivePrinter(timeline)
-    print(_header(scenario, name, args.phone, args.relay_url, args.out, printer.width), flush=True)
+    print(_header(scenario, name, args.phone, args.relay_url, args.out, printer.width,
+                  None if args.relay_url else args.voice_api), flush=True)
     placed: list[PhoneCaller] = []
     if not args.console:
         try:
+            api = {} if args.relay_url else {"voice_api": VoiceApi(args.voice_api)}
             result = asyncio.run(simulate_call(scenario, args.relay_url, token if args.relay_url else None,
                                                seed=args.seed, phone=args.phone, timeline=timeline,
-                                               before_call=lambda caller, _url: placed.append(caller)))
+                                               before_call=lambda caller, _url: placed.append(caller), **api))
         except KeyboardInterrupt:
             return _interrupted(placed, timeline, args.out)
         if args.relay_url and result.caller.connected_at is None:  # it never reached a stream: say what to do
@@ -538,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(simulate_call(scenario, seed=args.seed, phone=args.phone, after_call=keep_console,
-                                  console_token=console_token, timeline=timeline, before_call=show_console))
+                                  console_token=console_token, timeline=timeline, before_call=show_console,
+                                  voice_api=VoiceApi(args.voice_api)))
     except KeyboardInterrupt:
         if code is None:  # stopped during the call, not after it
             return _interrupted(placed, timeline, args.out)
@@ -609,7 +635,12 @@ def _report(result: CallResult, out: Path) -> int:
         written = False
     else:
         written = True
-    print(f"barge-ins: {len(caller.barge_ins)}, marks echoed: {caller.marks_echoed}")
+    live = result.live_barge_ins()
+    print(f"barge-ins: {len(live) if live else len(caller.barge_ins)}, marks echoed: {caller.marks_echoed}")
+    for item, said, heard_ms, lag in live:
+        print(textwrap.fill(f"  barge-in: GPT-Live yielded after saying {said:.0f} ms of item {item[-6:]}; the caller "
+                            f"heard {heard_ms:.0f} ms of it, the last {lag:+.0f} ms after the model's speech ended",
+                            terminal_width(), subsequent_indent="    "))
     for item, heard, truncated in result.barge_in_accuracy():
         told = ""
         if truncated is not None:
@@ -668,6 +699,7 @@ async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
         async with serve_on_loopback(standin.app(), port) as address:
             print(f"OpenAI stand-ins on {address}, for a relay started with python relay.py; give it:\n"
                   f"  OPENAI_REALTIME_URL=ws://{address}/v1/realtime\n"
+                  f"  OPENAI_LIVE_URL=ws://{address}/v1/live/sessions   (with VOICE_API=live)\n"
                   f"  OPENAI_BASE_URL=http://{address}/v1\n"
                   f"  TELNYX_PUBLIC_KEY={telnyx_public_key(TELNYX_STANDIN_SEED)}   (for --phone telnyx: the key "
                   "the simulated Telnyx caller signs with)\n"

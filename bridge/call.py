@@ -141,9 +141,9 @@ class Call:
             c = self.counts
             self.log.info(
                 "call ended call_sid=%s duration=%.1fs reason=%s frames_in=%d frames_out=%d marks_acked=%d "
-                "responses=%d barge_ins=%d realtime_errors=%d sessions=%d",
+                "responses=%d barge_ins=%d realtime_errors=%d sessions=%d%s",
                 self.call_sid, end.duration_s, end.reason, c.frames_in, c.frames_out, c.marks_acked, c.responses,
-                c.barge_ins, c.realtime_errors, c.sessions,
+                c.barge_ins, c.realtime_errors, c.sessions, f" billed_s={c.billed_s:.1f}" if c.billed_s else "",
             )
             self._publish(CallEventKind.ENDED, reason=end.reason, kind=str(end.kind), failed=end.failed,
                           duration_s=end.duration_s, counts=asdict(c))

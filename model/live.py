@@ -1,22 +1,14 @@
-"""GPT-Live as a model session: its websocket, its turns told from the stream, its delegated tools.
+"""GPT-Live as a model session: its websocket, its handshake, its context appends, its end.
 
 ``LiveSession`` implements ``model.session.ModelSession`` with the builders and parser of
-``model.live_wire`` over a ``model.websocket.RealtimeSocket``. GPT-Live's voice model takes its own turns
-and handles barge-in itself, so what the call sees as turns is made here, from the stream:
+``model.live_wire`` over a ``model.websocket.RealtimeSocket``; the turns it reports and the tool calls it
+hands over are kept by the sans-I/O ``model.live_state``. GPT-Live's voice takes its own turns and handles
+barge-in itself (``truncates`` is False: nothing is cancelled or truncated). Its output is a continuous
+real-time stream, silence included: silence is not passed to the call (the phone plays silence when it
+has nothing), so what is queued at the phone is the voice's speech only, one delta ahead at most.
 
-- **Assistant turns**: output audio is a continuous real-time stream, silence included. Silence is not
-  sent to the phone (the phone plays silence when it has nothing), so what is queued there is the voice's
-  speech only; a turn opens with the first speech (audio or transcript) and closes after ``TURN_GAP_S``
-  without either (``ResponseStarted`` ... ``ResponseDone``, with the transcript's deltas joined).
-- **Caller turns**: ``session.input_transcript.delta`` fragments, grouped the same way; the first of a
-  turn is ``CallerSpeechStarted`` (a barge-in if the assistant is audible: counted, nothing cut).
-- **Tools**: the backend's completed ``function_call`` items of one delegated response are handed over as
-  one ``ResponseDone`` when that response finishes; their outputs go back with one ``response.create``
-  once no handed call is unanswered (the service refuses a partial batch), and the voice speaks the
-  result by itself.
-
-Sources: ``openai.types.live``; OpenAI "Live conversations" and "Live delegation" guides; the turn gap of
-0.8 s is the one pipecat and LiveKit Agents use for GPT-Live transcripts.
+Sources: ``openai.types.live``; OpenAI "Live conversations", "Live delegation" and "Voice over WebSockets"
+guides.
 """
 
 from __future__ import annotations
@@ -26,32 +18,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
 from model import live_wire as wire
+from model.live_state import ASKED_WINDOW_S, PLACEHOLDER, LiveTurns, ToolLedger
 from model.live_wire import Backend, Closed, LiveError, MalformedEvent, OtherEvent, OutputAudio, Started, Usage
 from model.live_wire import Transcript as TranscriptDelta
 from model.session import (
     AssistantAudio,
-    AssistantAudioDone,
-    AssistantTranscriptDelta,
-    AssistantTranscriptDone,
-    CallerSpeechStarted,
-    CallerSpeechStopped,
-    CallerTranscriptDelta,
-    CallerTranscriptDone,
-    CallerTurn,
-    FunctionCall,
     ModelError,
     ModelEvent,
     ModelRefused,
     ModelUnavailable,
-    ResponseDone,
-    ResponseStarted,
     SessionClosed,
     SessionEnd,
     ToolOutput,
@@ -61,24 +43,9 @@ from model.session import (
 from model.websocket import RealtimeClient, RealtimeSocket
 from redact import CallLog, describe
 
-TURN_GAP_S = 0.8
-"""The assistant's turn ends after this long without its speech or transcript (pipecat's and LiveKit
-Agents' gap for GPT-Live)."""
-CALLER_TURN_GAP_S = 1.5
-"""The caller's turn ends after this long without a transcript fragment: longer than the assistant's, as
-fragments of the caller's words may lag their speech (a turn split in two reads badly in the log and the
-replay; nothing waits on its end)."""
-ASKED_WINDOW_S = 8.0
-"""A turn that starts within this long of ``respond`` answers it (the goodbye is told apart this way)."""
 CLOSE_WAIT_S = 3.0
 """After ``session.close``, how long the service has to answer ``session.closed`` (it may finish work)."""
 SPEAK_NOW = "Speak to the caller now, following the conversation so far."
-MAX_OUTPUT_CHARS = 2500
-"""A tool output longer than this is cut: the backend takes 32 KiB of input per session."""
-BACKEND_BUDGET = (120, 30_000)
-"""Items and UTF-8 bytes of tool output a session sends at most (the backend's limits are 128 and 32,768;
-past them it refuses the item and strands the call): beyond, a call gets a short placeholder."""
-PLACEHOLDER = '{"ok": false, "error": "no result: the tool output budget of this session is spent"}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,23 +63,6 @@ class LiveOptions:
     tools: tuple[dict[str, Any], ...]
 
 
-@dataclass(slots=True)
-class _Turn:
-    """One side's turn as it is heard: its id, its transcript so far, and when it last spoke."""
-
-    id: str
-    last_at: float
-    parts: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Delegation:
-    """One delegated backend response: its completed calls, and whether the voice spoke meanwhile."""
-
-    calls: list[FunctionCall] = field(default_factory=list)
-    voiced: bool = False
-
-
 class LiveSession:
     """One GPT-Live session (``model.session.ModelSession``): iterate it for model events."""
 
@@ -126,19 +76,8 @@ class LiveSession:
         self._socket: RealtimeSocket | None = None
         self._history: list[dict[str, Any]] | None = None
         self._queue: deque[ModelEvent] = deque()
-        self._assistant: _Turn | None = None
-        self._caller: _Turn | None = None
-        self._turns = 0
-        self._asked_at: float | None = None
-        self._continued_at: float | None = None
-        """When tool outputs made the backend continue: the voice speaks the result itself (its next turn)."""
-        self._delegations: dict[str | None, _Delegation] = {}
-        self._handed: set[str] = set()
-        self._answered: set[str] = set()
-        self._stray: set[str] = set()
-        """Calls the backend cut short (``status`` not ``completed``): not run, but answered with a
-        placeholder if the service says it still waits for them."""
-        self._budget = list(BACKEND_BUDGET)
+        self._turns = LiveTurns(self._queue)
+        self._tools = ToolLedger(self._queue)
         self._closed: Closed | None = None
         self._closed_seen = asyncio.Event()
         self._billed: float | None = None
@@ -200,7 +139,7 @@ class LiveSession:
                 raise StopAsyncIteration
             raw = await self._receive()
             now = time.monotonic()
-            self._close_quiet(now)
+            self._turns.close_quiet(now)
             if raw is None:
                 continue
             try:
@@ -211,11 +150,12 @@ class LiveSession:
             if type(event) is OutputAudio:  # the hot path
                 if wire.is_silence(event.payload):
                     continue
-                turn = self._assistant_turn(now)
+                turn_id = self._turns.assistant_speech(now)
+                self._tools.voice_spoke()
                 if queue:  # the turn has just opened: its start goes first
-                    queue.append(AssistantAudio(turn.id, event.payload))
+                    queue.append(AssistantAudio(turn_id, event.payload))
                     break
-                return AssistantAudio(turn.id, event.payload)
+                return AssistantAudio(turn_id, event.payload)
             await self._handle(event, now)
         return queue.popleft()
 
@@ -236,8 +176,9 @@ class LiveSession:
         """``session.commentary.append`` of ``instruction`` (or ``SPEAK_NOW``); nothing when tool outputs
         have just made the backend continue (the voice speaks the result by itself). Either way the next
         turn answers it."""
-        now = self._asked_at = time.monotonic()
-        if instruction is None and self._continued_at is not None and now - self._continued_at < ASKED_WINDOW_S:
+        turns = self._turns
+        now = turns.asked_at = time.monotonic()
+        if instruction is None and turns.continued_at is not None and now - turns.continued_at < ASKED_WINDOW_S:
             return
         await self._send(wire.context_append("commentary", instruction or SPEAK_NOW))
 
@@ -245,10 +186,10 @@ class LiveSession:
         """One ``function_call_output`` each (cut to ``MAX_OUTPUT_CHARS``, a placeholder past the budget),
         then ``response.create`` once no handed call is left unanswered."""
         for output in outputs:
-            await self._send(wire.function_call_output(output.call_id, self._fit(output.output)))
-            self._answered.add(output.call_id)
-        if not self._handed - self._answered:
-            self._continued_at = time.monotonic()
+            await self._send(wire.function_call_output(output.call_id, self._tools.answer(output.call_id,
+                                                                                           output.output)))
+        if self._tools.all_answered:
+            self._turns.continued_at = time.monotonic()
             await self._send(wire.response_create())
 
     async def interrupted(self, cuts: Sequence[Truncation], cancel: bool) -> None:
@@ -264,9 +205,8 @@ class LiveSession:
     @property
     def busy(self) -> bool:
         """The voice is speaking, was asked to, or a delegated task is under way."""
-        now = time.monotonic()
-        waiting = any(at is not None and now - at < ASKED_WINDOW_S for at in (self._asked_at, self._continued_at))
-        return self._assistant is not None or waiting or bool(self._delegations)
+        turns = self._turns
+        return turns.speaking or turns.waiting(time.monotonic()) or self._tools.running
 
     def overdue(self, now: float) -> str | None:
         return None  # the model takes its own turns: there is no request to be late for
@@ -316,21 +256,17 @@ class LiveSession:
             self._reading = False
         if raw is None:
             self._eof = True
-            self._close_quiet(float("inf"))  # whatever was open ends with the session
+            self._turns.close_quiet(float("inf"))  # whatever was open ends with the session
         return raw
 
     async def _handle(self, event: Any, now: float) -> None:
         kind = type(event)
         if kind is TranscriptDelta:
-            if event.caller:
-                turn = self._caller_turn(now)
-                self._queue.append(CallerTranscriptDelta(turn.id, event.delta))
-            else:
-                turn = self._assistant_turn(now)
-                self._queue.append(AssistantTranscriptDelta(turn.id, event.delta))
-            turn.parts.append(event.delta)
+            self._turns.transcript(event.caller, event.delta, now)
+            if not event.caller:
+                self._tools.voice_spoke()
         elif kind is Backend:
-            self._on_backend(event)
+            self._tools.on_backend(event.delegation_id, event.call, event.call_status, event.status)
         elif kind is LiveError:
             await self._on_error(event)
         elif kind is Usage:
@@ -340,63 +276,14 @@ class LiveSession:
         elif kind is OtherEvent:
             self._log.once_a_second(logging.DEBUG, event.type, "live %s ignored", event.type)
 
-    def _assistant_turn(self, now: float) -> _Turn:
-        turn = self._assistant
-        if turn is None:
-            self._turns += 1
-            turn = self._assistant = _Turn(f"live_turn_{self._turns}", now)
-            asked = self._asked_at is not None and now - self._asked_at < ASKED_WINDOW_S
-            self._asked_at = self._continued_at = None
-            self._queue.append(ResponseStarted(turn.id, asked))
-        turn.last_at = now
-        for delegation in self._delegations.values():
-            delegation.voiced = True
-        return turn
-
-    def _caller_turn(self, now: float) -> _Turn:
-        turn = self._caller
-        if turn is None:
-            self._turns += 1
-            turn = self._caller = _Turn(f"live_caller_{self._turns}", now)
-            self._queue.extend((CallerSpeechStarted(), CallerTurn(turn.id)))
-        turn.last_at = now
-        return turn
-
-    def _close_quiet(self, now: float) -> None:
-        """End each turn that has been quiet for ``TURN_GAP_S`` at ``now``."""
-        caller, assistant = self._caller, self._assistant
-        if caller is not None and now - caller.last_at >= CALLER_TURN_GAP_S:
-            self._caller = None
-            self._queue.extend((CallerTranscriptDone(caller.id, "".join(caller.parts).strip()), CallerSpeechStopped()))
-        if assistant is not None and now - assistant.last_at >= TURN_GAP_S:
-            self._assistant = None
-            text = "".join(assistant.parts).strip()
-            self._queue.extend((AssistantAudioDone(assistant.id), AssistantTranscriptDone(assistant.id, text),
-                                ResponseDone(assistant.id, "completed", (), spoke=True)))
-
-    def _on_backend(self, event: Backend) -> None:
-        delegation = self._delegations.setdefault(event.delegation_id, _Delegation())
-        call = event.call
-        if call is not None and event.call_status == "completed":
-            delegation.calls.append(call)
-        elif call is not None and call.call_id:
-            self._stray.add(call.call_id)
-        if event.status is None:
-            return
-        del self._delegations[event.delegation_id]
-        calls = tuple(delegation.calls) if event.status == "completed" else ()  # a failed one's are refused
-        self._handed.update(call.call_id for call in calls if call.call_id)
-        self._queue.append(ResponseDone(f"backend_{event.delegation_id}_{len(self._handed)}", event.status, calls,
-                                        delegation.voiced))
-
     async def _on_error(self, event: LiveError) -> None:
-        if event.code == "function_call_outputs_required" and self._stray - self._answered:
-            # Answer what the service still waits for, then ask again (calls the tools are running are
-            # answered when they finish).
-            for call_id in sorted(self._stray - self._answered):
+        if event.code == "function_call_outputs_required":
+            # Answer the cut-short calls the service still waits for, then ask again (calls the tools are
+            # running are answered when they finish, and response.create goes then).
+            strays = self._tools.strays()
+            for call_id in strays:
                 await self._send(wire.function_call_output(call_id, PLACEHOLDER))
-                self._answered.add(call_id)
-            if not self._handed - self._answered:
+            if strays and self._tools.all_answered:
                 await self._send(wire.response_create())
         self._queue.append(ModelError(event.type, event.code, event.message))
 
@@ -416,17 +303,6 @@ class LiveSession:
             self._on_closed(event)
         elif type(event) is Usage:
             self._billed = event.seconds
-
-    def _fit(self, output: str) -> str:
-        """``output`` cut to ``MAX_OUTPUT_CHARS``, or ``PLACEHOLDER`` once the session's budget is spent."""
-        if len(output) > MAX_OUTPUT_CHARS:
-            output = output[:MAX_OUTPUT_CHARS] + " [cut]"
-        size = len(output.encode())
-        if self._budget[0] < 1 or self._budget[1] < size:
-            output, size = PLACEHOLDER, len(PLACEHOLDER)
-        self._budget[0] -= 1
-        self._budget[1] -= size
-        return output
 
     async def _send(self, event: dict[str, Any]) -> None:
         """Send one client event; on a session that has just closed it is dropped (iteration ends)."""
