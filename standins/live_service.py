@@ -40,8 +40,8 @@ ANSWER_DELAY_MS = 300
 """How long after the caller stops speaking (or is asked) the model starts its answer."""
 TRANSCRIPT_LAG_MS = 400
 """How far into the caller's speech the first input transcript fragment comes."""
-TRANSCRIPT_STEP_MS = 400
-"""Then one word this often while the caller speaks."""
+TRANSCRIPT_STEP_MS = 600
+"""Then one word this often while the caller speaks (slower than speech: the words left come at its end)."""
 USAGE_EVERY_S = 5.0
 """How often ``session.usage.updated`` reports the billed seconds."""
 EXPIRES_IN_S = 3600
@@ -76,6 +76,7 @@ class LiveSession:
 
     standin: RealtimeStandIn
     ws: web.WebSocketResponse
+    transport: asyncio.BaseTransport | None = None
     session: dict[str, Any] = field(default_factory=dict)
     received: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     """Every client event but ``session.input_audio.append``, with its arrival time."""
@@ -112,6 +113,16 @@ class LiveSession:
             assert not problems, f"the stand-in would send an invalid {event['type']}: {problems}"
         if not self.ws.closed:
             await self.ws.send_str(json.dumps(event))
+
+    async def send_raw(self, text: str) -> None:
+        """Send a frame as it is (an event the protocol does not have, or not JSON at all)."""
+        await self.ws.send_str(text)
+
+    def drop(self) -> None:
+        """Lose the connection as a network failure does: no close frame (the relay sees 1006)."""
+        self._note("connection dropped")
+        if self.transport is not None:
+            self.transport.abort()
 
     async def error(self, code: str, message: str, client_event_id: str | None = None) -> None:
         body = {"type": "invalid_request_error", "code": code, "message": message, "client_event_id": client_event_id}
@@ -303,7 +314,8 @@ class LiveSession:
         for index, (name, arguments) in enumerate(turn.function_calls):
             call_id = _id("call")
             args = arguments if isinstance(arguments, str) else json.dumps(arguments)
-            item = {"id": _id("fc"), "type": "function_call", "status": "completed", "call_id": call_id, "name": name,
+            status = "incomplete" if name in self.standin.live_cut_short else "completed"
+            item = {"id": _id("fc"), "type": "function_call", "status": status, "call_id": call_id, "name": name,
                     "arguments": args}
             self._pending_calls.add(call_id)
             self._note(f"delegates {name}({args[:60]})")

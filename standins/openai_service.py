@@ -604,6 +604,8 @@ class RealtimeStandIn:
         """GPT-Live sessions (``/v1/live/sessions``), in order."""
         self.live_delta_ms = 100
         """Milliseconds of audio per GPT-Live ``session.output_audio.delta`` (its stream's pace)."""
+        self.live_cut_short: set[str] = set()
+        """Function names GPT-Live's backend calls with ``status: incomplete`` (cut short; still awaited)."""
         self._turns: dict[int, int] = {}
         self._attribution: dict[str, deque[tuple[str, int]]] = {}
         self.input_audio: dict[int, bytearray] = {}
@@ -618,7 +620,7 @@ class RealtimeStandIn:
             raise web.HTTPServiceUnavailable(text="the service is down")
         ws = web.WebSocketResponse(max_msg_size=16 * 2**20)
         await ws.prepare(request)
-        session = LiveSession(self, ws)
+        session = LiveSession(self, ws, request.transport)
         self.live_sessions.append(session)
         if self.on_session is not None:
             self.on_session()

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import RawLeg, make_config, start_relay, start_standin, until
 
+from model import live_wire
 from model.realtime_wire import MalformedEvent, parse_server_event
 from phones import plivo, telnyx, twilio
 from phones.leg import MalformedFrame
@@ -80,6 +81,18 @@ REALTIME = [
         {"type": "function_call", "call_id": "c", "name": "end_call", "arguments": "{}"}]}},
     {"type": "error", "error": {"type": "invalid_request_error", "code": "x", "message": "m", "event_id": "e"}},
 ]
+LIVE = [
+    {"type": "session.output_audio.delta", "delta": PAYLOAD},
+    {"type": "session.output_transcript.delta", "delta": "He", "start_ms": 1, "end_ms": 2},
+    {"type": "session.input_transcript.delta", "delta": "hi", "start_ms": 1, "end_ms": 2},
+    {"type": "session.started", "session": {"id": "live_1", "expires_at": 5}},
+    {"type": "session.closed", "reason": "expired", "usage": {"seconds": 1.5}},
+    {"type": "session.usage.updated", "usage": {"seconds": 1.5}},
+    {"type": "response.event", "delegation_id": "d", "event": {"type": "response.output_item.done", "item": {
+        "type": "function_call", "status": "completed", "call_id": "c", "name": "end_call", "arguments": "{}"}}},
+    {"type": "response.event", "delegation_id": "d", "event": {"type": "response.completed"}},
+    {"type": "error", "error": {"type": "invalid_request_error", "code": "x", "message": "m"}, "client_event_id": "e"},
+]
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -111,6 +124,7 @@ PARSERS: dict[str, tuple[Callable[[bytes], Any], type[Exception], list[dict[str,
     "plivo": (plivo.parse_message, MalformedFrame, PLIVO),
     "telnyx": (telnyx.parse_message, MalformedFrame, TELNYX),
     "realtime": (parse_server_event, MalformedEvent, REALTIME),
+    "live": (live_wire.parse_server_event, live_wire.MalformedEvent, LIVE),
 }
 CASES = [(peer, template, path) for peer, (_, _, templates) in PARSERS.items() for template in templates
          for path in _paths(template)]
