@@ -10,12 +10,16 @@ import contextlib
 import json
 import logging
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from support import RawLeg, make_config, speech, start_relay, start_standin, until
+from support import ROOT, RawLeg, make_config, process_env, speech, start_relay, start_standin, until
 
+import audio
 import simulate
 from bridge.events import CallEvent, CallEventKind
 from config import Config, ConfigError, VoiceApi
@@ -80,18 +84,36 @@ async def _heard(leg: RawLeg, nbytes: int) -> bytes:
 # --- The main calls, over both voice APIs -------------------------------------------------------
 
 
-@pytest.mark.parametrize("api", list(VoiceApi))
-@pytest.mark.parametrize("phone", ["twilio", "plivo"])
-async def test_the_default_call_over_both_voice_apis(api: VoiceApi, phone: str) -> None:
+def test_the_simulator_command_over_gpt_live(tmp_path: Path) -> None:
+    """`python simulate.py --voice-api live` holds the default call over GPT-Live and says how the barge-in went;
+    the relay's log at DEBUG has a few lines a second, never a payload, and the billed seconds at the end."""
+    out = tmp_path / "call.wav"
+    proc = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--voice-api", "live", "--out", str(out),
+                           "--verbose"], cwd=tmp_path, env=process_env(LOG_LEVEL="DEBUG", COLUMNS="120"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "(GPT-Live; no account, no network)" in lines[0] + lines[1]
+    assert "call completed as scripted" in lines and "barge-ins: 1, marks echoed: " in proc.stdout
+    assert any(line.startswith("  barge-in: GPT-Live yielded after saying") for line in lines)
+    assert any("live     delegates gpt_web_search" in line for line in lines)
+    assert any("caller   hears waiting music" in line for line in lines)
+    assert any("session.closed close_requested" in line for line in lines)
+    ended = [line for line in proc.stderr.splitlines() if "call ended" in line]
+    assert len(ended) == 1 and " billed_s=" in ended[0]
+    assert len(proc.stderr.splitlines()) <= 20 * 45
+    assert audio.load_wav(out).duration_ms > 15000
+
+
+@pytest.mark.parametrize("phone", ["plivo", "telnyx"])
+async def test_the_default_call_over_gpt_live(phone: str) -> None:
     """The default scenario (greeting, a barge-in, a web search with waiting music, the goodbye and the hang-up)
-    holds over either voice API and either network: every event the relay sent was valid, each tool call was
-    answered once, the goodbye was heard in full before the line closed."""
-    result = await simulate.simulate_call(default_scenario(), seed=11, phone=phone, voice_api=api)
+    holds over GPT-Live on either network, as it does over Realtime (``test_simulator.py``: the same call through
+    the command line): every event the relay sent was valid, each tool call was answered once, the goodbye was
+    heard in full before the line closed."""
+    result = await simulate.simulate_call(default_scenario(), seed=11, phone=phone, voice_api=VoiceApi.LIVE)
     assert result.ok, result.problems
     assert result.standin is not None
-    if api is VoiceApi.REALTIME:
-        assert not result.standin.live_sessions and len(result.standin.sessions) == 1
-        return
     [session] = result.standin.live_sessions
     assert not result.standin.sessions
     names = [json.loads(o["output"]).get("ok") for o in session.function_outputs]
