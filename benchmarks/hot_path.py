@@ -8,6 +8,10 @@ Inbound is one Twilio ``media`` frame (20 ms, 160 µ-law bytes) parsed by the Tw
 ``Playback`` and turned into a Twilio ``media`` + ``mark``.
 The baseline does the same with each event validated by the ``openai`` package's pydantic models,
 which the relay deliberately does not do per frame. Socket I/O is not included.
+
+GPT-Live's rows do the same with its events (``session.input_audio.append``; a
+``session.output_audio.delta`` of 100 ms checked for silence, then sent); its silent deltas (10 a
+second whenever the voice is quiet, none of them forwarded) are the last row.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.playback import Playback, b64_decoded_len
-from model import realtime_wire
+from model import live_wire, realtime_wire
 from phones import twilio as phone_twilio
 from phones.leg import PhoneAudio
 from standins import validation
@@ -64,6 +68,30 @@ def outbound_validated() -> tuple[str, str]:
     return outbound()
 
 
+LIVE_DELTA = json.dumps({"type": "session.output_audio.delta", "delta": base64.b64encode(os.urandom(800)).decode()})
+LIVE_SILENCE = json.dumps({"type": "session.output_audio.delta", "delta": base64.b64encode(b"\xff" * 800).decode()})
+
+
+def live_inbound() -> bytes:
+    event = phone_twilio.parse_message(FRAME)
+    assert type(event) is PhoneAudio
+    return live_wire.input_audio_append(event.payload)
+
+
+def live_outbound(raw: str = LIVE_DELTA) -> tuple[str, str] | None:
+    event = live_wire.parse_server_event(raw)
+    assert type(event) is live_wire.OutputAudio
+    if live_wire.is_silence(event.payload):
+        return None
+    name = PLAYBACK.on_audio_sent("live_turn_1", b64_decoded_len(event.payload), time.monotonic())
+    return phone_twilio.media_message("MZ1", event.payload), phone_twilio.mark_message("MZ1", name)
+
+
+def live_outbound_validated() -> tuple[str, str] | None:
+    assert not validation.live_server_event_problems(json.loads(LIVE_DELTA))
+    return live_outbound()
+
+
 def per_call_us(fn: Callable[[], object], n: int = 20000) -> float:
     fn()
     best = float("inf")
@@ -82,6 +110,10 @@ def main() -> None:
         ("inbound frame (validated)", per_call_us(inbound_validated, 5000), 50),
         ("outbound delta (relay)", per_call_us(outbound), 10),
         ("outbound delta (validated)", per_call_us(outbound_validated, 5000), 10),
+        ("GPT-Live inbound frame", per_call_us(live_inbound), 50),
+        ("GPT-Live outbound delta", per_call_us(live_outbound), 10),
+        ("GPT-Live delta (validated)", per_call_us(live_outbound_validated, 5000), 10),
+        ("GPT-Live silent delta", per_call_us(lambda: live_outbound(LIVE_SILENCE)), 10),
     ]
     print(f"{'path':<30}{'µs each':>10}{'per s of call':>15}{'calls per core':>16}")
     for name, us, rate in rows:
