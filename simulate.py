@@ -84,6 +84,9 @@ class CallResult:
     caller: PhoneCaller
     standin: RealtimeStandIn | None
     problems: list[str]
+    barge_ins: int = 0
+    """Barge-ins the caller went through: clears of assistant audio (Realtime), or the model yielding
+    (GPT-Live: its stand-in's count, or the scripted turns heard cut short on a relay dialled by URL)."""
 
     @property
     def ok(self) -> bool:
@@ -155,7 +158,16 @@ def relay_music_from_env() -> frozenset[str]:
         return frozenset()
 
 
-def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: Scenario) -> list[str]:
+def cut_short_turns(caller: PhoneCaller, scenario: Scenario) -> int:
+    """Scripted assistant turns the caller heard only part of (``turn-N`` items of a relay dialled by URL):
+    over GPT-Live, which yields by itself and sends no clear, these are the barge-ins."""
+    heard = caller.playback.heard_bytes_by_item(caller.ended_at or time.monotonic())
+    return sum(1 for n, turn in enumerate(scenario.assistant, 1)
+               if turn.ulaw and 0 < heard.get(f"turn-{n}", 0) < len(turn.ulaw) - 1600)
+
+
+def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: Scenario,
+               voice_api: VoiceApi = VoiceApi.REALTIME) -> list[str]:
     """Everything that makes a simulated call not go as scripted."""
     problems = []
     if caller.hung_up_by is None:
@@ -164,11 +176,15 @@ def check_call(caller: PhoneCaller, standin: RealtimeStandIn | None, scenario: S
         problems.append(
             f"{len(caller.late_frames)} media message(s) of an interrupted item reached the caller after its clear"
         )
-    live = standin is not None and bool(standin.live_sessions)
-    if live and scenario.expect_barge_ins is not None:  # GPT-Live yields by itself: no clear reaches the phone
-        yields = sum(len(session.yields) for session in standin.live_sessions)  # type: ignore[union-attr]
+    if voice_api is VoiceApi.LIVE and scenario.expect_barge_ins is not None:  # no clear reaches the phone
+        if standin is not None:
+            yields = sum(len(session.yields) for session in standin.live_sessions)
+            seen = f"GPT-Live yielded {yields} time(s)"
+        else:
+            yields = cut_short_turns(caller, scenario)
+            seen = f"the caller heard {yields} assistant turn(s) cut short"
         if yields != scenario.expect_barge_ins:
-            problems.append(f"expected {scenario.expect_barge_ins} barge-in(s), GPT-Live yielded {yields} time(s)")
+            problems.append(f"expected {scenario.expect_barge_ins} barge-in(s), {seen}")
     elif scenario.expect_barge_ins is not None and len(caller.barge_ins) != scenario.expect_barge_ins:
         problems.append(
             f"expected {scenario.expect_barge_ins} barge-in(s), the caller's phone got {len(caller.barge_ins)} "
@@ -225,6 +241,7 @@ async def simulate_call(
     after_call: Callable[[CallResult, str], Awaitable[None]] | None = None,
     timeline: Timeline | None = None,
     before_call: Callable[[PhoneCaller, str], None] | None = None,
+    voice_api: VoiceApi = VoiceApi.REALTIME,
     **relay_overrides: Any,
 ) -> CallResult:
     """Run one scripted call on loopback (or against ``relay_url``) and check it.
@@ -263,7 +280,7 @@ async def simulate_call(
                 "primary_numbers": (scenario.caller_number,),
                 "primary_first_name": scenario.caller_name,
             }
-            config = relay_config(realtime_url, **{**values, **relay_overrides})
+            config = relay_config(realtime_url, **{**values, "voice_api": voice_api, **relay_overrides})
             relay_url = await stack.enter_async_context(relay.serving(config, port=port))
             music_payloads = frozenset(music.load_wait_music(config))
             resolve = standin.resolve
@@ -285,8 +302,13 @@ async def simulate_call(
             if standin is not None:
                 problems += undetected_turns(caller, standin)
         if not problems:
-            problems = check_call(caller, standin, scenario)
-        result = CallResult(timeline, caller, standin, problems)
+            problems = check_call(caller, standin, scenario, voice_api)
+        if voice_api is VoiceApi.LIVE:
+            barge_ins = (sum(len(s.yields) for s in standin.live_sessions) if standin is not None
+                         else cut_short_turns(caller, scenario))
+        else:
+            barge_ins = len(caller.barge_ins)
+        result = CallResult(timeline, caller, standin, problems, barge_ins)
         if after_call is not None:
             await after_call(result, relay_url)
     return result
@@ -486,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     _scenario_arg(parser)
     parser.add_argument("--phone", choices=sorted(NETWORKS), default="twilio", help="the network to call through")
     parser.add_argument("--voice-api", choices=[api.value for api in VoiceApi], default=VoiceApi.REALTIME.value,
-                        help="the OpenAI voice API the relay started here uses (a --relay-url relay uses its own "
-                        "VOICE_API)")
+                        help="the OpenAI voice API the relay started here uses; with --relay-url, the one that relay "
+                        "was started with (its VOICE_API), so the call is checked as it should go")
     parser.add_argument("--relay-url", help="dial a relay that is already running (started with python relay.py, "
                         "its OpenAI endpoints the stand-ins of python simulate.py standins) instead of starting one")
     parser.add_argument(
@@ -532,10 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     placed: list[PhoneCaller] = []
     if not args.console:
         try:
-            api = {} if args.relay_url else {"voice_api": VoiceApi(args.voice_api)}
             result = asyncio.run(simulate_call(scenario, args.relay_url, token if args.relay_url else None,
                                                seed=args.seed, phone=args.phone, timeline=timeline,
-                                               before_call=lambda caller, _url: placed.append(caller), **api))
+                                               before_call=lambda caller, _url: placed.append(caller),
+                                               voice_api=VoiceApi(args.voice_api)))
         except KeyboardInterrupt:
             return _interrupted(placed, timeline, args.out)
         if args.relay_url and result.caller.connected_at is None:  # it never reached a stream: say what to do
@@ -636,7 +658,7 @@ def _report(result: CallResult, out: Path) -> int:
     else:
         written = True
     live = result.live_barge_ins()
-    print(f"barge-ins: {len(live) if live else len(caller.barge_ins)}, marks echoed: {caller.marks_echoed}")
+    print(f"barge-ins: {result.barge_ins}, marks echoed: {caller.marks_echoed}")
     for item, said, heard_ms, lag in live:
         print(textwrap.fill(f"  barge-in: GPT-Live yielded after saying {said:.0f} ms of item {item[-6:]}; the caller "
                             f"heard {heard_ms:.0f} ms of it, the last {lag:+.0f} ms after the model's speech ended",
