@@ -180,6 +180,7 @@ class LiveSession:
         now = turns.asked_at = time.monotonic()
         if instruction is None and turns.continued_at is not None and now - turns.continued_at < ASKED_WINDOW_S:
             return
+        turns.end_assistant_turn()  # a closing line asked for mid-turn is the next turn, not more of this one
         await self._send(wire.context_append("commentary", instruction or SPEAK_NOW))
 
     async def answer_tools(self, outputs: Sequence[ToolOutput]) -> None:

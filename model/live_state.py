@@ -117,6 +117,15 @@ class LiveTurns:
             self._events.extend((AssistantAudioDone(assistant.id), AssistantTranscriptDone(assistant.id, text),
                                  ResponseDone(assistant.id, "completed", (), spoke=True)))
 
+    def end_assistant_turn(self) -> None:
+        """End the assistant's turn now (the call asked for something new: what it says next is the answer)."""
+        assistant = self._assistant
+        if assistant is not None:
+            assistant.last_at = float("-inf")
+            caller, self._caller = self._caller, None
+            self.close_quiet(0.0)
+            self._caller = caller
+
     @property
     def speaking(self) -> bool:
         """An assistant turn is open."""

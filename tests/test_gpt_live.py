@@ -378,6 +378,22 @@ def test_turns_close_after_their_quiet_gap() -> None:
     assert turns.assistant_speech(20.0) != turn and events[-1] == ResponseStarted("live_turn_3", False)
 
 
+def test_a_request_mid_turn_makes_the_next_speech_its_answer() -> None:
+    """A closing line asked for while the voice speaks (a restart's drain): the turn under way ends, the next
+    speech is a new turn that answers the request, and the caller's turn is left as it was."""
+    events: Any = __import__("collections").deque()
+    turns = LiveTurns(events)
+    first = turns.assistant_speech(0.0)
+    turns.transcript(True, " wait", 0.1)
+    turns.asked_at = 0.2
+    turns.end_assistant_turn()
+    assert events[-1] == ResponseDone(first, "completed", (), True) and not turns.speaking
+    second = turns.assistant_speech(0.3)
+    assert events[-1] == ResponseStarted(second, True)
+    turns.close_quiet(1.0)
+    assert CallerSpeechStopped() not in events  # the caller's turn is still open (1.5 s gap)
+
+
 def test_the_ledger_hands_calls_over_once_and_keeps_the_budget() -> None:
     events: Any = __import__("collections").deque()
     ledger = ToolLedger(events)
