@@ -69,6 +69,17 @@ class VoiceApi(enum.StrEnum):
     """GPT-Live: ``wss://api.openai.com/v1/live/sessions``."""
 
 
+class PrewarmMode(enum.StrEnum):
+    """What the voice webhook does for the call it admits (``PREWARM``; ``bridge.prewarm``)."""
+
+    GREETING = "greeting"
+    """Open and configure the model session, and ask for the greeting: its audio waits for the stream."""
+    SESSION = "session"
+    """Open and configure the model session only."""
+    OFF = "off"
+    """Nothing: the session is opened when the stream starts."""
+
+
 class EventLoop(enum.StrEnum):
     """The asyncio event loop implementation (``EVENT_LOOP``)."""
 
@@ -120,6 +131,8 @@ class Config:
     event_loop: EventLoop = EventLoop.UVLOOP
     max_queued_audio_s: float = 120.0
     """The most assistant audio queued at the phone ahead of real time; the excess is dropped."""
+    prewarm: PrewarmMode = PrewarmMode.GREETING
+    """Open the model session at the voice webhook, while the caller hears the welcome (``PREWARM``)."""
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long live calls may go on before each is ended with a spoken line."""
     session_rollover_s: float = 3300.0
@@ -356,6 +369,7 @@ def _operation_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, A
         "workers": reader.integer("WORKERS", default["workers"], 1, 256),
         "event_loop": reader.choice("EVENT_LOOP", EventLoop, default["event_loop"]),
         "drain_timeout_s": reader.number("DRAIN_TIMEOUT_S", default["drain_timeout_s"], 0.0, 3600.0),
+        "prewarm": reader.choice("PREWARM", PrewarmMode, default["prewarm"]),
         "max_queued_audio_s": reader.number("MAX_QUEUED_AUDIO_S", default["max_queued_audio_s"], 5.0, 3600.0),
         "session_rollover_s": reader.number("SESSION_ROLLOVER_S", default["session_rollover_s"], 0.0, 3540.0),
         "metrics": reader.boolean("METRICS", default["metrics"]),

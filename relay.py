@@ -43,6 +43,7 @@ import redact
 import tools
 from bridge.events import Stats
 from bridge.music import load_wait_music
+from bridge.prewarm import Prewarms
 from config import Config, ConfigError, EventLoop, LogFormat, startup_warnings
 from model import factory as model_factory
 from model.websocket import RealtimeClient
@@ -66,6 +67,7 @@ from routes.state import (
     DRAINING,
     METRICS,
     OPENAI_CLIENT,
+    PREWARMS,
     REALTIME_CLIENT,
     SESSIONS,
     SIGNATURES,
@@ -143,8 +145,12 @@ async def _rest_clients(app: web.Application) -> AsyncIterator[None]:
     app[OPENAI_CLIENT] = client
     app[REALTIME_CLIENT] = RealtimeClient()
     app[SESSIONS] = model_factory.session_factory(config, app[REALTIME_CLIENT])
+    metrics = app[METRICS]
+    app[PREWARMS] = Prewarms(app[SESSIONS], config.prewarm, config.noise_reduction.value,
+                             on_outcome=lambda outcome: metrics and metrics.prewarms.labels(outcome).inc())
     app[SMS] = SmsReplies(config, twilio[0] if twilio else None, client)
     yield
+    await app[PREWARMS].close()
     await app[REALTIME_CLIENT].close()
     await app[SMS].close()
     if twilio is not None:

@@ -31,6 +31,7 @@ from bridge.conversation import Conversation
 from bridge.events import CallCounts, CallEnd, CallEventHook, CallEventKind, Ending, EndReason, HangUp, Publisher, Stats
 from bridge.goodbye import Goodbye, GoodbyeState
 from bridge.output import PhoneOutput
+from bridge.prewarm import Prewarms
 from bridge.prompts import KeyPresses, greeting_instruction
 from bridge.tool_runner import ToolRunner
 from bridge.transcript import Transcript
@@ -65,6 +66,7 @@ class Call:
         realtime_client: the process's pool of model websockets (``relay`` shares one); without one
             the call opens and closes its own.
         sessions: makes the call's model sessions; default: ``model.factory.session_factory``.
+        prewarms: sessions opened at the webhook (``bridge.prewarm``); the stream's token names its own.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Call:
         realtime_client: RealtimeClient | None = None,
         on_event: CallEventHook | None = None,
         sessions: SessionFactory | None = None,
+        prewarms: Prewarms | None = None,
     ) -> None:
         self.phone = phone
         self.config = config
@@ -88,6 +91,9 @@ class Call:
         self.call_sid = ""
         self.caller: AllowedCaller | None = None
         self.counts = CallCounts()
+        self._prewarms = prewarms
+        self._nonce = ""
+        """The stream token's nonce: it names the session pre-warmed for this call."""
         self.log = CallLog(logger)
         self._publish = Publisher(on_event, self.log)
         self._close_code: int | None = None
@@ -220,6 +226,7 @@ class Call:
                 await self.phone.close(WSCloseCode.POLICY_VIOLATION, "invalid stream token")
                 return Ending(EndReason.INVALID_TOKEN, "invalid stream token")
             number = verdict.caller_number
+            self._nonce = start.custom_parameters.get("stream_nonce", "")
         self.caller = find_caller(self.config, number)  # the allowlists again: they may have changed
         if self.caller is None:
             self.log.warning("media stream for a restricted caller refused")
@@ -266,13 +273,15 @@ class Call:
     async def _pump_model(self) -> Ending:
         """Open the session and greet the caller, then hand model events to the conversation, session
         after session; when none can be had, the caller hears the apology and the call ends."""
+        prewarmed = await self._prewarms.take(self._nonce) if self._prewarms and self._nonce else None
         try:
-            await self.upstream.start()
+            await self.upstream.start(prewarmed)
         except ModelUnavailable as exc:
             unavailable = Ending(EndReason.MODEL_UNAVAILABLE, f"{self.upstream.api} unavailable")
             return await self.upstream.lost(str(exc), unavailable)
-        name = self.caller.first_name if self.caller else None
-        await self.upstream.respond(greeting_instruction(name or "there"))
+        if prewarmed is None or not prewarmed.greeted:
+            name = self.caller.first_name if self.caller else None
+            await self.upstream.respond(greeting_instruction(name or "there"))
         try:
             return await self.upstream.serve(self.conversation.dispatch, lambda: self.goodbye.under_way)
         except ConnectionResetError:  # the caller hung up while audio was being sent: a normal end

@@ -24,6 +24,7 @@ from aiohttp import WSCloseCode
 
 from bridge.events import CallCounts, CallEventKind, Ending, EndReason, Stats
 from bridge.output import PhoneOutput
+from bridge.prewarm import Prewarmed
 from bridge.prompts import replay_intro
 from bridge.transcript import Transcript
 from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionClosed, SessionFactory
@@ -112,6 +113,9 @@ class Upstream:
         self._opened_at = 0.0
         self._last_reconnect_at: float | None = None
         self._retired: set[ModelSession] = set()
+        self._backlog: deque[ModelEvent] = deque()
+        """A pre-warmed session's events from before the stream, handled first."""
+        self._pending: asyncio.Future[ModelEvent] | None = None
         self._replayed = 0
         """Turns replayed into the latest replacement session."""
 
@@ -132,13 +136,18 @@ class Upstream:
         else:
             self.held.append(payload)
 
-    async def start(self) -> None:
-        """Open and configure the first session, then send the caller audio held meanwhile.
+    async def start(self, prewarmed: Prewarmed | None = None) -> None:
+        """Open and configure the first session (or take over ``prewarmed``, opened at the webhook, whose
+        events ``serve`` handles first), then send the caller audio held meanwhile.
 
         Raises:
             ModelUnavailable: no session within ``CONNECT_TIMEOUT_S`` and ``CONFIGURE_TIMEOUT_S``.
         """
-        self.session = await self._open(CONNECT_TIMEOUT_S, CONFIGURE_TIMEOUT_S)
+        if prewarmed is not None:
+            self.session, self.api = prewarmed.session, prewarmed.session.api
+            self._backlog, self._pending = prewarmed.events, prewarmed.pending
+        else:
+            self.session = await self._open(CONNECT_TIMEOUT_S, CONFIGURE_TIMEOUT_S)
         self._began()
         await self._flush_held()
 
@@ -183,6 +192,7 @@ class Upstream:
             ending: whether the call is on its way out anyway (a goodbye under way): a session that
                 ends then ends the call.
         """
+        await self._handle_backlog(dispatch)
         while True:
             session = self.session
             assert session is not None, "start() first"
@@ -232,8 +242,23 @@ class Upstream:
 
     async def close(self) -> None:
         """Close the current session (the call's end) and count its billed seconds."""
+        if self._pending is not None:
+            self._pending.cancel()  # a pre-warmed session's read the call never reached
         if self.session is not None:
             await self._retire(self.session)
+
+    async def _handle_backlog(self, dispatch: Callable[[ModelEvent], Awaitable[Any]]) -> None:
+        """What a pre-warmed session said before the stream opened (its greeting), then the read that was under
+        way when the call took it over."""
+        while self._backlog:
+            await dispatch(self._backlog.popleft())
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                event = await pending
+            except StopAsyncIteration:
+                return  # it ended: serve() sees it end and replaces it
+            await dispatch(event)
 
     async def _retire(self, session: ModelSession) -> None:
         """Close ``session`` and add what it bills to the call's count (once per session)."""

@@ -53,6 +53,13 @@ class Metrics:
         )
         self.realtime_errors = Counter("relay_realtime_errors", "Realtime error events, by code.", ["code"],
                                        registry=r)
+        self.prewarms = Counter(
+            "relay_prewarms", "Model sessions opened at the voice webhook, by outcome: used (a stream took it over), "
+            "expired (no stream came), missed (a stream found none: another worker took its webhook), failed.",
+            ["outcome"], registry=r,
+        )
+        for outcome in ("used", "expired", "missed", "failed"):
+            self.prewarms.labels(outcome)
         self.billed_seconds = Counter(
             "relay_model_billed_seconds", "Voice-model session seconds billed (GPT-Live usage.seconds), counted when "
             "each call ends.", registry=r,

@@ -30,6 +30,7 @@ from callers import (
     welcome_message,
 )
 from config import LOOPBACK_HOSTS, Config
+from ops.tokens import TOKEN_TTL_S
 from phones import twilio
 from phones.network import Network, Signatures
 from phones.websocket import WebSocketLeg
@@ -41,6 +42,7 @@ from routes.state import (
     DRAINING,
     METRICS,
     OPENAI_CLIENT,
+    PREWARMS,
     SESSIONS,
     SIGNATURES,
     SMS,
@@ -142,6 +144,7 @@ def _answer(request: web.Request, network: Network, raw_from: str | None, call_i
                            config.max_calls)
             return network.hang_up_answer(BUSY_MESSAGE)
         parameters = tokens.issue(caller.number, call_id)
+        request.app[PREWARMS].start(parameters["stream_nonce"], caller.first_name, TOKEN_TTL_S)
     if network.carries_call_id:
         parameters = {**parameters, "call_id": call_id}
     stream_url = stream_origin(config, request) + network.stream_path
@@ -188,7 +191,8 @@ async def media_stream(request: web.Request, network: Network) -> web.StreamResp
         return ws
     leg = WebSocketLeg(ws, dialect, request.transport)
     call = Call(leg, config, app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
-                openai_client=app[OPENAI_CLIENT], sessions=app[SESSIONS], on_event=call_observers(app))
+                openai_client=app[OPENAI_CLIENT], sessions=app[SESSIONS], on_event=call_observers(app),
+                prewarms=app[PREWARMS])
     task = asyncio.current_task()
     assert task is not None
     app[CALLS][call] = task  # type: ignore[assignment]

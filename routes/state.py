@@ -9,6 +9,7 @@ from aiohttp import web
 
 from bridge.call import Call
 from bridge.events import Stats
+from bridge.prewarm import Prewarms
 from config import Config
 from model.session import SessionFactory
 from model.websocket import RealtimeClient
@@ -39,6 +40,8 @@ OPENAI_CLIENT = web.AppKey("openai_client", openai.AsyncOpenAI | None)
 REALTIME_CLIENT = web.AppKey("realtime_client", RealtimeClient)
 """One connection pool for every call's model websocket."""
 SESSIONS = web.AppKey("sessions", SessionFactory)
+PREWARMS = web.AppKey("prewarms", Prewarms)
+"""Model sessions opened at the voice webhook, taken over by their streams (``bridge.prewarm``)."""
 """Makes every call's model sessions over ``REALTIME_CLIENT`` (``model.factory``), built once."""
 SMS = web.AppKey("sms", SmsReplies)
 STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)

@@ -16,8 +16,8 @@ FIRST_PARTY = ("relay", "routes", "bridge", "phones", "model", "ops", "config", 
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # The app: everything, and nothing imports it (but the simulator, which runs it as a user would).
     "relay": ("routes", "bridge", "phones", "model", "ops", "config", "callers", "tools", "redact", "audio"),
-    "routes": ("routes", "bridge.call", "bridge.events", "phones", "model.session", "model.websocket", "ops", "config",
-               "callers"),
+    "routes": ("routes", "bridge.call", "bridge.events", "bridge.prewarm", "phones", "model.session", "model.websocket",
+               "ops", "config", "callers"),
     # The call: its own parts, the seams' interfaces (phone leg, model session) and the deployment's choice of
     # model sessions; never a network's or a voice API's implementation.
     "bridge": ("bridge", "phones.leg", "model.session", "model.factory", "model.websocket", "ops.tokens", "config",
