@@ -446,6 +446,12 @@ def startup_warnings(config: Config) -> list[str]:
             "PRIMARY_USER_PHONE_NUMBERS and SECONDARY_USER_PHONE_NUMBERS are empty: every caller "
             "is refused (set ALLOW_ALL_CALLERS=true to let anyone in)"
         )
+    if config.workers > 1 and config.prewarm is not PrewarmMode.OFF:
+        notes.append(
+            f"WORKERS={config.workers} with PREWARM={config.prewarm}: a stream lands on any worker, so about "
+            f"{(config.workers - 1) * 100 // config.workers}% of calls miss the session their webhook pre-warmed "
+            "(they open their own; the other is closed when its token expires, 30 s later)"
+        )
     if config.allow_all_callers:
         notes.append("ALLOW_ALL_CALLERS=true: any caller reaches the assistant")
     if config.metrics and not config.console_token:

@@ -273,7 +273,8 @@ class Call:
     async def _pump_model(self) -> Ending:
         """Open the session and greet the caller, then hand model events to the conversation, session
         after session; when none can be had, the caller hears the apology and the call ends."""
-        prewarmed = await self._prewarms.take(self._nonce) if self._prewarms and self._nonce else None
+        prewarms = self._prewarms
+        prewarmed = await prewarms.take(self._nonce) if prewarms is not None and self._nonce else None
         try:
             await self.upstream.start(prewarmed)
         except ModelUnavailable as exc:
