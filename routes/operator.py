@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 from ops.console import Console, Watcher
 from ops.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from ops.tokens import feed_ticket, feed_ticket_valid, operator_allowed
-from routes.state import CAPACITY, CONFIG, CONSOLE, CONSOLE_HTML, DRAINING, METRICS, STATS
+from routes.state import CAPACITY, CONFIG, CONSOLE, CONSOLE_HTML, DRAINING, METRICS, PREWARMS, STATS
 
 CONSOLE_PAGE = Path(__file__).resolve().parent.parent / "assets" / "console.html"
 
@@ -36,6 +36,7 @@ async def health(request: web.Request) -> web.Response:
     stats = request.app[STATS]
     capacity = request.app[CAPACITY]
     status = "draining" if request.app[DRAINING].is_set() else "full" if capacity.full else "healthy"
+    prewarms = request.app.get(PREWARMS)
     body = {
         "status": status,
         "capacity": capacity.max_calls,
@@ -47,6 +48,7 @@ async def health(request: web.Request) -> web.Response:
         "errors": stats.errors,
         "upstream_lost": stats.upstream_lost,
         "session_replacements": stats.session_replacements,
+        "prewarms": {"waiting": len(prewarms), **prewarms.counts} if prewarms is not None else {},
         "openai_configured": bool(request.app[CONFIG].openai_api_key),
     }
     return web.json_response(body, status=200 if status == "healthy" else 503)

@@ -121,6 +121,21 @@ async def test_a_failed_prewarm_leaves_the_stream_to_open_its_own(stack: context
     await leg.stop()
 
 
+async def test_a_session_the_service_closes_while_waiting_is_replaced(stack: contextlib.AsyncExitStack,
+                                                                       http: aiohttp.ClientSession) -> None:
+    """The service ends the pre-warmed session before the stream opens: the stream opens a fresh one."""
+    standin, url = await start_standin(stack, [AssistantTurn(_noise(800), "Hi.")] * 2)
+    base = await start_relay(stack, make_config(url, prewarm=PrewarmMode.SESSION))
+    leg = await RawLeg.open(http, base)
+    parameters = await _webhook(http, base, leg.call_sid)
+    await until(lambda: standin.sessions and standin.sessions[0].updated_at, what="pre-warmed")
+    await standin.sessions[0].expire()
+    await asyncio.sleep(0.2)
+    await _first_media_after_start(leg, parameters)
+    assert len(standin.sessions) == 2 and not standin.sessions[1].ws.closed
+    await leg.stop()
+
+
 async def test_a_stream_with_a_token_from_elsewhere_is_a_miss(stack: contextlib.AsyncExitStack,
                                                              http: aiohttp.ClientSession) -> None:
     """A stream whose webhook another worker answered finds no session here: it opens its own, counted missed."""
@@ -131,6 +146,8 @@ async def test_a_stream_with_a_token_from_elsewhere_is_a_miss(stack: contextlib.
     await until(lambda: standin.sessions, what="a session of its own")
     async with http.get(base + "/metrics") as resp:
         assert 'relay_prewarms_total{outcome="missed"} 1.0' in await resp.text()
+    async with http.get(base + "/health") as resp:
+        assert (await resp.json())["prewarms"] == {"waiting": 0, "used": 0, "expired": 0, "missed": 1, "failed": 0}
     await leg.stop()
 
 
