@@ -35,7 +35,7 @@ from bridge.prewarm import Prewarms
 from bridge.prompts import KeyPresses, greeting_instruction
 from bridge.tool_runner import ToolRunner
 from bridge.transcript import Transcript
-from bridge.upstream import Upstream
+from bridge.upstream import Upstream, until_voice_quiet
 from bridge.watchdog import watch
 from callers import AllowedCaller, email_for, find_caller, mask_number
 from config import Config
@@ -303,7 +303,7 @@ class Call:
                     await self._goodbye_moved.wait()
         except TimeoutError:
             self.log.warning("no goodbye within %.0f s of end_call", GOODBYE_RESPONSE_TIMEOUT_S)
-        await self.upstream.until_quiet(GOODBYE_RESPONSE_TIMEOUT_S)
+        await until_voice_quiet(self.upstream, GOODBYE_RESPONSE_TIMEOUT_S, self.log)
         await self.output.wait_for_playout("goodbye")
         return Ending(EndReason.END_CALL if goodbye.by_model else EndReason.CLOSING_LINE, str(goodbye.reason))
 

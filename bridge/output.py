@@ -10,8 +10,12 @@ listener heard, and ``wait_for_playout`` tells when everything sent has played.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from audio import BYTES_PER_MS
 from bridge.events import CallCounts
@@ -19,13 +23,20 @@ from bridge.music import WaitingMusic
 from bridge.playback import Playback, b64_decoded_len
 from model.session import Truncation
 from phones.leg import PhoneLeg
-from redact import CallLog
+from redact import CallLog, describe
 
 MAX_PAYLOAD_CHARS = 16_000
 """Largest base64 audio payload sent to the phone in one message (12,000 bytes, 1.5 s): Plivo asks for
 at most 16 KB and both networks refuse messages over 64 KB, so a larger delta is split."""
 PLAYOUT_MARGIN_S = 2.0
 """Safety margin past the unplayed audio's own length for its last mark to come back."""
+APOLOGY_FILE = Path(__file__).resolve().parent.parent / "assets" / "apology.ulaw"
+"""What a caller hears when the assistant cannot be reached: raw 8 kHz µ-law, made by
+``assets/make_assets.sh``."""
+APOLOGY_CHUNK_BYTES = 1600
+"""The apology is sent in 200 ms media messages, each followed by a mark."""
+
+logger = logging.getLogger(__name__)
 
 
 class PhoneOutput:
@@ -81,6 +92,15 @@ class PhoneOutput:
         await self.music.stop()
         for payload in payloads:
             await self._send(name, payload)
+
+    async def play_apology(self) -> None:
+        """Play the bundled apology after whatever is still queued, and return once the phone has played it
+        (its last mark) or its length plus a margin has passed; at once when the caller is gone."""
+        try:
+            await self.play_clip("apology", apology_payloads())
+        except (ConnectionError, RuntimeError):
+            return
+        await self.wait_for_playout("apology")
 
     def on_mark(self, name: str, now: float) -> None:
         """A mark echo from the phone (``PhoneMarkPlayed``) at monotonic ``now``."""
@@ -145,3 +165,16 @@ class PhoneOutput:
 
     async def _clear_phone(self) -> None:
         await self._leg.clear()
+
+
+@functools.cache
+def apology_payloads() -> tuple[str, ...]:
+    """The apology clip as base64 µ-law media payloads of ``APOLOGY_CHUNK_BYTES`` (read once); empty, with
+    one error logged, when the file cannot be read."""
+    try:
+        clip = APOLOGY_FILE.read_bytes()
+    except OSError as exc:
+        logger.error("apology clip unreadable (%s); callers hear silence instead", describe(exc))
+        return ()
+    step = APOLOGY_CHUNK_BYTES
+    return tuple(base64.b64encode(clip[i : i + step]).decode() for i in range(0, len(clip), step))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from bridge.prompts import greeting_instruction
 from config import PrewarmMode
-from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionFactory
+from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionEnd, SessionFactory
 from redact import CallLog
 
 logger = logging.getLogger("bridge")
@@ -49,6 +49,57 @@ class Prewarmed:
     """The read under way when the stream took it over (its result is the next event)."""
     greeted: bool
     """The greeting has been asked for."""
+
+
+class PrewarmedSession:
+    """A pre-warmed session as the call sees it (``model.session.ModelSession``): what it said before the
+    stream opened comes first, then the read that was under way, then the session itself. Everything else is
+    the session's own (caller audio goes straight to it: no cost on the hot path)."""
+
+    def __init__(self, prewarmed: Prewarmed) -> None:
+        session = self._session = prewarmed.session
+        self._events = prewarmed.events
+        self._pending = prewarmed.pending
+        self.api, self.truncates = session.api, session.truncates
+        self.send_audio = session.send_audio
+        self.add_note, self.respond, self.answer_tools = session.add_note, session.respond, session.answer_tools
+        self.interrupted, self.set_noise_reduction = session.interrupted, session.set_noise_reduction
+        self.replay, self.overdue = session.replay, session.overdue
+
+    async def open(self, connect_timeout_s: float, configure_timeout_s: float) -> None:
+        """Nothing: it is open."""
+
+    def __aiter__(self) -> PrewarmedSession:
+        return self
+
+    async def __anext__(self) -> ModelEvent:
+        if self._events:
+            return self._events.popleft()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            return await pending  # StopAsyncIteration when it ended meanwhile
+        return await anext(self._session)
+
+    @property
+    def noise_reduction(self) -> str:
+        return self._session.noise_reduction
+
+    @property
+    def busy(self) -> bool:
+        return self._session.busy
+
+    @property
+    def end(self) -> SessionEnd:
+        return self._session.end
+
+    @property
+    def billed_seconds(self) -> float | None:
+        return self._session.billed_seconds
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()  # a read the call never reached
+        await self._session.close()
 
 
 @dataclass(slots=True)

@@ -10,25 +10,22 @@ session can be had, it plays the caller the apology. No other task swaps the ses
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, NoReturn
 
 from aiohttp import WSCloseCode
 
 from bridge.events import CallCounts, CallEventKind, Ending, EndReason, Stats
 from bridge.output import PhoneOutput
-from bridge.prewarm import Prewarmed
+from bridge.prewarm import Prewarmed, PrewarmedSession
 from bridge.prompts import replay_intro
 from bridge.transcript import Transcript
 from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionClosed, SessionFactory
-from redact import CallLog, describe
+from redact import CallLog
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +46,6 @@ not speaking, no tool running, nothing left to play."""
 ROLLOVER_RETRY_S = 30.0
 """After a planned rollover could not open a new session, how long until the next try (the old session
 goes on meanwhile)."""
-APOLOGY_FILE = Path(__file__).resolve().parent.parent / "assets" / "apology.ulaw"
-"""What a caller hears when the assistant cannot be reached: raw 8 kHz µ-law, made by
-``assets/make_assets.sh``."""
-APOLOGY_CHUNK_BYTES = 1600
-"""The apology is sent in 200 ms media messages, each followed by a mark."""
 
 
 class Upstream:
@@ -113,9 +105,6 @@ class Upstream:
         self._opened_at = 0.0
         self._last_reconnect_at: float | None = None
         self._retired: set[ModelSession] = set()
-        self._backlog: deque[ModelEvent] = deque()
-        """A pre-warmed session's events from before the stream, handled first."""
-        self._pending: asyncio.Future[ModelEvent] | None = None
         self._replayed = 0
         """Turns replayed into the latest replacement session."""
 
@@ -137,15 +126,15 @@ class Upstream:
             self.held.append(payload)
 
     async def start(self, prewarmed: Prewarmed | None = None) -> None:
-        """Open and configure the first session (or take over ``prewarmed``, opened at the webhook, whose
-        events ``serve`` handles first), then send the caller audio held meanwhile.
+        """Open and configure the first session (or take over ``prewarmed``, opened at the webhook: its events
+        from before the stream come first), then send the caller audio held meanwhile.
 
         Raises:
             ModelUnavailable: no session within ``CONNECT_TIMEOUT_S`` and ``CONFIGURE_TIMEOUT_S``.
         """
         if prewarmed is not None:
-            self.session, self.api = prewarmed.session, prewarmed.session.api
-            self._backlog, self._pending = prewarmed.events, prewarmed.pending
+            self.session = PrewarmedSession(prewarmed)
+            self.api = self.session.api
         else:
             self.session = await self._open(CONNECT_TIMEOUT_S, CONFIGURE_TIMEOUT_S)
         self._began()
@@ -160,19 +149,6 @@ class Upstream:
         """Ask the model to speak (``ModelSession.respond``); nothing before the first session."""
         if self.session is not None:
             await self.session.respond(instruction)
-
-    async def until_quiet(self, timeout_s: float) -> None:
-        """Return once the session has no turn under way (GPT-Live's voice may still be finishing a goodbye
-        it began with the tool call), or after ``timeout_s``. Polled: it runs once per call, at its end."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    session = self.session
-                    if session is None or not session.busy:
-                        return
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            self._log.warning("the model was still speaking %.0f s after its goodbye; hanging up", timeout_s)
 
     async def live(self) -> None:
         """Return once a configured session is open (at once, unless one is being replaced)."""
@@ -192,7 +168,6 @@ class Upstream:
             ending: whether the call is on its way out anyway (a goodbye under way): a session that
                 ends then ends the call.
         """
-        await self._handle_backlog(dispatch)
         while True:
             session = self.session
             assert session is not None, "start() first"
@@ -209,7 +184,7 @@ class Upstream:
         """No session: log ``message``, play the apology, and return ``ending`` as a failure closing 1011."""
         self._stats.upstream_lost += 1
         self._log.error("%s; the caller hears the apology", message)
-        await self._apologise()
+        await self._output.play_apology()
         return replace(ending, failed=True, close_code=WSCloseCode.INTERNAL_ERROR)
 
     async def rollover_when_due(self) -> NoReturn:
@@ -242,23 +217,8 @@ class Upstream:
 
     async def close(self) -> None:
         """Close the current session (the call's end) and count its billed seconds."""
-        if self._pending is not None:
-            self._pending.cancel()  # a pre-warmed session's read the call never reached
         if self.session is not None:
             await self._retire(self.session)
-
-    async def _handle_backlog(self, dispatch: Callable[[ModelEvent], Awaitable[Any]]) -> None:
-        """What a pre-warmed session said before the stream opened (its greeting), then the read that was under
-        way when the call took it over."""
-        while self._backlog:
-            await dispatch(self._backlog.popleft())
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            try:
-                event = await pending
-            except StopAsyncIteration:
-                return  # it ended: serve() sees it end and replaces it
-            await dispatch(event)
 
     async def _retire(self, session: ModelSession) -> None:
         """Close ``session`` and add what it bills to the call's count (once per session)."""
@@ -385,24 +345,16 @@ class Upstream:
                 return
             await asyncio.sleep(0.1)
 
-    async def _apologise(self) -> None:
-        """Play the bundled apology after whatever is still queued, and return once the phone has played
-        it (its last mark) or its length plus a margin has passed."""
-        try:
-            await self._output.play_clip("apology", apology_payloads())
-        except (ConnectionError, RuntimeError):  # the caller is gone already
-            return
-        await self._output.wait_for_playout("apology")
 
-
-@functools.cache
-def apology_payloads() -> tuple[str, ...]:
-    """The apology clip as base64 µ-law media payloads of ``APOLOGY_CHUNK_BYTES`` (read once); empty, with
-    one error logged, when the file cannot be read."""
+async def until_voice_quiet(upstream: Upstream, timeout_s: float, log: CallLog) -> None:
+    """Return once the call's session has no turn under way (GPT-Live's voice may still be finishing a goodbye
+    it began with the tool call), or after ``timeout_s``. Polled: it runs once per call, at its end."""
     try:
-        clip = APOLOGY_FILE.read_bytes()
-    except OSError as exc:
-        logger.error("apology clip unreadable (%s); callers hear silence instead", describe(exc))
-        return ()
-    step = APOLOGY_CHUNK_BYTES
-    return tuple(base64.b64encode(clip[i : i + step]).decode() for i in range(0, len(clip), step))
+        async with asyncio.timeout(timeout_s):
+            while True:
+                session = upstream.session
+                if session is None or not session.busy:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        log.warning("the model was still speaking %.0f s after its goodbye; hanging up", timeout_s)

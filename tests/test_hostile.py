@@ -13,7 +13,7 @@ import pytest
 from support import RawLeg, health, make_config, start_relay, start_standin, until
 from test_bridge_memory import MemoryLeg
 
-from bridge import call, output, upstream, watchdog
+from bridge import call, output, watchdog
 from bridge.call import Call
 from bridge.events import Stats
 from model import realtime
@@ -37,7 +37,7 @@ async def test_a_stalled_realtime_socket_ends_the_call_as_a_failure(stack: conte
     await leg.start()
     started = time.monotonic()
     heard, code = await leg.until_closed(timeout=10)
-    assert code == 1011 and heard.endswith(upstream.APOLOGY_FILE.read_bytes()) and len(standin.sessions) == 2
+    assert code == 1011 and heard.endswith(output.APOLOGY_FILE.read_bytes()) and len(standin.sessions) == 2
     assert time.monotonic() - started < 5
     assert (await health(http, base))[1]["errors"] == 1
 

@@ -16,7 +16,7 @@ from support import RawLeg, health, make_config, start_relay, start_standin, unt
 
 import audio
 import simulate
-from bridge import prompts, upstream
+from bridge import output, prompts, upstream
 from bridge.prompts import replay_intro
 from config import VadType
 from standins.openai_service import AssistantTurn, RealtimeSession, RealtimeStandIn, WebSearchScript
@@ -24,7 +24,7 @@ from standins.openai_service import AssistantTurn, RealtimeSession, RealtimeStan
 GREETING = bytes(range(0x10, 0x60)) * 20  # 200 ms, no byte of silence
 ANSWER = bytes(range(0x20, 0x70)) * 40
 LATER = bytes(range(0x30, 0x78)) * 30
-APOLOGY = upstream.APOLOGY_FILE.read_bytes()
+APOLOGY = output.APOLOGY_FILE.read_bytes()
 
 
 def _script(*turns: AssistantTurn) -> Callable[[RealtimeSession], AssistantTurn]:
