@@ -1,7 +1,7 @@
 """Time to first word, and the relay's share of every later turn, through ``python relay.py``.
 
 Run: python benchmarks/first_word.py [--calls 20] [--open-ms 250] [--updated-ms 150] [--first-audio-ms 450]
-         [--say-s 3] [--concurrent 1,100] [--workers 1]
+         [--say-s 3] [--concurrent 1,100] [--workers 1] [--voice-api realtime|live]
 
 A Realtime stand-in (its own process) charges what the real service costs (the defaults: a websocket and
 TLS open of 250 ms, ``session.updated`` 150 ms after ``session.update``, the first audio delta 450 ms after
@@ -102,9 +102,57 @@ class CostlyRealtime:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
+class CostlyLive(CostlyRealtime):
+    """Answers like GPT-Live, charging the same latencies: ``session.started`` after ``session.start``, the first
+    speech after the greeting's ``session.commentary.append``; the output a continuous 100 ms stream, silence
+    until then."""
+
+    async def live(self, request: web.Request) -> web.WebSocketResponse:
+        await asyncio.sleep(self.open_s)
+        ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        speaking: list[float] = []  # when the speech starts
+        tasks: list[asyncio.Task[None]] = []
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT or '"session.input_audio.append"' in msg.data[:40]:
+                continue
+            event = orjson.loads(msg.data)
+            kind = event.get("type")
+            if kind == "session.start":
+                started = {"type": "session.started", "event_id": "sev_1", "session": {
+                    "id": f"live_{id(ws):x}", "expires_at": int(time.time()) + 3600,
+                    "model": event["session"]["model"], "status": "active"}}
+                tasks.append(asyncio.create_task(self._later(ws, self.updated_s, started)))
+                tasks.append(asyncio.create_task(self._stream_live(ws, speaking)))
+            elif kind == "session.commentary.append" and not speaking:
+                speaking.append(time.monotonic() + self.first_audio_s)
+            elif kind == "session.close":
+                closed = {"type": "session.closed", "event_id": "sev_2", "reason": "close_requested", "usage": {
+                    "seconds": 1.0}, "session": {"id": f"live_{id(ws):x}", "expires_at": 0, "model": "m",
+                                                 "status": "active"}}
+                await ws.send_str(json.dumps(closed))
+                await ws.close()
+        for task in tasks:
+            task.cancel()
+        return ws
+
+    async def _stream_live(self, ws: web.WebSocketResponse, speaking: list[float]) -> None:
+        await asyncio.sleep(self.updated_s)
+        silence = base64.b64encode(b"\xff" * 800).decode()
+        next_at = time.monotonic()
+        while not ws.closed:
+            speech = bool(speaking) and time.monotonic() >= speaking[0]
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(json.dumps({"type": "session.output_audio.delta",
+                                              "delta": stamped_delta() if speech else silence}))
+            next_at += DELTA_S
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
 def run_upstream(port: int, open_s: float, updated_s: float, first_audio_s: float) -> None:
     app = web.Application()
     app.router.add_get("/v1/realtime", CostlyRealtime(open_s, updated_s, first_audio_s).realtime)
+    app.router.add_get("/v1/live/sessions", CostlyLive(open_s, updated_s, first_audio_s).live)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=new_loop())
 
 
@@ -191,7 +239,8 @@ async def measure(mode: str, calls: int, args: argparse.Namespace, listen_s: flo
                OPENAI_API_KEY="sk-first-word-benchmark", PRIMARY_USER_PHONE_NUMBERS="+14155550100",
                PRIMARY_USER_FIRST_NAME="Jordan", MAX_CALLS=str(calls + 50), LOG_LEVEL="WARNING",
                TRANSCRIPTION_MODEL="off", LOG_TRANSCRIPTS="false", ALLOW_UNSIGNED_WEBHOOKS="true", PREWARM=mode,
-               TOOLS="none", WORKERS=str(args.workers))
+               TOOLS="none", WORKERS=str(args.workers), VOICE_API=args.voice_api,
+               OPENAI_LIVE_URL=f"ws://127.0.0.1:{up_port}/v1/live/sessions")
     relay = subprocess.Popen([sys.executable, str(HERE.parent / "relay.py")], env=env,  # noqa: ASYNC220
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = Path(tempfile.gettempdir()) / f"first-word-{os.getpid()}.json"
@@ -224,8 +273,8 @@ async def measure(mode: str, calls: int, args: argparse.Namespace, listen_s: flo
 
 async def orchestrate(args: argparse.Namespace) -> None:
     costs = args.open_ms + args.updated_ms + args.first_audio_ms
-    print(f"stand-in costs: open {args.open_ms} ms, session.updated {args.updated_ms} ms, first audio "
-          f"{args.first_audio_ms} ms (sum {costs} ms); the stream starts {args.say_s:g} s after the webhook\n")
+    print(f"VOICE_API={args.voice_api}; stand-in costs: open {args.open_ms} ms, session.updated {args.updated_ms} ms, "
+          f"first audio {args.first_audio_ms} ms (sum {costs} ms); the stream starts {args.say_s:g} s after the webhook\n")
     print(f"{'PREWARM':<10}{'calls':>6}{'first word p50 ms':>19}{'p95':>8}{'max':>8}{'over 100 ms':>13}"
           f"{'relay CPU ms/call':>19}")
     for mode in ("off", "session", "greeting"):
@@ -252,6 +301,8 @@ def main() -> None:
     parser.add_argument("--first-audio-ms", type=int, default=450, help="response.create to the first audio delta")
     parser.add_argument("--say-s", type=float, default=3.0, help="the welcome: webhook to the stream's start")
     parser.add_argument("--concurrent", default="1,100", help="calls at once for the later-turn latency")
+    parser.add_argument("--voice-api", choices=["realtime", "live"], default="realtime",
+                        help="the relay's VOICE_API (the stand-in charges GPT-Live the same costs)")
     parser.add_argument("--workers", type=int, default=1, help="WORKERS of the relay: a stream may land on another "
                         "worker than its webhook, and find no pre-warmed session there")
     parser.add_argument("--role", choices=["upstream", "callers"], help=argparse.SUPPRESS)
