@@ -273,8 +273,9 @@ async def measure(mode: str, calls: int, args: argparse.Namespace, listen_s: flo
 
 async def orchestrate(args: argparse.Namespace) -> None:
     costs = args.open_ms + args.updated_ms + args.first_audio_ms
-    print(f"VOICE_API={args.voice_api}; stand-in costs: open {args.open_ms} ms, session.updated {args.updated_ms} ms, "
-          f"first audio {args.first_audio_ms} ms (sum {costs} ms); the stream starts {args.say_s:g} s after the webhook\n")
+    print(f"VOICE_API={args.voice_api}; stand-in costs: open {args.open_ms} ms, session.updated {args.updated_ms} "
+          f"ms, first audio {args.first_audio_ms} ms (sum {costs} ms); the stream starts {args.say_s:g} s after the "
+          "webhook\n")
     print(f"{'PREWARM':<10}{'calls':>6}{'first word p50 ms':>19}{'p95':>8}{'max':>8}{'over 100 ms':>13}"
           f"{'relay CPU ms/call':>19}")
     for mode in ("off", "session", "greeting"):
