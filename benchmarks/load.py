@@ -1,11 +1,12 @@
 """Capacity: CPU, memory and latency per call of ``python relay.py`` against a floor relay, under N calls.
 
 Run: python benchmarks/load.py [--calls 50,100,150,200,300] [--seconds 10]
-         [--relays relay.py,floor,floor-fast,relay.py:2,relay.py@REV] [--compress]
+         [--relays relay.py,floor,floor-fast,relay.py:2,relay.py@REV,relay.py+live] [--compress]
 
 For each relay (this project's ``relay.py``, started as a user starts it, ``relay.py:W`` with
 ``WORKERS=W``, ``relay.py@REV``, an earlier commit's relay from a git worktree, for a before and after in one
-run, and ``benchmarks/floor_relay.py``, the least a relay can do: ``floor`` on asyncio's
+run, ``relay.py+live`` with ``VOICE_API=live`` (the stand-in then speaks GPT-Live's events),
+and ``benchmarks/floor_relay.py``, the least a relay can do: ``floor`` on asyncio's
 loop and stdlib JSON, ``floor-fast`` on uvloop and orjson as ``relay.py`` is) and each N, in
 interleaved order:
 
@@ -144,6 +145,34 @@ class Upstream:
             self.streaming.remove(entry)
         return ws
 
+    async def live(self, request: web.Request) -> web.WebSocketResponse:
+        """The same as ``realtime``, over GPT-Live's events: ``session.start`` answered with ``session.started``,
+        the greeting's ``session.commentary.append`` starting the 20 ms stream of stamped speech."""
+        ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        gaps = Gaps()
+        self.gaps.append(gaps)
+        entry: tuple[web.WebSocketResponse, str, list[int]] | None = None
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = msg.data
+            if '"session.input_audio.append"' in data[:40]:
+                sent, seq = read_stamp(orjson.loads(data)["audio"])
+                self.latencies.append((sent, (time.monotonic_ns() - sent) / 1e6))
+                gaps.add(seq)
+                continue
+            kind = orjson.loads(data).get("type")
+            if kind == "session.start":
+                await ws.send_str(json.dumps({"type": "session.started", "event_id": "sev_1", "session": {
+                    "id": f"live_{id(ws):x}", "expires_at": 0, "model": "gpt-live-1.1", "status": "active"}}))
+            elif kind == "session.commentary.append" and entry is None:
+                entry = (ws, json.dumps({"type": "session.output_audio.delta", "delta": "@@"}), [0])
+                self.streaming.append(entry)
+        if entry is not None:
+            self.streaming.remove(entry)
+        return ws
+
     async def stream(self) -> None:
         """One delta per streaming session every 20 ms, on the monotonic clock."""
         next_at = time.monotonic()
@@ -169,6 +198,7 @@ def run_upstream(port: int) -> None:
     upstream = Upstream()
     app = web.Application()
     app.router.add_get("/v1/realtime", upstream.realtime)
+    app.router.add_get("/v1/live/sessions", upstream.live)
     app.router.add_get("/stats", upstream.stats)
 
     async def start_stream(app: web.Application) -> Any:
@@ -407,7 +437,9 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
                OPENAI_API_KEY="sk-load-benchmark", OPENAI_BASE_URL=f"http://127.0.0.1:{up_port}/v1",
                PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Load",
                MAX_CALLS=str(calls + 50), LOG_LEVEL="WARNING", TRANSCRIPTION_MODEL="off",
-               LOG_TRANSCRIPTS="false", ALLOW_UNSIGNED_WEBHOOKS="true", FLOOR_FAST="1" if kind == "floor-fast" else "")
+               LOG_TRANSCRIPTS="false", ALLOW_UNSIGNED_WEBHOOKS="true", FLOOR_FAST="1" if kind == "floor-fast" else "",
+               VOICE_API="live" if kind.endswith("+live") else "realtime",
+               OPENAI_LIVE_URL=f"ws://127.0.0.1:{up_port}/v1/live/sessions")
     script = relay_script(kind)
     relay = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT / "benchmarks",  # noqa: ASYNC220
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -493,6 +525,14 @@ def report(points: list[Point]) -> None:
     for kind in kinds:
         if kind == "relay.py":
             continue
+        if kind == "relay.py+live":
+            shared = [n for n in ours if any(p.relay == kind and p.calls == n and p.passed for p in points)]
+            live = {p.calls: p for p in points if p.relay == kind}
+            ratios = [live[n].cpu_pct_per_call / ours[n].cpu_pct_per_call for n in shared if ours[n].passed]
+            if ratios:
+                print(f"CPU per call, GPT-Live / Realtime: {statistics.median(ratios):.2f} (median over the N both "
+                      "passed)")
+            continue
         if kind.startswith("relay.py:"):
             if best["relay.py"]:
                 print(f"largest passing N, {kind} / relay.py: {best[kind] / best['relay.py']:.2f}")
@@ -532,8 +572,8 @@ def main() -> None:
     parser.add_argument("--calls", default="50,100,150,200,300", help="comma-separated numbers of calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
     parser.add_argument("--relays", default="relay.py,floor", help="which relays to measure: relay.py, relay.py:W "
-                        "(WORKERS=W), relay.py@REV (an earlier commit's, from a git worktree), floor, floor-fast "
-                        "(the floor on uvloop and orjson)")
+                        "(WORKERS=W), relay.py@REV (an earlier commit's, from a git worktree), relay.py+live "
+                        "(VOICE_API=live), floor, floor-fast (the floor on uvloop and orjson)")
     parser.add_argument("--compress", action="store_true", help="callers offer permessage-deflate")
     parser.add_argument("--role", choices=["upstream", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -549,7 +589,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result))  # megabytes: a file, not the pipe
     else:
         relays = [r.strip() for r in args.relays.split(",")]
-        unknown = [r for r in relays if r not in ("relay.py", "floor", "floor-fast")
+        unknown = [r for r in relays if r not in ("relay.py", "relay.py+live", "floor", "floor-fast")
                    and not re.fullmatch(r"relay\.py(:[1-9]\d?|@[\w./^~-]+)", r)]
         if unknown:
             parser.error(f"unknown relay {', '.join(unknown)}")
