@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from model import live_wire as wire
@@ -41,7 +40,7 @@ from model.session import (
     VoiceApi,
 )
 from model.websocket import RealtimeClient, RealtimeSocket
-from redact import CallLog, describe
+from redact import CallLog
 
 CLOSE_WAIT_S = 3.0
 """After ``session.close``, how long the service has to answer ``session.closed`` (it may finish work)."""
@@ -96,37 +95,24 @@ class LiveSession:
                 no quota), closed, or did not confirm within ``configure_timeout_s``.
         """
         options = self._options
-        try:
-            socket = await self._client.connect(options.url, options.api_key, connect_timeout_s)
-        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
-            raise ModelUnavailable(f"live connect failed: {describe(exc)}") from None
-        self._socket = socket
-        started = False
-        try:
-            session = wire.live_session(model=options.model, instructions=options.instructions, voice=options.voice,
-                                        backend_model=options.backend_model, tools=options.tools,
-                                        history=self._history)
-            await socket.send(orjson.dumps(wire.session_start(session)))
-            async with asyncio.timeout(configure_timeout_s):
-                while (raw := await socket.receive()) is not None:
-                    try:
-                        event = wire.parse_server_event(raw)
-                    except MalformedEvent:
-                        continue
-                    if type(event) is Started:
-                        self.expires_at = event.expires_at
-                        started = True
-                        return
-                    if type(event) is LiveError:
-                        raise ModelUnavailable(f"live refused session.start: {event.code}: {event.message}")
-        except TimeoutError:
-            raise ModelUnavailable(f"no session.started within {configure_timeout_s:.0f}s") from None
-        except SessionClosed:
-            pass
-        finally:
-            if not started:  # refused, timed out, or the call ended meanwhile (cancelled): nothing leaks
-                await socket.close()
-        raise ModelUnavailable(f"live closed the session before session.started code={socket.close_code}")
+        session = wire.live_session(model=options.model, instructions=options.instructions, voice=options.voice,
+                                    backend_model=options.backend_model, tools=options.tools, history=self._history)
+
+        async def started(raw: bytes) -> bool:
+            try:
+                event = wire.parse_server_event(raw)
+            except MalformedEvent:
+                return False
+            if type(event) is LiveError:
+                raise ModelUnavailable(f"live refused session.start: {event.code}: {event.message}")
+            if type(event) is Started:
+                self.expires_at = event.expires_at
+                return True
+            return False
+
+        self._socket = await self._client.open_configured(
+            "live", options.url, options.api_key, orjson.dumps(wire.session_start(session)), started,
+            (connect_timeout_s, configure_timeout_s))
 
     def __aiter__(self) -> LiveSession:
         return self

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from model.envelope import MalformedEvent, parse_event
 from model.session import FunctionCall
 
 AUDIO_FORMAT = {"type": "audio/pcmu", "rate": 8000}
@@ -136,15 +137,6 @@ def session_close() -> dict[str, Any]:
 
 
 # --- Server events -------------------------------------------------------------------------
-
-
-class MalformedEvent(ValueError):
-    """A server event the relay cannot use: not JSON, not an object, or a known type whose fields are
-    missing or of the wrong type. ``kind`` is the event type (or ``json``), for one warning per kind."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
 
 
 @dataclass(slots=True)
@@ -341,15 +333,4 @@ def parse_server_event(raw: str | bytes) -> ServerEvent:
         MalformedEvent: not JSON, not an object, or a known type with a field the relay needs missing or
             of the wrong type.
     """
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise MalformedEvent("json", "non-JSON frame") from None
-    if type(event) is not dict:
-        raise MalformedEvent("json", "non-object frame")
-    kind = event.get("type")
-    parser = _PARSERS.get(kind) if type(kind) is str else None
-    if parser is None:
-        return OtherEvent(str(kind))
-    result: ServerEvent = parser(event)
-    return result
+    return parse_event(raw, _PARSERS, OtherEvent)

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from model import realtime_wire as wire
@@ -36,7 +35,6 @@ from model.session import (
     ModelError,
     ModelEvent,
     ModelRefused,
-    ModelUnavailable,
     ResponseDone,
     ResponseStarted,
     SessionClosed,
@@ -46,7 +44,7 @@ from model.session import (
     VoiceApi,
 )
 from model.websocket import RealtimeClient, RealtimeSocket
-from redact import CallLog, describe
+from redact import CallLog
 
 RESPONSE_CREATED_TIMEOUT_S = 10.0
 """How long the service has to answer ``response.create`` with ``response.created``."""
@@ -122,36 +120,25 @@ class RealtimeSession:
                 ``connect_timeout_s``, closed, or did not confirm within ``configure_timeout_s``.
         """
         options = self._options
-        try:
-            socket = await self._client.connect(options.url, options.api_key, connect_timeout_s)
-        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
-            raise ModelUnavailable(f"realtime connect failed: {describe(exc)}") from None
-        self._socket = socket
-        configured = False
-        try:
-            await socket.send(orjson.dumps(wire.session_update(options.session(self._noise_reduction))))
-            async with asyncio.timeout(configure_timeout_s):
-                while (raw := await socket.receive()) is not None:
-                    try:
-                        event = parse_server_event(raw)
-                    except MalformedEvent:
-                        continue
-                    if type(event) is SessionUpdated:
-                        await self._on_session_updated(event)
-                        configured = True
-                        for item in self._replay:
-                            await self._send(item)
-                        return
-                    if type(event) is RealtimeError:
-                        self._pending.append(await self._on_error(event))
-        except TimeoutError:
-            raise ModelUnavailable(f"no session.updated within {configure_timeout_s:.0f}s") from None
-        except SessionClosed:
-            pass
-        finally:
-            if not configured:  # refused, timed out, or the call ended meanwhile (cancelled): nothing leaks
-                await socket.close()
-        raise ModelUnavailable(f"realtime closed the session before session.updated code={socket.close_code}")
+
+        async def updated(raw: bytes) -> bool:
+            try:
+                event = parse_server_event(raw)
+            except MalformedEvent:
+                return False
+            if type(event) is RealtimeError:
+                self._pending.append(await self._on_error(event))
+            if type(event) is not SessionUpdated:
+                return False
+            await self._on_session_updated(event)
+            return True
+
+        self._socket = await self._client.open_configured(
+            "realtime", options.url, options.api_key,
+            orjson.dumps(wire.session_update(options.session(self._noise_reduction))), updated,
+            (connect_timeout_s, configure_timeout_s))
+        for item in self._replay:
+            await self._send(item)
 
     def __aiter__(self) -> RealtimeSession:
         return self

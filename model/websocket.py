@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.request
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, ServerTimeoutError, WSMsgType
 
-from model.session import SessionClosed
+from model.session import ModelUnavailable, SessionClosed
+from redact import describe
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +170,49 @@ class RealtimeClient:
                 proxy=env_proxy(url),
             )
         return RealtimeSocket(ws)
+
+    async def open_configured(
+        self,
+        api: str,
+        url: str,
+        api_key: str,
+        first: bytes,
+        confirmed: Callable[[bytes], Awaitable[bool]],
+        timeouts: tuple[float, float],
+    ) -> RealtimeSocket:
+        """Open a model session's websocket, send its configuration event ``first`` before anything else and
+        read until ``confirmed`` says a frame is the confirmation (it sees every frame before it, and may raise
+        ModelUnavailable for a refusal).
+
+        Args:
+            api: the voice API's name, for the messages.
+            timeouts: seconds for the connection, then for the confirmation.
+
+        Raises:
+            ModelUnavailable: the service could not be reached or refused the handshake, closed, refused the
+                configuration, or did not confirm in time. The socket is closed then (and when cancelled).
+        """
+        connect_s, configure_s = timeouts
+        try:
+            socket = await self.connect(url, api_key, connect_s)
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            raise ModelUnavailable(f"{api} connect failed: {describe(exc)}") from None
+        done = False
+        try:
+            await socket.send(first)
+            async with asyncio.timeout(configure_s):
+                while (raw := await socket.receive()) is not None:
+                    if await confirmed(raw):
+                        done = True
+                        return socket
+        except TimeoutError:
+            raise ModelUnavailable(f"{api} did not confirm the session within {configure_s:.0f}s") from None
+        except SessionClosed:
+            pass
+        finally:
+            if not done:  # refused, timed out, or the call ended meanwhile (cancelled): nothing leaks
+                await socket.close()
+        raise ModelUnavailable(f"{api} closed the session before confirming it code={socket.close_code}")
 
     async def close(self) -> None:
         """Close the connection pool (the calls' sockets are closed by the calls)."""

@@ -613,13 +613,7 @@ class RealtimeStandIn:
 
     async def _live(self, request: web.Request) -> web.WebSocketResponse:
         """``/v1/live/sessions``: a GPT-Live session (``standins.live_service``), the script shared."""
-        self.handshake_headers.append(dict(request.headers))
-        if not request.headers.get("Authorization", "").startswith("Bearer "):
-            raise web.HTTPUnauthorized(text="missing bearer token")
-        if self.refuse:
-            raise web.HTTPServiceUnavailable(text="the service is down")
-        ws = web.WebSocketResponse(max_msg_size=16 * 2**20)
-        await ws.prepare(request)
+        ws = await self._accept(request)
         session = LiveSession(self, ws, request.transport)
         self.live_sessions.append(session)
         if self.on_session is not None:
@@ -723,7 +717,8 @@ class RealtimeStandIn:
             self.note("responses", f"answer after {script.delay_ms} ms")
         return web.json_response(response)
 
-    async def _realtime(self, request: web.Request) -> web.WebSocketResponse:
+    async def _accept(self, request: web.Request) -> web.WebSocketResponse:
+        """The websocket handshake both voice APIs share: a bearer key, refused (503) while ``refuse`` is set."""
         self.handshake_headers.append(dict(request.headers))
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             raise web.HTTPUnauthorized(text="missing bearer token")
@@ -731,6 +726,10 @@ class RealtimeStandIn:
             raise web.HTTPServiceUnavailable(text="the service is down")
         ws = web.WebSocketResponse(max_msg_size=16 * 2**20)
         await ws.prepare(request)
+        return ws
+
+    async def _realtime(self, request: web.Request) -> web.WebSocketResponse:
+        ws = await self._accept(request)
         session = RealtimeSession(self, ws, request.transport)
         session.session["model"] = request.query.get("model", "gpt-realtime-2.1")
         self.sessions.append(session)
