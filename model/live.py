@@ -44,6 +44,9 @@ from redact import CallLog
 
 CLOSE_WAIT_S = 3.0
 """After ``session.close``, how long the service has to answer ``session.closed`` (it may finish work)."""
+EXPIRY_MARGIN_S = 5.0
+"""A session that ends this close to its ``expires_at`` without saying why reached its limit: replaced like
+one closed ``expired``, not counted as a drop."""
 SPEAK_NOW = "Speak to the caller now, following the conversation so far."
 
 
@@ -204,7 +207,8 @@ class LiveSession:
         code = socket.close_code if socket is not None else None
         closed = self._closed
         reason = f"session.closed {closed.reason}" if closed else (socket.close_reason if socket else "") or "-"
-        return SessionEnd(code, reason, closed is not None and closed.reason == "expired")
+        at_limit = self.expires_at is not None and time.time() >= self.expires_at - EXPIRY_MARGIN_S
+        return SessionEnd(code, reason, (closed is not None and closed.reason == "expired") or at_limit)
 
     @property
     def billed_seconds(self) -> float | None:

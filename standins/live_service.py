@@ -44,7 +44,6 @@ TRANSCRIPT_STEP_MS = 600
 """Then one word this often while the caller speaks (slower than speech: the words left come at its end)."""
 USAGE_EVERY_S = 5.0
 """How often ``session.usage.updated`` reports the billed seconds."""
-EXPIRES_IN_S = 3600
 
 
 def _id(prefix: str) -> str:
@@ -196,11 +195,13 @@ class LiveSession:
                              "access to it.", event.get("event_id"))
             await self.ws.close()
             return
-        self.session = {**config, "id": _id("live"), "status": "active", "expires_at": int(time.time()) + EXPIRES_IN_S}
+        expires_in = self.standin.live_expires_in_s
+        self.session = {**config, "id": _id("live"), "status": "active", "expires_at": int(time.time() + expires_in)}
         self.started_at = time.monotonic()
         self._note(f"session.start -> session.started ({len(config.get('input') or [])} history items)")
         await self.send({"type": "session.started", "client_event_id": event.get("event_id"), "session": self.session})
         self._later(self._stream())
+        self._later(self._expire_in(expires_in))
 
     def _later(self, coroutine: Any) -> None:
         self._tasks.append(asyncio.create_task(coroutine))
@@ -353,6 +354,10 @@ class LiveSession:
         await self.send({"type": "session.closed", "client_event_id": client_event_id, "reason": reason,
                          "session": self.session, "usage": {"seconds": seconds}})
         await self.ws.close()
+
+    async def _expire_in(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.expire()
 
     async def expire(self) -> None:
         """End the session at its time limit, as the service does."""

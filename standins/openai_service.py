@@ -604,6 +604,8 @@ class RealtimeStandIn:
         """GPT-Live sessions (``/v1/live/sessions``), in order."""
         self.live_delta_ms = 100
         """Milliseconds of audio per GPT-Live ``session.output_audio.delta`` (its stream's pace)."""
+        self.live_expires_in_s = 3600.0
+        """How long a GPT-Live session lasts: ``session.closed`` ``expired`` at its ``expires_at``."""
         self.live_cut_short: set[str] = set()
         """Function names GPT-Live's backend calls with ``status: incomplete`` (cut short; still awaited)."""
         self._turns: dict[int, int] = {}

@@ -265,6 +265,21 @@ async def test_expiry_moves_the_call_to_a_new_session_with_the_conversation(
     assert "live session replaced (expired)" in caplog.text
 
 
+async def test_a_session_at_its_expires_at_is_replaced(stack: contextlib.AsyncExitStack,
+                                                       http: aiohttp.ClientSession) -> None:
+    """The service ends a session at the expires_at it announced: the call moves to a new one, and a second
+    expiry is no more a failure than the first (no apology)."""
+    standin, url = await start_standin(stack, [AssistantTurn(_noise(800, 12), "Hi.")])
+    standin.live_expires_in_s = 1.5
+    base = await start_relay(stack, make_config(url, **LIVE))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    await _heard(leg, 800)
+    await until(lambda: len(standin.live_sessions) >= 3, timeout=8, what="two expiries, two replacements")
+    assert [s.closed_reason for s in standin.live_sessions[:2]] == ["expired", "expired"]
+    assert not leg.ws.closed
+
+
 async def test_a_drop_reconnects_once_then_apologises(stack: contextlib.AsyncExitStack,
                                                       http: aiohttp.ClientSession) -> None:
     """A dropped session is replaced once with the same replay; a second drop within the window ends the call
