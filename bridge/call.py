@@ -144,15 +144,16 @@ class Call:
         await self._close(ending)
         end = CallEnd(ending.text, ending.failed, time.monotonic() - started, ending.reason)
         if self.stream_sid:
-            c = self.counts
+            c, latency = self.counts, self.conversation.latency.summary()
             self.log.info(
                 "call ended call_sid=%s duration=%.1fs reason=%s frames_in=%d frames_out=%d marks_acked=%d "
-                "responses=%d barge_ins=%d realtime_errors=%d sessions=%d%s",
+                "responses=%d barge_ins=%d realtime_errors=%d sessions=%d%s first_word_ms=%s latency_p50_ms=%s",
                 self.call_sid, end.duration_s, end.reason, c.frames_in, c.frames_out, c.marks_acked, c.responses,
                 c.barge_ins, c.realtime_errors, c.sessions, f" billed_s={c.billed_s:.1f}" if c.billed_s else "",
+                latency["first_word_ms"], latency["p50_ms"],
             )
             self._publish(CallEventKind.ENDED, reason=end.reason, kind=str(end.kind), failed=end.failed,
-                          duration_s=end.duration_s, counts=asdict(c))
+                          duration_s=end.duration_s, counts=asdict(c), latency=latency)
         return end
 
     async def say_goodbye(self, reason: str, instruction: str) -> None:
@@ -216,6 +217,7 @@ class Call:
         if start is None:
             return Ending(EndReason.NO_START, f"no start from {network}")
         self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
+        self.conversation.latency.stream_started(time.monotonic())
         self._publish.stream_sid = start.stream_sid
         self.log.extra.update(stream_sid=start.stream_sid, call_sid=start.call_sid)  # type: ignore[union-attr]
         number = start.custom_parameters.get("caller_number")

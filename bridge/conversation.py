@@ -18,6 +18,7 @@ from typing import Any
 
 from bridge.events import CallCounts, CallEventKind
 from bridge.goodbye import Goodbye
+from bridge.latency import Latency
 from bridge.output import PhoneOutput
 from bridge.prompts import keypad_text
 from bridge.tool_runner import ToolRunner
@@ -80,6 +81,8 @@ class Conversation:
         self._log = log
         self._publish = publish
         self.caller_speaking = False
+        self.latency = Latency()
+        """How long the caller waited for the first word and for each answer."""
         self._speaking: str | None = None
         """The assistant turn under way (``ResponseStarted`` without its ``ResponseDone``)."""
         self._cut_by = "the caller"
@@ -145,6 +148,8 @@ class Conversation:
 
     async def _on_audio(self, event: AssistantAudio) -> None:
         await self._output.capture(event.item_id, event.payload)
+        if self.latency.waiting:
+            self.latency.assistant_audio(time.monotonic())
 
     async def _on_audio_done(self, event: AssistantAudioDone) -> None:
         self._output.close_item(event.item_id)
@@ -152,6 +157,7 @@ class Conversation:
     async def _on_speech_started(self, event: CallerSpeechStarted) -> None:
         """Barge-in: the caller spoke while assistant audio is queued at the phone."""
         self.caller_speaking = True
+        self.latency.caller_resumed()
         await self._output.music.stop()
         now = time.monotonic()
         session = self._upstream.session
@@ -170,12 +176,18 @@ class Conversation:
 
     async def _on_speech_stopped(self, event: CallerSpeechStopped) -> None:
         self.caller_speaking = False
+        session = self._upstream.session
+        if session is not None and session.truncates:  # the service's VAD: the turn's end (GPT-Live: transcripts)
+            self.latency.caller_turn_ended(time.monotonic())
 
     async def _on_caller_turn(self, event: CallerTurn) -> None:
         self._transcript.caller_committed(event.item_id)
         self._publish(CallEventKind.CALLER_TURN, item_id=event.item_id)
 
     async def _on_caller_delta(self, event: CallerTranscriptDelta) -> None:
+        session = self._upstream.session
+        if session is not None and not session.truncates:  # GPT-Live: its last fragment marks the turn's end
+            self.latency.caller_turn_ended(time.monotonic())
         self._publish(CallEventKind.TRANSCRIPT_DELTA, role="user", item_id=event.item_id, delta=event.delta)
 
     async def _on_caller_transcript(self, event: CallerTranscriptDone) -> None:

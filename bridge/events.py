@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from bridge.latency import LatencyData
+
 
 class CallEventKind(enum.StrEnum):
     """What a ``CallEvent`` reports; its ``data`` is the TypedDict named for each."""
@@ -61,6 +63,8 @@ class EndedData(TypedDict):
     duration_s: float
     counts: dict[str, int]
     """``CallCounts`` as a dict."""
+    latency: LatencyData
+    """How long the caller waited for the first word and for each answer (``bridge.latency``)."""
 
 
 class TruncationData(TypedDict):

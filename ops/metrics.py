@@ -60,6 +60,14 @@ class Metrics:
         )
         for outcome in ("used", "expired", "missed", "failed"):
             self.prewarms.labels(outcome)
+        self.first_word = Histogram(
+            "relay_first_word_seconds", "From the phone's start to the first assistant audio sent to it.", registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+        )
+        self.answer_latency = Histogram(
+            "relay_answer_latency_seconds", "From the end of the caller's turn to the first assistant audio of the "
+            "answer sent to the phone.", registry=r, buckets=(0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+        )
         self.billed_seconds = Counter(
             "relay_model_billed_seconds", "Voice-model session seconds billed (GPT-Live usage.seconds), counted when "
             "each call ends.", registry=r,
@@ -89,6 +97,11 @@ class Metrics:
             self.frames.labels("in").inc(int(counts.get("frames_in", 0)))
             self.frames.labels("out").inc(int(counts.get("frames_out", 0)))
             self.billed_seconds.inc(max(0.0, float(counts.get("billed_s", 0.0))))
+            latency = data.get("latency") or {}
+            if isinstance(latency.get("first_word_ms"), int | float):
+                self.first_word.observe(latency["first_word_ms"] / 1000)
+            for ms in latency.get("turns_ms") or ():
+                self.answer_latency.observe(ms / 1000)
         elif kind is CallEventKind.BARGE_IN:
             self.barge_ins.inc()
             for cut in data.get("truncations", ()):
