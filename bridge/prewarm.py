@@ -15,6 +15,7 @@ when the stream takes it over goes with it (``Prewarmed.pending``), so no read i
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 from bridge.prompts import greeting_instruction
 from config import PrewarmMode
-from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionEnd, SessionFactory
+from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionClosed, SessionEnd, SessionFactory
 from redact import CallLog
 
 logger = logging.getLogger("bridge")
@@ -60,7 +61,7 @@ class PrewarmedSession:
         session = self._session = prewarmed.session
         self._events = prewarmed.events
         self._pending = prewarmed.pending
-        self.api, self.truncates = session.api, session.truncates
+        self.api, self.truncates, self.paced_by_input = session.api, session.truncates, session.paced_by_input
         self.send_audio = session.send_audio
         self.add_note, self.respond, self.answer_tools = session.add_note, session.respond, session.answer_tools
         self.interrupted, self.set_noise_reduction = session.interrupted, session.set_noise_reduction
@@ -192,6 +193,7 @@ class Prewarms:
             await session.respond(greeting_instruction(entry.first_name or "there"))
             entry.greeted = True
         taken = asyncio.ensure_future(entry.taken.wait())
+        feeder = asyncio.create_task(_silence(session), name="prewarm silence") if session.paced_by_input else None
         try:
             while len(entry.events) < MAX_KEPT_EVENTS:
                 read = entry.pending = asyncio.ensure_future(anext(session))
@@ -210,6 +212,9 @@ class Prewarms:
             await taken  # full: the rest waits in the socket
         finally:
             taken.cancel()
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.wait([feeder])
 
     def _expire(self, nonce: str) -> None:
         entry = self._entries.pop(nonce, None)
@@ -240,3 +245,18 @@ class Prewarms:
         self.counts[outcome] += 1
         if self._on_outcome is not None:
             self._on_outcome(outcome)
+
+
+SILENT_FRAME = base64.b64encode(b"\xff" * 160).decode()
+"""20 ms of µ-law silence, base64."""
+
+
+async def _silence(session: ModelSession) -> None:
+    """20 ms of silence every 20 ms (on the clock, not drifting) to a session paced by its input, while it waits
+    for its stream: a phone line's worth of nothing, so what it was asked to say is taken up."""
+    next_at = time.monotonic()
+    with contextlib.suppress(SessionClosed):
+        while True:
+            await session.send_audio(SILENT_FRAME)
+            next_at += 0.02
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))

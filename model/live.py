@@ -70,6 +70,7 @@ class LiveSession:
 
     api = VoiceApi.LIVE
     truncates = False
+    paced_by_input = True
 
     def __init__(self, client: RealtimeClient, options: LiveOptions, log: CallLog) -> None:
         self._client = client

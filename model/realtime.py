@@ -87,6 +87,7 @@ class RealtimeSession:
 
     api = VoiceApi.REALTIME
     truncates = True
+    paced_by_input = False
 
     def __init__(self, client: RealtimeClient, options: RealtimeOptions, noise_reduction: str, log: CallLog) -> None:
         self._client = client

@@ -227,6 +227,9 @@ class ModelSession(Protocol):
     truncates: bool
     """The API must be told what the caller heard after a barge-in (Realtime); False where the model
     handles barge-in itself (GPT-Live)."""
+    paced_by_input: bool
+    """The service's timeline moves with the input audio (GPT-Live: appended context is taken up as input frames
+    arrive), so silence is sent while no caller audio comes; False for Realtime."""
 
     async def open(self, connect_timeout_s: float, configure_timeout_s: float) -> None:
         """Connect and configure (Realtime ``session.update`` → ``session.updated``; GPT-Live

@@ -92,6 +92,7 @@ class MemorySession:
 
     api = VoiceApi.REALTIME
     truncates = True
+    paced_by_input = False
 
     def __init__(self, noise_reduction: str, log: CallLog) -> None:
         self.inbox: asyncio.Queue[ModelEvent | None] = asyncio.Queue()
