@@ -97,6 +97,10 @@ class PrewarmedSession:
     def billed_seconds(self) -> float | None:
         return self._session.billed_seconds
 
+    @property
+    def expires_at(self) -> float | None:
+        return self._session.expires_at
+
     async def close(self) -> None:
         if self._pending is not None:
             self._pending.cancel()  # a read the call never reached

@@ -43,6 +43,9 @@ with the apology (a service failing over and over must not keep a caller on hold
 ROLLOVER_QUIET_S = 1.0
 """A planned rollover waits for the call to be this long quiet: no turn under way or wanted, the caller
 not speaking, no tool running, nothing left to play."""
+ROLLOVER_BEFORE_EXPIRY_S = 120.0
+"""A session that announces when it will end (GPT-Live's ``expires_at``) is rolled over at a quiet moment from
+this long before then, rather than cut by the service mid-sentence."""
 ROLLOVER_RETRY_S = 30.0
 """After a planned rollover could not open a new session, how long until the next try (the old session
 goes on meanwhile)."""
@@ -188,22 +191,21 @@ class Upstream:
         return replace(ending, failed=True, close_code=WSCloseCode.INTERNAL_ERROR)
 
     async def rollover_when_due(self) -> NoReturn:
-        """Before the service's time limit (``rollover_s`` into a session), move the call to a new session
-        once it has been ``ROLLOVER_QUIET_S`` quiet. Runs for the whole call; a reconnect starts the
-        count again."""
-        after_s = self._rollover_s
-        if not after_s:
+        """Before the service's time limit (``rollover_due``), move the call to a new session once it has been
+        ``ROLLOVER_QUIET_S`` quiet. Runs for the whole call; a reconnect starts the count again."""
+        if not self._rollover_s:
             await asyncio.Event().wait()  # off: idle until cancelled
         await self._live.wait()
         while True:
-            due = self._opened_at + after_s
+            due = rollover_due(self._opened_at, self._rollover_s, self.session)
             if time.monotonic() < due:
-                await asyncio.sleep(due - time.monotonic())
+                await asyncio.sleep(min(due - time.monotonic(), ROLLOVER_RETRY_S))
                 continue  # a reconnect may have renewed the session meanwhile: look again
             await self._until_quiet()
             async with self._swap_lock:
                 old = self.session
-                if not self._live.is_set() or time.monotonic() < self._opened_at + after_s:
+                due = rollover_due(self._opened_at, self._rollover_s, self.session)
+                if not self._live.is_set() or time.monotonic() < due:
                     continue
                 try:
                     await self._replace("rollover")
@@ -358,3 +360,13 @@ async def until_voice_quiet(upstream: Upstream, timeout_s: float, log: CallLog) 
                 await asyncio.sleep(0.05)
     except TimeoutError:
         log.warning("the model was still speaking %.0f s after its goodbye; hanging up", timeout_s)
+
+
+def rollover_due(opened_at: float, rollover_s: float, session: ModelSession | None) -> float:
+    """When a session opened at ``opened_at`` is due for a planned rollover (monotonic seconds): ``rollover_s``
+    into it, or ``ROLLOVER_BEFORE_EXPIRY_S`` before the ``expires_at`` it announced, whichever comes first."""
+    due = opened_at + rollover_s
+    expires_at = session.expires_at if session is not None else None
+    if expires_at is not None:
+        due = min(due, time.monotonic() + expires_at - time.time() - ROLLOVER_BEFORE_EXPIRY_S)
+    return due

@@ -87,7 +87,7 @@ class LiveSession:
         self._reading = False
         self._eof = False
         self._warned: set[str] = set()
-        self.expires_at: int | None = None
+        self.expires_at: float | None = None
         """When the service will end the session (Unix seconds), from ``session.started``."""
 
     async def open(self, connect_timeout_s: float, configure_timeout_s: float) -> None:

@@ -247,6 +247,10 @@ class RealtimeSession:
     def billed_seconds(self) -> float | None:
         return None  # billed per token
 
+    @property
+    def expires_at(self) -> float | None:
+        return None  # a fixed 60-minute limit (SESSION_ROLLOVER_S)
+
     async def close(self) -> None:
         if self._socket is not None:
             await self._socket.close()

@@ -299,6 +299,12 @@ class ModelSession(Protocol):
         ...
 
     @property
+    def expires_at(self) -> float | None:
+        """When the service will end the session (Unix seconds), where it says (GPT-Live's ``expires_at``);
+        None where the limit is fixed (Realtime: 60 minutes, ``SESSION_ROLLOVER_S``)."""
+        ...
+
+    @property
     def billed_seconds(self) -> float | None:
         """Seconds the service bills for this session so far (GPT-Live ``usage.seconds``); None where
         billing is per token (Realtime)."""

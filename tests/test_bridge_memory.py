@@ -142,6 +142,7 @@ class MemorySession:
 
     busy = False
     billed_seconds = None
+    expires_at = None
 
     def overdue(self, now: float) -> str | None:
         return None

@@ -280,6 +280,24 @@ async def test_a_session_at_its_expires_at_is_replaced(stack: contextlib.AsyncEx
     assert not leg.ws.closed
 
 
+async def test_a_session_is_rolled_over_at_a_quiet_moment_before_its_expires_at(
+        stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    """A session that announced its end 2 minutes and 3 seconds away is moved at the first quiet moment after
+    ROLLOVER_BEFORE_EXPIRY_S: the relay closes it itself, before the service would."""
+    standin, url = await start_standin(stack, [AssistantTurn(_noise(800, 13), "Hi.")])
+    standin.live_expires_in_s = 123
+    base = await start_relay(stack, make_config(url, **LIVE))
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    await _heard(leg, 800)
+    echo = asyncio.create_task(_heard(leg, 10**9))  # the phone reports the greeting's last mark played
+    await until(lambda: len(standin.live_sessions) == 2 and standin.live_sessions[1].started_at, timeout=10,
+                what="a planned rollover")
+    echo.cancel()
+    assert standin.live_sessions[0].closed_reason == "close_requested"
+    assert "live session replaced (rollover)" in caplog.text
+
+
 async def test_a_drop_reconnects_once_then_apologises(stack: contextlib.AsyncExitStack,
                                                       http: aiohttp.ClientSession) -> None:
     """A dropped session is replaced once with the same replay; a second drop within the window ends the call

@@ -51,8 +51,9 @@ def _kinds(standin: RealtimeStandIn, n: int = 0) -> list[str]:
 async def test_the_greeting_is_ready_when_the_stream_opens(stack: contextlib.AsyncExitStack,
                                                            http: aiohttp.ClientSession, api: VoiceApi) -> None:
     """PREWARM=greeting: by the time the stream opens (the caller heard the welcome meanwhile), the session is
-    configured and the greeting asked for (GPT-Live, whose timeline moves with its input, hearing silence); its first audio reaches the phone within a few ms of the start, the
-    call uses that one session, and no second greeting is asked for."""
+    configured and the greeting asked for (GPT-Live, whose timeline moves with its input, hearing silence); its
+    first audio reaches the phone within a few ms of the start, the call uses that one session, and no second
+    greeting is asked for."""
     greeting = _noise(4000)
     standin, url = await start_standin(stack, [AssistantTurn(greeting, "Hello Jordan.")])
     standin.session_updated_delay_s = 0.3  # a service's configuration round trip: paid during the welcome
