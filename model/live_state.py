@@ -49,6 +49,13 @@ BACKEND_BUDGET = (120, 30_000)
 """Items and UTF-8 bytes of tool output a session sends at most (the backend's limits are 128 and 32,768;
 past them it refuses the item and strands the call): beyond, a call gets ``PLACEHOLDER``."""
 PLACEHOLDER = '{"ok": false, "error": "no result: the tool output budget of this session is spent"}'
+MAX_TURN_CHARS = 4000
+"""Transcript kept per turn (a service could send an endless one); the rest is dropped."""
+MAX_CALLS_PER_RESPONSE = 16
+"""Function calls run per backend response; more are not run (a model does not need them, a flood must not
+start a thousand tools)."""
+MAX_DELEGATIONS = 32
+"""Backend responses followed at once; past it the oldest is forgotten (a service that never finishes them)."""
 
 Events = deque[ModelEvent]
 
@@ -60,6 +67,7 @@ class _Turn:
     id: str
     last_at: float
     parts: list[str] = field(default_factory=list)
+    chars: int = 0
 
 
 class LiveTurns:
@@ -102,7 +110,9 @@ class LiveTurns:
             turn = self._assistant
             assert turn is not None
             self._events.append(AssistantTranscriptDelta(turn_id, delta))
-        turn.parts.append(delta)
+        if turn.chars < MAX_TURN_CHARS:
+            turn.parts.append(delta[: MAX_TURN_CHARS - turn.chars])
+            turn.chars += len(turn.parts[-1])
 
     def close_quiet(self, now: float) -> None:
         """End each turn that has been quiet long enough at ``now`` (``float("inf")``: every open turn)."""
@@ -170,9 +180,14 @@ class ToolLedger:
                    status: str | None) -> None:
         """One backend event: a function call item done (``call``), or a response finished (``status``:
         then a ``ResponseDone`` with its completed calls; a failed response's calls are refused)."""
-        delegation = self._delegations.setdefault(delegation_id, _Delegation())
+        delegation = self._delegations.get(delegation_id)
+        if delegation is None:
+            if len(self._delegations) >= MAX_DELEGATIONS:
+                del self._delegations[next(iter(self._delegations))]
+            delegation = self._delegations[delegation_id] = _Delegation()
         if call is not None and call_status == "completed":
-            delegation.calls.append(call)
+            if len(delegation.calls) < MAX_CALLS_PER_RESPONSE:
+                delegation.calls.append(call)
         elif call is not None and call.call_id:
             self._stray.add(call.call_id)
         if status is None:

@@ -447,6 +447,28 @@ def test_the_ledger_hands_calls_over_once_and_keeps_the_budget() -> None:
     assert events[-1].function_calls == ()  # a failed response's calls are refused by the service
 
 
+def test_a_flooding_service_is_held_to_bounds() -> None:
+    """An endless transcript keeps MAX_TURN_CHARS; a response with a thousand calls runs
+    MAX_CALLS_PER_RESPONSE; delegations never finished are forgotten past MAX_DELEGATIONS."""
+    from model.live_state import MAX_CALLS_PER_RESPONSE, MAX_DELEGATIONS, MAX_TURN_CHARS
+
+    events: Any = __import__("collections").deque()
+    turns = LiveTurns(events)
+    for n in range(5000):
+        turns.transcript(False, "word ", n * 0.001)
+    turns.close_quiet(100.0)
+    done = [e for e in events if isinstance(e, AssistantTranscriptDone)]
+    assert len(done[0].transcript) <= MAX_TURN_CHARS
+    ledger = ToolLedger(events)
+    for n in range(1000):
+        ledger.on_backend("d1", FunctionCall(f"c{n}", "end_call", "{}"), "completed", None)
+    ledger.on_backend("d1", None, None, "completed")
+    assert len(events[-1].function_calls) == MAX_CALLS_PER_RESPONSE
+    for n in range(1000):
+        ledger.on_backend(f"unfinished{n}", None, None, None)
+    assert ledger.running and len(ledger._delegations) == MAX_DELEGATIONS
+
+
 # --- Configuration ------------------------------------------------------------------------------
 
 
