@@ -263,8 +263,10 @@ class LiveSession:
             await self._on_error(event)
         elif kind is Usage:
             self._billed = event.seconds
-        elif kind is Closed:
+        elif kind is Closed:  # the session is over, whether or not the service closes the socket
             self._on_closed(event)
+            assert self._socket is not None
+            await self._socket.close()
         elif kind is OtherEvent:
             self._log.once_a_second(logging.DEBUG, event.type, "live %s ignored", event.type)
 

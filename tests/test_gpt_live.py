@@ -298,6 +298,18 @@ async def test_a_session_is_rolled_over_at_a_quiet_moment_before_its_expires_at(
     assert "live session replaced (rollover)" in caplog.text
 
 
+async def test_session_closed_ends_the_session_even_if_the_socket_stays_open(
+        stack: contextlib.AsyncExitStack, http: aiohttp.ClientSession) -> None:
+    """A session.closed (here for a safety filter, ``content``) that the service does not follow with a close:
+    the relay closes the socket itself and reconnects once, the conversation replayed."""
+    standin, leg = await _live_call(stack, http, [AssistantTurn(_noise(800, 14), "Hi.")])
+    await _heard(leg, 800)
+    old = standin.live_sessions[0]
+    await old.send({"type": "session.closed", "reason": "content", "session": old.session, "usage": {"seconds": 2.0}})
+    await until(lambda: len(standin.live_sessions) == 2 and standin.live_sessions[1].started_at, what="reconnect")
+    assert old.ws.closed and not leg.ws.closed
+
+
 async def test_a_drop_reconnects_once_then_apologises(stack: contextlib.AsyncExitStack,
                                                       http: aiohttp.ClientSession) -> None:
     """A dropped session is replaced once with the same replay; a second drop within the window ends the call
