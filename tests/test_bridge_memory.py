@@ -360,3 +360,30 @@ async def test_a_closing_line_is_logged_as_the_servers_cut(stack: contextlib.Asy
     assert session.asked_for("respond")[-1] == "Say you must hang up." and leg.sent[-1] == ("clear", "")
     await until(lambda: "cut off by" in caplog.text, what="the cut logged")
     assert "assistant cut off by the server; heard: " in caplog.text and "by the caller" not in caplog.text
+
+
+async def test_a_restricted_callers_prewarmed_session_is_closed_at_once(stack: contextlib.AsyncExitStack) -> None:
+    """A stream whose token is good but whose caller is no longer allowed: refused 1008, and the session its
+    webhook pre-warmed is closed now rather than at the token's expiry."""
+    from bridge.prewarm import Prewarms
+    from config import PrewarmMode
+    from ops.tokens import StreamTokens
+
+    sessions: list[MemorySession] = []
+
+    def make(noise_reduction: str, log: CallLog) -> MemorySession:
+        sessions.append(MemorySession(noise_reduction, log))
+        return sessions[-1]
+
+    prewarms = Prewarms(make, PrewarmMode.SESSION, "near_field")
+    tokens = StreamTokens(b"key")
+    parameters = tokens.issue("+12125550123", "CALL-R")  # the webhook admitted this number then
+    prewarms.start(parameters["stream_nonce"], None, ttl_s=30)
+    await until(lambda: sessions and sessions[0].asked_for("open"), what="the pre-warmed session")
+    leg = MemoryLeg()
+    call = Call(leg, make_config(), Stats(), tokens, sessions=make, prewarms=prewarms)  # the number is not listed
+    running = asyncio.create_task(call.run())
+    stack.push_async_callback(_hang_up, leg, running)
+    leg.inbox.put_nowait(PhoneStart("MEM-R", "CALL-R", parameters))
+    await until(lambda: leg.close_code == 1008, what="the refusal")
+    assert sessions[0].closed and len(prewarms) == 0 and len(sessions) == 1
