@@ -107,6 +107,22 @@ class CallResult:
                             (played_until - y.at) * 1000))
         return out
 
+    def waits_ms(self) -> tuple[float | None, list[float]]:
+        """What the caller waited, as its phone heard it: from the stream's start to the first assistant audio,
+        and from the end of each of its utterances to the next assistant audio (the end-of-speech silence the
+        model waits for included), ms."""
+        caller, t0 = self.caller, self.caller.connected_at
+        starts = sorted(chunk.start for chunk in caller.playback.chunks if not chunk.music)
+        if t0 is None or not starts:
+            return None, []
+        waits = []
+        for turn in caller.spoken:
+            end = t0 + turn.end_ms / 1000
+            answer = next((at for at in starts if at > end), None)
+            if answer is not None:
+                waits.append((answer - end) * 1000)
+        return (starts[0] - t0) * 1000, waits
+
     def barge_in_accuracy(self) -> list[tuple[str, float, float | None]]:
         """Each barge-in: the item, the ms of it the caller heard before the clear, and the
         ``audio_end_ms`` the relay truncated it at (None when the stand-in runs elsewhere)."""
@@ -657,6 +673,11 @@ def _report(result: CallResult, out: Path) -> int:
         written = False
     else:
         written = True
+    first, waits = result.waits_ms()
+    if first is not None:
+        after = f"; after each of its utterances: {', '.join(f'{ms:.0f}' for ms in waits)} ms" if waits else ""
+        print(textwrap.fill(f"the caller waited {first:.0f} ms for the first word{after}", terminal_width(),
+                            subsequent_indent="    "))
     live = result.live_barge_ins()
     print(f"barge-ins: {result.barge_ins}, marks echoed: {caller.marks_echoed}")
     for item, said, heard_ms, lag in live:
