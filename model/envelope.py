@@ -43,3 +43,17 @@ def parse_event(raw: str | bytes, parsers: Mapping[str, Callable[[dict[str, Any]
     if parser is None:
         return other(str(kind))
     return parser(event)
+
+
+def text_field(event: dict[str, Any], key: str, kind: str) -> str:
+    """``event[key]``, a string. Raises MalformedEvent naming ``kind`` otherwise."""
+    value = event.get(key)
+    if type(value) is not str:
+        raise MalformedEvent(kind, f"{key} is not a string")
+    return value
+
+
+def optional_text(event: dict[str, Any], key: str) -> str | None:
+    """``event[key]`` when it is a string, else None."""
+    value = event.get(key)
+    return value if type(value) is str else None

@@ -33,7 +33,6 @@ from model.session import (
     ModelEvent,
     ModelRefused,
     ModelUnavailable,
-    SessionClosed,
     SessionEnd,
     ToolOutput,
     Truncation,
@@ -300,12 +299,8 @@ class LiveSession:
 
     async def _send(self, event: dict[str, Any]) -> None:
         """Send one client event; on a session that has just closed it is dropped (iteration ends)."""
-        if self._socket is None:
-            return
-        try:
-            await self._socket.send(orjson.dumps(event))
-        except SessionClosed:
-            pass
+        if self._socket is not None:
+            await self._socket.send_event(event)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:

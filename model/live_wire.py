@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from model.envelope import MalformedEvent, parse_event
+from model.envelope import MalformedEvent, optional_text, parse_event, text_field
 from model.session import FunctionCall
 
 AUDIO_FORMAT = {"type": "audio/pcmu", "rate": 8000}
@@ -233,18 +233,6 @@ def is_silence(payload: str) -> bool:
         return False
 
 
-def _text(event: dict[str, Any], key: str, kind: str) -> str:
-    value = event.get(key)
-    if type(value) is not str:
-        raise MalformedEvent(kind, f"{key} is not a string")
-    return value
-
-
-def _optional_text(event: dict[str, Any], key: str) -> str | None:
-    value = event.get(key)
-    return value if type(value) is str else None
-
-
 def _seconds(usage: Any) -> float | None:
     seconds = usage.get("seconds") if type(usage) is dict else None
     return float(seconds) if type(seconds) in (int, float) else None
@@ -255,7 +243,7 @@ def _transcript(event: dict[str, Any], caller: bool) -> Transcript:
     start, end = event.get("start_ms"), event.get("end_ms")
     if type(start) is not int or type(end) is not int:
         raise MalformedEvent(kind, "start_ms or end_ms is not an integer")
-    return Transcript(caller, _text(event, "delta", kind), start, end)
+    return Transcript(caller, text_field(event, "delta", kind), start, end)
 
 
 def _started(event: dict[str, Any]) -> Started:
@@ -263,11 +251,11 @@ def _started(event: dict[str, Any]) -> Started:
     if type(session) is not dict:
         raise MalformedEvent("session.started", "session is not an object")
     expires = session.get("expires_at")
-    return Started(_text(session, "id", "session.started"), expires if type(expires) is int else None)
+    return Started(text_field(session, "id", "session.started"), expires if type(expires) is int else None)
 
 
 def _closed(event: dict[str, Any]) -> Closed:
-    return Closed(_text(event, "reason", "session.closed"), _seconds(event.get("usage")))
+    return Closed(text_field(event, "reason", "session.closed"), _seconds(event.get("usage")))
 
 
 def _usage(event: dict[str, Any]) -> Usage:
@@ -285,7 +273,7 @@ def _backend(event: dict[str, Any]) -> Backend:
     inner = event.get("event")
     if type(inner) is not dict or type(inner.get("type")) is not str:
         raise MalformedEvent("response.event", "event is not an object with a type")
-    delegation_id, kind = _optional_text(event, "delegation_id"), inner["type"]
+    delegation_id, kind = optional_text(event, "delegation_id"), inner["type"]
     if kind == "response.output_item.done":
         item = inner.get("item")
         if type(item) is not dict:
@@ -293,9 +281,9 @@ def _backend(event: dict[str, Any]) -> Backend:
         if item.get("type") != "function_call":
             return Backend(delegation_id, kind)
         arguments = item.get("arguments")
-        call = FunctionCall(_optional_text(item, "call_id") or None, str(item.get("name") or ""),
+        call = FunctionCall(optional_text(item, "call_id") or None, str(item.get("name") or ""),
                             arguments if type(arguments) is str else "")
-        return Backend(delegation_id, kind, call, _optional_text(item, "status"))
+        return Backend(delegation_id, kind, call, optional_text(item, "status"))
     return Backend(delegation_id, kind, status=_FINISHED.get(kind))
 
 
@@ -303,8 +291,8 @@ def _error(event: dict[str, Any]) -> LiveError:
     error = event.get("error")
     if type(error) is not dict:
         error = {}
-    return LiveError(_optional_text(error, "type"), _optional_text(error, "code"), _optional_text(error, "message"),
-                     _optional_text(error, "client_event_id") or _optional_text(event, "client_event_id"))
+    return LiveError(optional_text(error, "type"), optional_text(error, "code"), optional_text(error, "message"),
+                     optional_text(error, "client_event_id") or optional_text(event, "client_event_id"))
 
 
 def _audio(event: dict[str, Any]) -> OutputAudio:

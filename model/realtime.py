@@ -37,7 +37,6 @@ from model.session import (
     ModelRefused,
     ResponseDone,
     ResponseStarted,
-    SessionClosed,
     SessionEnd,
     ToolOutput,
     Truncation,
@@ -259,12 +258,8 @@ class RealtimeSession:
 
     async def _send(self, event: dict[str, Any]) -> None:
         """Send one client event; on a session that has just closed it is dropped (iteration ends)."""
-        if self._socket is None:
-            return
-        try:
-            await self._socket.send(orjson.dumps(event))
-        except SessionClosed:
-            pass
+        if self._socket is not None:
+            await self._socket.send_event(event)
 
     async def _send_create(self) -> None:
         self._create_sent_at = time.monotonic()

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from model.envelope import MalformedEvent, parse_event
+from model.envelope import MalformedEvent, optional_text, parse_event, text_field
 from model.session import (
     AssistantAudio,
     AssistantAudioDone,
@@ -272,18 +272,6 @@ ServerEvent = (
 )
 
 
-def _text(event: dict[str, Any], key: str, kind: str) -> str:
-    value = event.get(key)
-    if type(value) is not str:
-        raise MalformedEvent(kind, f"{key} is not a string")
-    return value
-
-
-def _optional_text(event: dict[str, Any], key: str) -> str | None:
-    value = event.get(key)
-    return value if type(value) is str else None
-
-
 def _object(event: dict[str, Any], key: str, kind: str) -> dict[str, Any]:
     value = event.get(key)
     if type(value) is not dict:
@@ -313,7 +301,7 @@ def _session_updated(event: dict[str, Any]) -> SessionUpdated:
 def _response_done(event: dict[str, Any]) -> ResponseDone:
     kind = "response.done"
     response = _object(event, "response", kind)
-    status = _text(response, "status", kind)
+    status = text_field(response, "status", kind)
     output = response.get("output") or []
     if type(output) is not list:
         raise MalformedEvent(kind, "response.output is not a list")
@@ -323,13 +311,13 @@ def _response_done(event: dict[str, Any]) -> ResponseDone:
             raise MalformedEvent(kind, "an output item is not an object")
         if item.get("type") == "function_call":
             name, arguments = item.get("name"), item.get("arguments")
-            calls.append(FunctionCall(_optional_text(item, "call_id") or None, str(name or ""),
+            calls.append(FunctionCall(optional_text(item, "call_id") or None, str(name or ""),
                                       arguments if type(arguments) is str else ""))
         elif item.get("type") == "message":
             content = item.get("content")
             if type(content) is list:
                 spoke = spoke or any(type(part) is dict and part.get("type") == "output_audio" for part in content)
-    return ResponseDone(_text(response, "id", kind), status, tuple(calls) if status == "completed" else (), spoke)
+    return ResponseDone(text_field(response, "id", kind), status, tuple(calls) if status == "completed" else (), spoke)
 
 
 def _error(event: dict[str, Any]) -> RealtimeError:
@@ -337,10 +325,10 @@ def _error(event: dict[str, Any]) -> RealtimeError:
     if type(error) is not dict:
         error = {}
     return RealtimeError(
-        _optional_text(error, "type"),
-        _optional_text(error, "code"),
-        _optional_text(error, "message"),
-        _optional_text(error, "event_id"),
+        optional_text(error, "type"),
+        optional_text(error, "code"),
+        optional_text(error, "message"),
+        optional_text(error, "event_id"),
     )
 
 
@@ -349,23 +337,23 @@ def _item_text(event_type: type, key: str) -> Callable[[dict[str, Any]], Any]:
 
     def parse(event: dict[str, Any]) -> Any:
         kind = str(event["type"])
-        return event_type(_text(event, "item_id", kind), _text(event, key, kind))
+        return event_type(text_field(event, "item_id", kind), text_field(event, key, kind))
 
     return parse
 
 
 _PARSERS: dict[str, Any] = {
     "response.output_audio.delta": _audio_delta,
-    "response.output_audio.done": lambda e: AudioDone(_text(e, "item_id", "response.output_audio.done")),
+    "response.output_audio.done": lambda e: AudioDone(text_field(e, "item_id", "response.output_audio.done")),
     "session.updated": _session_updated,
-    "input_audio_buffer.speech_started": lambda e: SpeechStarted(_optional_text(e, "item_id")),
-    "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(_optional_text(e, "item_id")),
-    "input_audio_buffer.committed": lambda e: InputCommitted(_text(e, "item_id", "input_audio_buffer.committed")),
+    "input_audio_buffer.speech_started": lambda e: SpeechStarted(optional_text(e, "item_id")),
+    "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(optional_text(e, "item_id")),
+    "input_audio_buffer.committed": lambda e: InputCommitted(text_field(e, "item_id", "input_audio_buffer.committed")),
     "conversation.item.input_audio_transcription.completed": _item_text(CallerTranscript, "transcript"),
     "conversation.item.input_audio_transcription.delta": _item_text(CallerTranscriptDelta, "delta"),
     "response.output_audio_transcript.delta": _item_text(TranscriptDelta, "delta"),
     "response.output_audio_transcript.done": _item_text(TranscriptDone, "transcript"),
-    "response.created": lambda e: ResponseCreated(_text(_object(e, "response", "response.created"), "id",
+    "response.created": lambda e: ResponseCreated(text_field(_object(e, "response", "response.created"), "id",
                                                         "response.created")),
     "response.done": _response_done,
     "error": _error,

@@ -16,9 +16,11 @@ import asyncio
 import logging
 import urllib.request
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from aiohttp import ClientWebSocketResponse, ServerTimeoutError, WSMsgType
 
 from model.session import ModelUnavailable, SessionClosed
@@ -90,6 +92,14 @@ class RealtimeSocket:
             await self._ws.send_frame(data, WSMsgType.TEXT)
         except ConnectionError as exc:  # aiohttp: ClientConnectionResetError
             raise SessionClosed(str(exc)) from None
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        """Send one client event (a JSON object); on a socket that has just closed it is dropped (the
+        session's reader sees the end)."""
+        try:
+            await self.send(orjson.dumps(event))
+        except SessionClosed:
+            pass
 
     async def close(self) -> None:
         """Close with 1000, waiting up to ``CLOSE_TIMEOUT_S`` for the service's close frame."""
