@@ -31,7 +31,7 @@ from bridge.conversation import Conversation
 from bridge.events import CallCounts, CallEnd, CallEventHook, CallEventKind, Ending, EndReason, HangUp, Publisher, Stats
 from bridge.goodbye import Goodbye, GoodbyeState
 from bridge.output import PhoneOutput
-from bridge.prewarm import PrewarmedSession, Prewarms
+from bridge.prewarm import Prewarms
 from bridge.prompts import KeyPresses, greeting_instruction
 from bridge.tool_runner import ToolRunner
 from bridge.transcript import Transcript
@@ -233,9 +233,7 @@ class Call:
         if self.caller is None:
             self.log.warning("media stream for a restricted caller refused")
             if self._prewarms is not None and self._nonce:  # its pre-warmed session is of no use now
-                prewarmed = await self._prewarms.take(self._nonce)
-                if prewarmed is not None:
-                    await PrewarmedSession(prewarmed).close()
+                await self._prewarms.discard(self._nonce)
             await self.phone.close(WSCloseCode.POLICY_VIOLATION, "restricted")
             return Ending(EndReason.RESTRICTED, "restricted caller")
         self.tools.context.email_to = email_for(self.config, self.caller.group)

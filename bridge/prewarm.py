@@ -111,7 +111,6 @@ class PrewarmedSession:
 class _Entry:
     nonce: str
     first_name: str | None
-    expires_at: float
     task: asyncio.Task[None] | None = None
     session: ModelSession | None = None
     events: deque[ModelEvent] = field(default_factory=deque)
@@ -148,7 +147,7 @@ class Prewarms:
         if no stream takes it within ``ttl_s``."""
         if self.mode is PrewarmMode.OFF or nonce in self._entries:
             return
-        entry = _Entry(nonce, first_name, time.monotonic() + ttl_s)
+        entry = _Entry(nonce, first_name)
         self._entries[nonce] = entry
         entry.task = asyncio.create_task(self._warm(entry), name="prewarm")
         asyncio.get_running_loop().call_later(ttl_s, self._expire, nonce)
@@ -171,6 +170,13 @@ class Prewarms:
             return None
         self._outcome("used")
         return Prewarmed(entry.session, entry.events, entry.pending, entry.greeted)
+
+    async def discard(self, nonce: str) -> None:
+        """The stream that carried ``nonce`` will not use its session (its caller was refused): close it now
+        rather than at its token's expiry. Counted under no outcome."""
+        entry = self._entries.pop(nonce, None)
+        if entry is not None:
+            await self._discard(entry)
 
     async def close(self) -> None:
         """Close every session still waiting (shutdown)."""
@@ -238,12 +244,9 @@ class Prewarms:
             await asyncio.wait([entry.task])
         if entry.pending is not None:
             entry.pending.cancel()
-        session = entry.session
-        if session is None and entry.task is not None and entry.task.cancelled():
-            return  # cancelled in the open: the session closed its own socket
-        if session is not None:
+        if entry.session is not None:  # None: cancelled in the open, which closed its own socket
             with contextlib.suppress(Exception):
-                await session.close()
+                await entry.session.close()
 
     def _outcome(self, outcome: str) -> None:
         self.counts[outcome] += 1
