@@ -25,7 +25,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -42,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from load import TICKS, cpu_ticks, family, new_loop, pct, wait_port  # noqa: E402
+from load import TICKS, cpu_ticks, family, new_loop, pct, stop_processes, wait_port  # noqa: E402
 
 STAMP = struct.Struct("<q")
 DELTA_S = 0.100
@@ -260,13 +259,7 @@ async def measure(mode: str, calls: int, args: argparse.Namespace, listen_s: flo
         result = json.loads(out.read_text())
     finally:
         out.unlink(missing_ok=True)
-        for proc in (relay, upstream):
-            proc.send_signal(signal.SIGINT)
-        for proc in (relay, upstream):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(relay, upstream)
     result["cpu_ms_per_call"] = (sum(c1) - sum(c0)) / TICKS * 1000 / calls
     return result
 

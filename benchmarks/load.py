@@ -422,6 +422,17 @@ def worktree(rev: str) -> Path:
     return path
 
 
+def stop_processes(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGINT each (a relay drains and exits), then wait up to 10 s each before killing it."""
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Point:
     """One point: a fresh upstream, relay and callers; the relay's CPU and RSS over the window (a
     ``WORKERS`` supervisor and its workers together)."""
@@ -471,13 +482,7 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
             up = await resp.json()
     finally:
         out.unlink(missing_ok=True)
-        for proc in (relay, upstream):
-            proc.send_signal(signal.SIGINT)
-        for proc in (relay, upstream):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(relay, upstream)
     window = t1 - t0
     user, system = c1[0] - c0[0], c1[1] - c0[1]
     relay_ticks = user + system
