@@ -158,7 +158,10 @@ class Upstream:
                 continue
             data = msg.data
             if '"session.input_audio.append"' in data[:40]:
-                sent, seq = read_stamp(orjson.loads(data)["audio"])
+                payload = orjson.loads(data)["audio"]
+                if payload.startswith("////"):  # the line's silence a pre-warmed session hears: not a caller frame
+                    continue
+                sent, seq = read_stamp(payload)
                 self.latencies.append((sent, (time.monotonic_ns() - sent) / 1e6))
                 gaps.add(seq)
                 continue
