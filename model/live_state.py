@@ -122,19 +122,16 @@ class LiveTurns:
             self._events.extend((CallerTranscriptDone(caller.id, "".join(caller.parts).strip()),
                                  CallerSpeechStopped()))
         if assistant is not None and now - assistant.last_at >= TURN_GAP_S:
-            self._assistant = None
+            self.end_assistant_turn()
+
+    def end_assistant_turn(self) -> None:
+        """End the assistant's turn now: it has been quiet long enough, or the call asked for something new
+        (what it says next is the answer)."""
+        assistant, self._assistant = self._assistant, None
+        if assistant is not None:
             text = "".join(assistant.parts).strip()
             self._events.extend((AssistantAudioDone(assistant.id), AssistantTranscriptDone(assistant.id, text),
                                  ResponseDone(assistant.id, "completed", (), spoke=True)))
-
-    def end_assistant_turn(self) -> None:
-        """End the assistant's turn now (the call asked for something new: what it says next is the answer)."""
-        assistant = self._assistant
-        if assistant is not None:
-            assistant.last_at = float("-inf")
-            caller, self._caller = self._caller, None
-            self.close_quiet(0.0)
-            self._caller = caller
 
     @property
     def speaking(self) -> bool:
