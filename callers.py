@@ -68,6 +68,23 @@ DRAINING_MESSAGE = "Sorry, this line is restarting. Please call again in a minut
 """What a new caller hears while the process drains for a restart."""
 
 
+def find_callee(config: Config, number: str) -> AllowedCaller | None:
+    """Whom ``POST /calls`` may dial: a number on an allowlist (with its group's first name, "" when unset) or
+    in ``OUTBOUND_ALLOWED_NUMBERS`` (group ``anyone``, no name); None for any other. ``ALLOW_ALL_CALLERS``
+    opens no dialer.
+
+    Args:
+        number: E.164.
+    """
+    if number in config.primary_numbers:
+        return AllowedCaller(number, CallerGroup.PRIMARY, config.primary_first_name or "")
+    if number in config.secondary_numbers:
+        return AllowedCaller(number, CallerGroup.SECONDARY, config.secondary_first_name or "")
+    if number in config.outbound_allowed_numbers:
+        return AllowedCaller(number, CallerGroup.ANYONE, "")
+    return None
+
+
 def greeting_for(when: datetime) -> str:
     """ "Good morning" (before 12:00), "Good afternoon" (before 18:00) or "Good evening"."""
     if when.hour < 12:
@@ -92,3 +109,13 @@ def email_for(config: Config, group: CallerGroup) -> str | None:
         return config.secondary_to_email
     return None
 
+
+
+def transfer_for(config: Config, group: CallerGroup) -> str | None:
+    """Where ``transfer_call`` puts a caller of ``group`` through: ``PRIMARY_TRANSFER_TO`` or
+    ``SECONDARY_TRANSFER_TO`` when set, else ``TRANSFER_TO``; None: no transfers for this caller."""
+    if group is CallerGroup.PRIMARY and config.primary_transfer_to:
+        return config.primary_transfer_to
+    if group is CallerGroup.SECONDARY and config.secondary_transfer_to:
+        return config.secondary_transfer_to
+    return config.transfer_to

@@ -80,6 +80,15 @@ class PrewarmMode(enum.StrEnum):
     """Nothing: the session is opened when the stream starts."""
 
 
+class VoicemailMode(enum.StrEnum):
+    """What an outbound call does when answering machine detection finds a machine (``VOICEMAIL``)."""
+
+    LEAVE = "leave"
+    """Leave one short message about the call's purpose after the greeting, then hang up."""
+    HANGUP = "hangup"
+    """Hang up at once."""
+
+
 class EventLoop(enum.StrEnum):
     """The asyncio event loop implementation (``EVENT_LOOP``)."""
 
@@ -91,7 +100,7 @@ class EventLoop(enum.StrEnum):
 EAGERNESS = ("low", "medium", "high", "auto")
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 """``REASONING_EFFORT`` values (``openai.types.realtime.RealtimeReasoningEffort``)."""
-TOOL_NAMES = ("end_call", "update_mic_distance", "send_email", "gpt_web_search")
+TOOL_NAMES = ("end_call", "update_mic_distance", "send_email", "gpt_web_search", "transfer_call")
 """The tools ``TOOLS`` may name, in the order ``tools.TOOLS`` defines them (a test holds the two together)."""
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -191,6 +200,23 @@ class Config:
     """Twilio's REST API (SMS threads and replies); a stand-in's URL in tests."""
     plivo_auth_id: str | None = field(default=None, repr=False)
     plivo_auth_token: str | None = field(default=None, repr=False)
+    twilio_phone_number: str | None = None
+    """The number outbound Twilio calls come from and transfers show (E.164); None: no outbound Twilio calls."""
+    plivo_phone_number: str | None = None
+    plivo_api_base_url: str = "https://api.plivo.com"
+    """Plivo's REST API origin (outbound calls and transfers); a stand-in's URL in tests."""
+    outbound_allowed_numbers: tuple[str, ...] = ()
+    """E.164 numbers ``POST /calls`` may dial besides the allowlists' (no open dialer)."""
+    outbound_max_per_hour: int = 20
+    """Calls placed per hour at most (per process)."""
+    voicemail: VoicemailMode = VoicemailMode.LEAVE
+    transfer_to: str | None = None
+    """Where ``transfer_call`` puts a caller through: E.164 or a ``sip:`` URI; None: no transfers."""
+    primary_transfer_to: str | None = None
+    """``TRANSFER_TO`` for the primary caller group (None: ``transfer_to``)."""
+    secondary_transfer_to: str | None = None
+    transfer_whisper: bool = False
+    """Warm transfer: the person who picks up hears a one-sentence summary before being connected."""
     telnyx_public_key: str | None = None
     """Telnyx's Ed25519 public key (base64, 32 bytes): turns the Telnyx routes on and checks their webhooks."""
     """Plivo's routes (``/plivo/answer``, ``/plivo/media-stream``) answer only when this is set."""
@@ -426,6 +452,7 @@ def _network_values(reader: EnvReader, region: str) -> dict[str, Any]:
         "plivo_auth_id": reader.text("PLIVO_AUTH_ID", "") or None,
         "plivo_auth_token": reader.text("PLIVO_AUTH_TOKEN", "") or None,
         "telnyx_public_key": reader.ed25519_key("TELNYX_PUBLIC_KEY"),
+        **_outbound_values(reader, region),
         "primary_numbers": reader.phone_list("PRIMARY_USER_PHONE_NUMBERS", region),
         "secondary_numbers": reader.phone_list("SECONDARY_USER_PHONE_NUMBERS", region),
         "primary_first_name": reader.text("PRIMARY_USER_FIRST_NAME", "") or None,
@@ -435,6 +462,24 @@ def _network_values(reader: EnvReader, region: str) -> dict[str, Any]:
         "smtp": reader.smtp_server(),
         "primary_to_email": reader.email("PRIMARY_TO_EMAIL"),
         "secondary_to_email": reader.email("SECONDARY_TO_EMAIL"),
+    }
+
+
+def _outbound_values(reader: EnvReader, region: str) -> dict[str, Any]:
+    """Outbound calls and transfers: the numbers calls come from, where they may go, and to whom a caller is
+    put through."""
+    return {
+        "twilio_phone_number": reader.phone("TWILIO_PHONE_NUMBER", region),
+        "plivo_phone_number": reader.phone("PLIVO_PHONE_NUMBER", region),
+        "plivo_api_base_url": reader.url("PLIVO_API_BASE_URL", "https://api.plivo.com", ("http", "https"),
+                                         "PLIVO_API_BASE_URL must be an http(s):// origin"),
+        "outbound_allowed_numbers": reader.phone_list("OUTBOUND_ALLOWED_NUMBERS", region),
+        "outbound_max_per_hour": reader.integer("OUTBOUND_MAX_PER_HOUR", 20, 0, 10_000),
+        "voicemail": reader.choice("VOICEMAIL", VoicemailMode, VoicemailMode.LEAVE),
+        "transfer_to": reader.destination("TRANSFER_TO", region),
+        "primary_transfer_to": reader.destination("PRIMARY_TRANSFER_TO", region),
+        "secondary_transfer_to": reader.destination("SECONDARY_TRANSFER_TO", region),
+        "transfer_whisper": reader.boolean("TRANSFER_WHISPER", False),
     }
 
 

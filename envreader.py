@@ -18,6 +18,7 @@ import phonenumbers
 from mailserver import WELL_KNOWN_SMTP, SmtpSecurity, SmtpServer
 
 _EMAIL = re.compile(r"[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+")
+_SIP_URI = re.compile(r"sips?:[^@\s<>\"'&]+@[A-Za-z0-9.\-\[\]:]+(;[^\s<>\"'&]*)?", re.IGNORECASE)
 _E = TypeVar("_E", bound=enum.StrEnum)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -174,6 +175,24 @@ class EnvReader:
         if user and not password:
             self.problems.append("SMTP_USER is set but SMTP_PASS is not")
         return SmtpServer(host, port, security, sender, user, password)
+
+    def phone(self, name: str, region: str) -> str | None:
+        """One phone number as E.164; None when unset (or malformed, with a problem)."""
+        raw = self.text(name, "")
+        number = to_e164(raw, region) if raw else None
+        if raw and number is None:
+            self.problems.append(f"{name} is not a valid phone number")
+        return number
+
+    def destination(self, name: str, region: str) -> str | None:
+        """A number (E.164) or a ``sip:`` URI to put a call through to; None when unset (or malformed)."""
+        raw = self.text(name, "")
+        if raw.lower().startswith("sip:"):
+            if _SIP_URI.fullmatch(raw):
+                return raw
+            self.problems.append(f"{name} must be a phone number or a sip:user@host URI")
+            return None
+        return self.phone(name, region)
 
     def phone_list(self, name: str, region: str) -> tuple[str, ...]:
         numbers = []

@@ -58,6 +58,7 @@ from phones.networks import NETWORKS
 from phones.sms import SmsReplies
 from routes import calls
 from routes.operator import CONSOLE_PAGE, add_operator_routes, close_console
+from routes.outbound import add_outbound_routes
 from routes.state import (
     CALLS,
     CAPACITY,
@@ -122,6 +123,7 @@ def make_app(config: Config) -> web.Application:
     app[FIRST_STREAM] = streams[0]
     app.router.add_post("/sms", calls.sms)
     add_operator_routes(app)
+    add_outbound_routes(app)
     app.on_shutdown.append(_close_calls)
     app.on_shutdown.append(close_console)
     return app

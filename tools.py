@@ -59,6 +59,15 @@ class CallControl(Protocol):
         """Hang up once the assistant's goodbye has been played to the caller."""
         ...
 
+    def transfer_after_line(self, reason: str) -> str:
+        """Put the caller through to a person once the assistant's one line has played; returns whom (for
+        the model's line: "a colleague").
+
+        Raises:
+            ToolError: this call has no transfer destination, or is already ending.
+        """
+        ...
+
     async def switch_noise_reduction(self, mode: str) -> None:
         """Send the partial ``session.update`` and return once ``session.updated`` confirms it.
 
@@ -142,6 +151,15 @@ async def end_call(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     reason = _text(args, "reason", required=False, max_len=500) or "the caller said goodbye"
     ctx.call.hang_up_after_goodbye(reason)
     return {"status": "ending", "instruction": "Say one brief goodbye now; the line closes when it has played."}
+
+
+async def transfer_call(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    """Put the caller through to a person after one short line; the destination is the operator's, never
+    the model's."""
+    reason = _text(args, "reason", max_len=300)
+    whom = ctx.call.transfer_after_line(reason)
+    return {"status": "transferring", "instruction": f"Say one short line now, such as \"I'll put you through "
+            f"to {whom} now\"; the call is transferred once it has played. Do not say anything after it."}
 
 
 async def update_mic_distance(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
@@ -479,6 +497,20 @@ TOOLS: dict[str, Tool] = {
             },
             gpt_web_search,
             timeout_s=15.0,
+        ),
+        Tool(
+            "transfer_call",
+            "Put the caller through to a person. Call it when the caller asks for a human, or when you "
+            "cannot help and a person can. You will then say one short line; the call is transferred after it.",
+            {
+                "type": "object",
+                "properties": {"reason": {"type": "string", "description": "One sentence for the person who "
+                                          "picks up: who is calling and what they need."}},
+                "required": ["reason"],
+                "additionalProperties": False,
+            },
+            transfer_call,
+            timeout_s=2.0,
         ),
     )
 }

@@ -44,3 +44,17 @@ rm -rf /tmp/pysptk_$$
 say "$assistant" assistant_book.wav "That sounds like a line from a library catalogue: a book called The Danger Trail, and a name, Philip Steels. Old adventure novels like that were very popular about a century ago, and many of them can now be read for free online."
 say "$assistant" assistant_book_short.wav "Philip Steels. Got it, I'll remember the name."
 say "$assistant" assistant_book_bye.wav "Happy reading, Jordan. Goodbye!"
+# Outbound calls (scenarios/outbound_human.json, outbound_machine.json) and a transfer (transfer.json).
+say "$caller" callee_hello.wav "Hello?"
+say "$caller" callee_thanks.wav "Oh right, thanks for the reminder. Bye!"
+say "$assistant" assistant_reminder.wav "Hi Jordan, it's your assistant. I'm calling to remind you about your dentist appointment at three p m today."
+say "$assistant" assistant_bye.wav "You're welcome. Goodbye!"
+say "$assistant" assistant_voicemail.wav "Hi Jordan, it's your assistant, calling to remind you about your dentist appointment at three p m today. Goodbye!"
+# The answering machine: its greeting, then a 1 kHz beep.
+say en-us+m1 /tmp/greeting_$$.wav "Hi, you've reached Jordan. Please leave a message after the tone."
+sox -n -r 8000 -c 1 -b 16 /tmp/beep_$$.wav synth 0.5 sine 1000 vol 0.5
+sox /tmp/greeting_$$.wav /tmp/beep_$$.wav machine_greeting.wav pad 0 0
+rm -f /tmp/greeting_$$.wav /tmp/beep_$$.wav
+say "$caller" caller_person.wav "Can I speak to a person, please?"
+say "$assistant" assistant_transfer.wav "Of course. I'll put you through to a colleague now."
+say "$assistant" assistant_not_connected.wav "Sorry, I couldn't connect you. How else can I help?"

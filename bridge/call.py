@@ -9,12 +9,14 @@
 3. Two pumps: caller audio from the phone leg to the upstream (``_pump_phone``); model events from the
    upstream to the ``Conversation`` (``_pump_model``), which plays the assistant through the
    ``PhoneOutput``, handles barge-in, transcripts and tool calls.
-4. ``end_call`` hangs up once the ``Goodbye`` has been spoken and has played (``_hang_up_after_goodbye``).
+4. ``Handoff`` ends the call once a goodbye (``end_call``), a closing line or a voicemail message has been
+   spoken and has played, or puts the caller through to a person (``transfer_call``).
 5. Whichever task ends first ends the call: the others are cancelled and awaited, both sockets closed.
 
 Its parts, each the one owner of its state: ``PhoneOutput`` (what the caller hears), ``Upstream`` (the
 model session), ``Conversation`` (what each model event does), ``ToolRunner``, ``KeyPresses``,
-``Goodbye``, ``Transcript``. Observers get typed ``bridge.events.CallEvent``s through one hook.
+``Goodbye``, ``Handoff`` (the chosen end, an outbound call's order), ``Transcript``. Observers get typed
+``bridge.events.CallEvent``s through one hook.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ from aiohttp import WSCloseCode
 from bridge.conversation import Conversation
 from bridge.events import CallCounts, CallEnd, CallEventHook, CallEventKind, Ending, EndReason, HangUp, Publisher, Stats
 from bridge.goodbye import Goodbye, GoodbyeState
+from bridge.handoff import Handoff, Switchboard
 from bridge.output import PhoneOutput
 from bridge.prewarm import Prewarms
 from bridge.prompts import KeyPresses, greeting_instruction
 from bridge.tool_runner import ToolRunner
 from bridge.transcript import Transcript
-from bridge.upstream import Upstream, until_voice_quiet
+from bridge.upstream import Upstream
 from bridge.watchdog import watch
-from callers import AllowedCaller, email_for, find_caller, mask_number
+from callers import AllowedCaller, email_for, find_callee, find_caller, mask_number
 from config import Config
 from model.factory import session_factory
 from model.session import ModelRefused, ModelUnavailable, SessionFactory
@@ -52,8 +55,6 @@ logger = logging.getLogger("bridge")
 
 START_TIMEOUT_S = 10.0
 """How long the phone has to send its start after the websocket opens."""
-GOODBYE_RESPONSE_TIMEOUT_S = 15.0
-"""After ``end_call``, how long the model has to finish its goodbye before the line closes anyway."""
 
 class Call:
     """One phone call bridged to the voice model; implements ``tools.CallControl`` for the tools.
@@ -67,6 +68,7 @@ class Call:
             the call opens and closes its own.
         sessions: makes the call's model sessions; default: ``model.factory.session_factory``.
         prewarms: sessions opened at the webhook (``bridge.prewarm``); the stream's token names its own.
+        switchboard: outbound calls' orders and transfers (``phones.dialer.Dialer``); None: neither.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Call:
         on_event: CallEventHook | None = None,
         sessions: SessionFactory | None = None,
         prewarms: Prewarms | None = None,
+        switchboard: Switchboard | None = None,
     ) -> None:
         self.phone = phone
         self.config = config
@@ -97,6 +100,7 @@ class Call:
         self.log = CallLog(logger)
         self._publish = Publisher(on_event, self.log)
         self._close_code: int | None = None
+        self._close_ending: Ending | None = None
         self._closing = asyncio.Event()
         self._goodbye_moved = asyncio.Event()
         self._own_client = None if realtime_client is not None or sessions is not None else RealtimeClient()
@@ -120,6 +124,7 @@ class Call:
             log=self.log, publish=self._publish,
         )
         self.keys = KeyPresses(self.conversation.on_key_presses, self.log)
+        self.handoff = Handoff(self, switchboard)
 
     @property
     def session_ready(self) -> bool:
@@ -157,28 +162,16 @@ class Call:
         return end
 
     async def say_goodbye(self, reason: str, instruction: str) -> None:
-        """End the call from outside after one short spoken line (a restart's drain timeout): what is
-        playing is cut as by a barge-in, the model is asked for the line (``instruction``), and the call
-        ends once it has played, closing 1001 going away. A call whose session is not ready is closed
-        now; one already saying its goodbye (``end_call``) finishes it."""
+        """End the call from outside after one short spoken line (a restart's drain timeout), closing 1001 going
+        away (``Handoff.say_line``)."""
         self._close_code = WSCloseCode.GOING_AWAY
-        if not self.session_ready:
-            await self.close(WSCloseCode.GOING_AWAY, reason)
-            return
-        if not self.goodbye.request(reason, by_model=False):
-            return
-        self.log.info("ending the call with a closing line: %s", reason)
-        await self.output.music.stop()
-        now = time.monotonic()
-        session = self.upstream.session
-        if self.output.is_playing(now) or (session is not None and session.busy):
-            await self.conversation.cut(now, cancel=True, by="the server")
-        self.goodbye.after_tools(spoke=False)
-        await self.upstream.respond(instruction)
+        await self.handoff.say_line(Ending(EndReason.CLOSING_LINE, reason), instruction)
 
-    async def close(self, code: int, reason: str) -> None:
-        """End the call from outside (shutdown): close the phone socket with ``code``."""
+    async def close(self, code: int, reason: str, ending: Ending | None = None) -> None:
+        """End the call from outside: close the phone socket with ``code``; the call ends with ``ending``
+        (default: the server is shutting down)."""
         self._close_code = code
+        self._close_ending = ending
         self._closing.set()
         await self.phone.close(code, reason)
 
@@ -190,7 +183,7 @@ class Call:
             asyncio.create_task(self._pump_phone(), name="phone->model"),
             asyncio.create_task(self._pump_model(), name="model->phone"),
             asyncio.create_task(watch(self.phone, self.counts, self.upstream, self.log), name="watchdog"),
-            asyncio.create_task(self._hang_up_after_goodbye(), name="hang up"),
+            asyncio.create_task(self.handoff.run(), name="hang up"),
             asyncio.create_task(self.upstream.rollover_when_due(), name="session rollover"),
             asyncio.create_task(self._closing.wait(), name="close request"),
         ]
@@ -199,16 +192,17 @@ class Call:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, self.tools.close(), self.keys.close(), return_exceptions=True)
+            await asyncio.gather(*tasks, self.tools.close(), self.keys.close(), self.handoff.close(),
+                                 return_exceptions=True)
             await self.output.close()
         if self._closing.is_set():  # the close also ends the phone pump: report the cause
-            return Ending(EndReason.SHUTTING_DOWN, "server shutting down")
+            return self._close_ending or Ending(EndReason.SHUTTING_DOWN, "server shutting down")
         finished = done.pop()
         exc = finished.exception()
         if exc is not None:
             raise exc
         ending: Ending = finished.result()
-        return ending
+        return self.handoff.explain(ending)
 
     async def _admit(self) -> Ending | None:
         """The phone's start, its stream token and the caller: None when the call may go on."""
@@ -229,7 +223,12 @@ class Call:
                 return Ending(EndReason.INVALID_TOKEN, "invalid stream token")
             number = verdict.caller_number
             self._nonce = start.custom_parameters.get("stream_nonce", "")
-        self.caller = find_caller(self.config, number)  # the allowlists again: they may have changed
+            if verdict.order and not self.handoff.admit(verdict.order):
+                self.log.warning("media stream refused: no outbound order %s here", verdict.order)
+                await self.phone.close(WSCloseCode.POLICY_VIOLATION, "unknown order")
+                return Ending(EndReason.INVALID_TOKEN, "unknown outbound order")
+        outbound = not self.handoff.greets  # the allowlists again: they may have changed
+        self.caller = find_callee(self.config, number or "") if outbound else find_caller(self.config, number)
         if self.caller is None:
             self.log.warning("media stream for a restricted caller refused")
             if self._prewarms is not None and self._nonce:  # its pre-warmed session is of no use now
@@ -238,10 +237,12 @@ class Call:
             return Ending(EndReason.RESTRICTED, "restricted caller")
         self.tools.context.email_to = email_for(self.config, self.caller.group)
         self.upstream.caller_name = self.caller.first_name or "the caller"
-        self.log.info("call started call_sid=%s network=%s caller=%s group=%s", self.call_sid, network,
-                      mask_number(self.caller.number), self.caller.group)
+        self.upstream.brief = self.handoff.brief(self.caller)
+        direction = "outbound" if outbound else "inbound"
+        self.log.info("call started call_sid=%s network=%s direction=%s caller=%s group=%s", self.call_sid, network,
+                      direction, mask_number(self.caller.number), self.caller.group)
         self._publish(CallEventKind.STARTED, network=network, caller=mask_number(self.caller.number),
-                      group=str(self.caller.group), call_sid=self.call_sid)
+                      group=str(self.caller.group), call_sid=self.call_sid, direction=direction)
         return None
 
     async def _await_start(self) -> PhoneStart | None:
@@ -278,13 +279,14 @@ class Call:
         """Open the session and greet the caller, then hand model events to the conversation, session
         after session; when none can be had, the caller hears the apology and the call ends."""
         prewarms = self._prewarms
-        prewarmed = await prewarms.take(self._nonce) if prewarms is not None and self._nonce else None
+        greets = self.handoff.greets
+        prewarmed = await prewarms.take(self._nonce) if prewarms is not None and self._nonce and greets else None
         try:
             await self.upstream.start(prewarmed)
         except ModelUnavailable as exc:
             unavailable = Ending(EndReason.MODEL_UNAVAILABLE, f"{self.upstream.api} unavailable")
             return await self.upstream.lost(str(exc), unavailable)
-        if prewarmed is None or not prewarmed.greeted:
+        if greets and (prewarmed is None or not prewarmed.greeted):
             name = self.caller.first_name if self.caller else None
             await self.upstream.respond(greeting_instruction(name or "there"))
         try:
@@ -292,24 +294,10 @@ class Call:
         except ConnectionResetError:  # the caller hung up while audio was being sent: a normal end
             return Ending(EndReason.PHONE_HUNG_UP, f"{self.phone.network} hung up")
 
-    async def _hang_up_after_goodbye(self) -> Ending:
-        """After ``end_call``: wait for the goodbye to be spoken, then for the phone to report its last
-        mark (every byte played, or cleared by a barge-in), then end the call. The safety deadline runs
-        from the goodbye audio (what is still unplayed, plus a margin), not from the tool call."""
-        goodbye = self.goodbye
-        while not goodbye.under_way:
-            self._goodbye_moved.clear()
-            await self._goodbye_moved.wait()
-        try:
-            async with asyncio.timeout(GOODBYE_RESPONSE_TIMEOUT_S):
-                while goodbye.state is not GoodbyeState.SPOKEN:
-                    self._goodbye_moved.clear()
-                    await self._goodbye_moved.wait()
-        except TimeoutError:
-            self.log.warning("no goodbye within %.0f s of end_call", GOODBYE_RESPONSE_TIMEOUT_S)
-        await until_voice_quiet(self.upstream, GOODBYE_RESPONSE_TIMEOUT_S, self.log)
-        await self.output.wait_for_playout("goodbye")
-        return Ending(EndReason.END_CALL if goodbye.by_model else EndReason.CLOSING_LINE, str(goodbye.reason))
+    async def goodbye_moved(self) -> None:
+        """Return at the goodbye's next move (``Goodbye``'s ``on_change``)."""
+        self._goodbye_moved.clear()
+        await self._goodbye_moved.wait()
 
     def _quiet(self, now: float) -> bool:
         """The call is quiet for a rollover: the caller not speaking, no tool running, no goodbye under
@@ -337,9 +325,13 @@ class Call:
         return session.noise_reduction if session is not None else self.config.noise_reduction.value
 
     def hang_up_after_goodbye(self, reason: str) -> None:
-        """Hang up once the goodbye has played (``_hang_up_after_goodbye``)."""
+        """Hang up once the goodbye has played (``Handoff.run``)."""
         if self.goodbye.request(reason):
             self.log.info("end_call reason=%s", reason)
+
+    def transfer_after_line(self, reason: str) -> str:
+        """Put the caller through once the line has played (``Handoff.request_transfer``)."""
+        return self.handoff.request_transfer(reason)
 
     async def switch_noise_reduction(self, mode: str) -> None:
         """Switch the model session's noise reduction; returns once the service confirms ``mode``.

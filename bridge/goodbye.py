@@ -69,6 +69,11 @@ class Goodbye:
         if self.state is GoodbyeState.SPEAKING and response_id == self.response_id:
             self._enter(GoodbyeState.SPOKEN)
 
+    def reset(self) -> None:
+        """Back to no goodbye: the line was spoken but the call goes on (a transfer the network refused)."""
+        self.reason, self.by_model, self.response_id = None, False, None
+        self._enter(GoodbyeState.NONE)
+
     @property
     def under_way(self) -> bool:
         """``end_call`` ran or the relay is ending the call with a closing line."""

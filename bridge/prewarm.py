@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 
 from bridge.prompts import greeting_instruction
 from config import PrewarmMode
-from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionClosed, SessionEnd, SessionFactory
+from model.session import (
+    CallBrief,
+    ModelEvent,
+    ModelSession,
+    ModelUnavailable,
+    SessionClosed,
+    SessionEnd,
+    SessionFactory,
+)
 from redact import CallLog
 
 logger = logging.getLogger("bridge")
@@ -111,6 +119,7 @@ class PrewarmedSession:
 class _Entry:
     nonce: str
     first_name: str | None
+    brief: CallBrief | None = None
     task: asyncio.Task[None] | None = None
     session: ModelSession | None = None
     events: deque[ModelEvent] = field(default_factory=deque)
@@ -142,12 +151,12 @@ class Prewarms:
         self._failure_logged_at = -FAILURE_LOG_INTERVAL_S
         self.counts: dict[str, int] = {"used": 0, "expired": 0, "missed": 0, "failed": 0}
 
-    def start(self, nonce: str, first_name: str | None, ttl_s: float) -> None:
-        """The webhook admitted a call whose stream will carry ``nonce``: open its session now, and close it
-        if no stream takes it within ``ttl_s``."""
+    def start(self, nonce: str, first_name: str | None, ttl_s: float, brief: CallBrief | None = None) -> None:
+        """The webhook admitted a call whose stream will carry ``nonce``: open its session now (told ``brief``,
+        as the call's own sessions will be), and close it if no stream takes it within ``ttl_s``."""
         if self.mode is PrewarmMode.OFF or nonce in self._entries:
             return
-        entry = _Entry(nonce, first_name)
+        entry = _Entry(nonce, first_name, brief)
         self._entries[nonce] = entry
         entry.task = asyncio.create_task(self._warm(entry), name="prewarm")
         asyncio.get_running_loop().call_later(ttl_s, self._expire, nonce)
@@ -188,7 +197,8 @@ class Prewarms:
         return len(self._entries)
 
     async def _warm(self, entry: _Entry) -> None:
-        session = self._sessions(self._noise_reduction, CallLog(logger))
+        brief = () if entry.brief is None else (entry.brief,)
+        session = self._sessions(self._noise_reduction, CallLog(logger), *brief)
         try:
             await session.open(CONNECT_TIMEOUT_S, CONFIGURE_TIMEOUT_S)
         except ModelUnavailable as exc:

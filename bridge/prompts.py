@@ -24,6 +24,34 @@ def greeting_instruction(first_name: str) -> str:
     )
 
 
+def outbound_brief(purpose: str, first_name: str) -> str:
+    """What an outbound call's session is told after the deployment's instructions: whom it calls, why, and
+    to let them speak first."""
+    whom = f"{first_name}" if first_name else "the person who answers"
+    return (
+        f"This is an outbound phone call that you placed to {whom}. Its purpose: {purpose}\n"
+        "Wait for them to answer and speak first; do not talk over them. Then say briefly that you are their "
+        "assistant calling, and why. Keep to the purpose, and say goodbye (end_call) once it is done. If an "
+        "answering machine answers, wait for its greeting to end, then leave one short message about the purpose "
+        "and say goodbye."
+    )
+
+
+def voicemail_instruction(purpose: str) -> str:
+    """What the model is told when an answering machine's greeting has ended."""
+    return (
+        "You have reached an answering machine and its greeting has ended: you are being recorded now. Leave "
+        f"one short message (two or three sentences): that you are their assistant calling, and this: {purpose} "
+        "Then say goodbye. Do not wait for a reply."
+    )
+
+
+TRANSFER_FAILED_INSTRUCTION = (
+    "The transfer did not go through: no one could be reached. Tell the caller in one short sentence that you "
+    "could not connect them, and ask how else you can help."
+)
+
+
 def replay_intro(name: str) -> str:
     """The system message that opens a replayed conversation in a new session."""
     return (

@@ -24,7 +24,7 @@ from bridge.output import PhoneOutput
 from bridge.prewarm import Prewarmed, PrewarmedSession
 from bridge.prompts import replay_intro
 from bridge.transcript import Transcript
-from model.session import ModelEvent, ModelSession, ModelUnavailable, SessionClosed, SessionFactory
+from model.session import CallBrief, ModelEvent, ModelSession, ModelUnavailable, SessionClosed, SessionFactory
 from redact import CallLog
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ class Upstream:
         """The voice API the sessions speak (``realtime``), once one has been made: for logs and end reasons."""
         self.caller_name = "the caller"
         """Named in the replay's opening."""
+        self.brief: CallBrief | None = None
+        """What this call's sessions are told beyond the deployment's settings (an outbound call's purpose)."""
         self.forwarding = False
         """Caller audio goes straight to the session; False while one is being opened or replaced."""
         self.held: deque[str] = deque(maxlen=HELD_AUDIO_FRAMES)
@@ -233,7 +235,8 @@ class Upstream:
 
     async def _open(self, connect_timeout_s: float, configure_timeout_s: float, replay: bool = False) -> ModelSession:
         """A new configured session; with ``replay``, seeded with the conversation so far."""
-        session = self._sessions(self._noise_reduction, self._log)
+        brief = () if self.brief is None else (self.brief,)
+        session = self._sessions(self._noise_reduction, self._log, *brief)
         self.api = session.api
         if replay:
             turns = self._transcript.replay()

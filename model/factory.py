@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, TypeVar
+
 import tools
 from config import Config, VoiceApi
 from model.live import LiveOptions, LiveSession
 from model.realtime import RealtimeOptions, RealtimeSession
 from model.realtime_wire import takes_reasoning
-from model.session import ModelSession, SessionFactory
+from model.session import CallBrief, ModelSession, SessionFactory
 from model.websocket import RealtimeClient
 from redact import CallLog
+
+PER_CALL_TOOLS = ("transfer_call",)
+"""Tools offered only to the calls whose brief names them (``model.session.CallBrief``)."""
+
+
+def _offered(config: Config, left_out: tuple[str, ...] = ()) -> tuple[dict[str, Any], ...]:
+    """The deployment's tool definitions for every call: ``TOOLS`` but the per-call ones and ``left_out``."""
+    return tuple(tools.definitions(tuple(n for n in config.tools if n not in PER_CALL_TOOLS + left_out)))
+
+
+_Options = TypeVar("_Options", RealtimeOptions, LiveOptions)
+
+
+def briefed(options: _Options, brief: tuple[CallBrief, ...], config: Config) -> _Options:
+    """``options`` with a call's brief: its instructions after the deployment's, its tools (those ``TOOLS``
+    offers) after the deployment's."""
+    if not brief:
+        return options
+    extra = tuple(tools.definitions(tuple(n for n in brief[0].tools if n in config.tools)))
+    instructions = options.instructions + ("\n\n" + brief[0].instructions if brief[0].instructions else "")
+    return dataclasses.replace(options, instructions=instructions, tools=options.tools + extra)
 
 
 def realtime_options(config: Config) -> RealtimeOptions:
@@ -22,7 +46,7 @@ def realtime_options(config: Config) -> RealtimeOptions:
         voice=config.voice,
         turn_detection=config.turn_detection(),
         transcription_model=config.transcription_model,
-        tools=tuple(tools.definitions(config.tools)),
+        tools=_offered(config),
         reasoning_effort=effort,
     )
 
@@ -33,7 +57,6 @@ LIVE_TOOLS_LEFT_OUT = ("update_mic_distance",)
 
 def live_options(config: Config) -> LiveOptions:
     """The GPT-Live session settings of ``config``: its tools (but ``LIVE_TOOLS_LEFT_OUT``) go to the backend."""
-    offered = tuple(name for name in config.tools if name not in LIVE_TOOLS_LEFT_OUT)
     return LiveOptions(
         url=config.live_url,
         api_key=config.openai_api_key,
@@ -41,7 +64,7 @@ def live_options(config: Config) -> LiveOptions:
         instructions=config.instructions,
         voice=config.voice,
         backend_model=config.live_backend_model,
-        tools=tuple(tools.definitions(offered)),
+        tools=_offered(config, LIVE_TOOLS_LEFT_OUT),
     )
 
 
@@ -50,14 +73,14 @@ def session_factory(config: Config, client: RealtimeClient) -> SessionFactory:
     if config.voice_api is VoiceApi.LIVE:
         live = live_options(config)
 
-        def make_live(noise_reduction: str, log: CallLog) -> ModelSession:
-            return LiveSession(client, live, log)
+        def make_live(noise_reduction: str, log: CallLog, /, *brief: CallBrief) -> ModelSession:
+            return LiveSession(client, briefed(live, brief, config), log)
 
         return make_live
     options = realtime_options(config)
 
-    def make(noise_reduction: str, log: CallLog) -> ModelSession:
-        return RealtimeSession(client, options, noise_reduction, log)
+    def make(noise_reduction: str, log: CallLog, /, *brief: CallBrief) -> ModelSession:
+        return RealtimeSession(client, briefed(options, brief, config), noise_reduction, log)
 
     return make
 

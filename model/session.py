@@ -27,7 +27,7 @@ Sources: the ``openai`` package's ``openai.types.realtime`` and ``openai.types.l
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -315,7 +315,20 @@ class ModelSession(Protocol):
         ...
 
 
-SessionFactory = Callable[[str, "CallLog"], ModelSession]
-"""Makes an unopened session for one call: ``(noise_reduction, log)``, the noise reduction to configure
-(``near_field``, ``far_field``, ``off``) and the call's logger; everything else comes from the
-deployment's settings (``model.factory``)."""
+@dataclass(frozen=True, slots=True)
+class CallBrief:
+    """What one call's sessions are told beyond the deployment's settings."""
+
+    instructions: str = ""
+    """Added after the deployment's instructions (an outbound call's purpose and whom it calls)."""
+    tools: tuple[str, ...] = ()
+    """Tool names offered to this call only, when the deployment offers them (``transfer_call`` for a caller
+    with a transfer destination)."""
+
+
+class SessionFactory(Protocol):
+    """Makes an unopened session for one call: ``(noise_reduction, log)``, the noise reduction to configure
+    (``near_field``, ``far_field``, ``off``) and the call's logger, and for a call with its own brief, that
+    brief; everything else comes from the deployment's settings (``model.factory``)."""
+
+    def __call__(self, noise_reduction: str, log: CallLog, /, *brief: CallBrief) -> ModelSession: ...

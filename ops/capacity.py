@@ -3,6 +3,7 @@ loop says when the descriptors run out."""
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import resource
@@ -51,11 +52,16 @@ class Capacity:
     def full(self) -> bool:
         return self.in_use >= self.max_calls
 
-    def answer(self) -> bool:
-        """Reserve room for a call the webhook is about to answer; False when full (answer busy)."""
+    def answer(self, hold_s: float | None = None) -> bool:
+        """Reserve room for a call the webhook is about to answer (or a call being placed, which rings first:
+        ``hold_s`` seconds instead of a stream token's life); False when full (answer busy)."""
         if self.full:
             return False
-        self._answered.append(time.monotonic() + self._reservation_s)
+        expiry = time.monotonic() + (self._reservation_s if hold_s is None else hold_s)
+        if self._answered and expiry < self._answered[-1]:  # kept in expiry order
+            self._answered.insert(bisect.bisect(self._answered, expiry), expiry)
+        else:
+            self._answered.append(expiry)
         return True
 
     def open_stream(self) -> bool:

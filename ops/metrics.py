@@ -60,6 +60,9 @@ class Metrics:
         )
         for outcome in ("used", "expired", "missed", "failed"):
             self.prewarms.labels(outcome)
+        self.call_outcomes = Counter(
+            "relay_call_outcomes", "Calls by direction (inbound, outbound) and outcome: answered; for calls placed "
+            "also machine, no answer, busy, failed.", ["direction", "outcome"], registry=r)
         self.first_word = Histogram(
             "relay_first_word_seconds", "From the phone's start to the first assistant audio sent to it.", registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
@@ -90,6 +93,8 @@ class Metrics:
         kind = event.kind
         if kind is CallEventKind.STARTED:
             self.calls.inc()
+            if data.get("direction") != "outbound":  # a placed call's outcome comes from its network
+                self.call_outcomes.labels("inbound", "answered").inc()
         elif kind is CallEventKind.ENDED:
             self.calls_ended.labels(self._bounded("reason", str(data.get("kind")))).inc()
             self.call_duration.observe(float(data.get("duration_s", 0.0)))

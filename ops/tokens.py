@@ -38,6 +38,9 @@ MAX_ADMITTED = 100_000
 
 FIELDS = ("caller_number", "stream_expires", "stream_nonce", "stream_token")
 """The custom parameters a stream's start carries (Twilio ``<Parameter>``s; Plivo ``extraHeaders``)."""
+ORDER_FIELD = "stream_order"
+"""An outbound call's token carries its order's id (hex) and is bound to it instead of the call id: the call id
+is not known when the call is placed (``ops.dialer``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +48,11 @@ class Verdict:
     """What a stream's start proved."""
 
     caller_number: str | None
-    """The caller's number the webhook vouched for; None when the token is refused."""
+    """The caller's number the webhook vouched for (an outbound call's callee); None when the token is refused."""
     reason: str
     """Why it is refused (for the log), or ``ok``."""
+    order: str = ""
+    """The outbound order the token was issued for ("" for an inbound call)."""
 
 
 class StreamTokens:
@@ -82,6 +87,15 @@ class StreamTokens:
                 self._admitted.popitem(last=False)
         return params
 
+    def issue_outbound(self, callee_number: str, order: str, ttl_s: float) -> dict[str, str]:
+        """The parameters for an outbound call's stream (``FIELDS`` and ``ORDER_FIELD``), valid ``ttl_s``
+        seconds (the call may ring, then be screened by answering machine detection) and, like any token,
+        once. Bound to ``order`` (hex), since the call id is not known yet."""
+        expires = str(int(self._now() + ttl_s))
+        nonce = secrets.token_hex(8)
+        return {"caller_number": callee_number, "stream_expires": expires, "stream_nonce": nonce,
+                ORDER_FIELD: order, "stream_token": self._mac(callee_number, _bound_to_order(order), expires, nonce)}
+
     def again(self, call_sid: str) -> dict[str, str] | bool:
         """A webhook for ``call_sid``: False when the call id was never admitted (issue a token); the
         parameters issued before when that token is still unspent and valid (answer the same again);
@@ -100,7 +114,8 @@ class StreamTokens:
         caller, expires, nonce, token = (params.get(name, "") for name in FIELDS)
         if not (caller and expires.isdigit() and nonce and token):
             return Verdict(None, "no stream token")
-        expected = self._mac(caller, call_sid, expires, nonce)
+        order = params.get(ORDER_FIELD, "")
+        expected = self._mac(caller, _bound_to_order(order) if order else call_sid, expires, nonce)
         if not hmac.compare_digest(expected, token):
             return Verdict(None, "stream token does not match this call")
         now = self._now()
@@ -111,11 +126,16 @@ class StreamTokens:
         self._used[nonce] = float(expires)
         while self._used and (next(iter(self._used.values())) < now or len(self._used) > MAX_OUTSTANDING):
             self._used.popitem(last=False)
-        return Verdict(caller, "ok")
+        return Verdict(caller, "ok", order)
 
     def _mac(self, caller: str, call_sid: str, expires: str, nonce: str) -> str:
         message = "\0".join((caller, call_sid, expires, nonce)).encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+
+def _bound_to_order(order: str) -> str:
+    """What an outbound token is bound to in place of a call id (no call id has this form)."""
+    return "\0order:" + order
 
 
 def operator_allowed(authorization: str | None, token: str | None) -> bool:

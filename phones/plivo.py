@@ -31,7 +31,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 """Plivo's websocket message limit (Audio Streaming guide: 64 KB)."""
 CONTENT_TYPE = "audio/x-mulaw;rate=8000"
 HEADERS = {"caller_number": "callerNumber", "stream_expires": "streamExpires", "stream_nonce": "streamNonce",
-           "stream_token": "streamToken"}
+           "stream_token": "streamToken", "stream_order": "streamOrder"}
 """The stream's parameters as ``extraHeaders`` keys: the XML reference allows only letters and digits
 there, so the caller's E.164 number travels without its ``+``."""
 _HEADER_SPLIT = re.compile(r"[,;]")
@@ -118,12 +118,13 @@ DIALECT = Dialect("plivo", parse_message, play_audio_message, checkpoint_message
 
 
 def stream_xml(say: str, stream_url: str, parameters: Mapping[str, str]) -> str:
-    """``<Speak>`` then a bidirectional ``<Stream>`` that keeps the call alive, µ-law 8 kHz in and out,
-    with the stream's parameters (``HEADERS``: caller number, stream token) in ``extraHeaders``.
-    Closing the stream then ends the call."""
+    """``<Speak>`` (none for an empty ``say``: an outbound call) then a bidirectional ``<Stream>`` that keeps
+    the call alive, µ-law 8 kHz in and out, with the stream's parameters (``HEADERS``: caller number, stream
+    token) in ``extraHeaders``. Closing the stream then ends the call."""
     headers = ",".join(f"{HEADERS[name]}={value.lstrip('+')}" for name, value in parameters.items())
     response = plivoxml.ResponseElement()
-    response.add(plivoxml.SpeakElement(say))
+    if say:
+        response.add(plivoxml.SpeakElement(say))
     response.add(plivoxml.StreamElement(
         stream_url,
         bidirectional=True,
@@ -138,7 +139,8 @@ def stream_xml(say: str, stream_url: str, parameters: Mapping[str, str]) -> str:
 def hang_up_xml(say: str) -> str:
     """``<Speak>`` then ``<Hangup/>``."""
     response = plivoxml.ResponseElement()
-    response.add(plivoxml.SpeakElement(say))
+    if say:
+        response.add(plivoxml.SpeakElement(say))
     response.add(plivoxml.HangupElement())
     return str(response.to_string(pretty=False))
 

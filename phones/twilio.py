@@ -87,14 +87,16 @@ def parse_message(text: str | bytes) -> PhoneEvent | None:
 
 
 def stream_twiml(say: str, stream_url: str, parameters: Mapping[str, str]) -> str:
-    """``<Say>`` then ``<Connect><Stream url>`` with one ``<Parameter>`` per item, nothing after.
+    """``<Say>`` (none for an empty ``say``: an outbound call) then ``<Connect><Stream url>`` with one
+    ``<Parameter>`` per item, nothing after.
 
     TwiML docs: ``<Connect><Stream>`` holds the call until the websocket closes, and with no verb
     after ``</Connect>`` the call then ends, so closing the stream is how the relay hangs up.
     Names and texts are XML-escaped by the twilio library.
     """
     response = VoiceResponse()
-    response.say(say)
+    if say:
+        response.say(say)
     connect = Connect()
     stream = connect.stream(url=stream_url)
     for name, value in parameters.items():
@@ -106,7 +108,8 @@ def stream_twiml(say: str, stream_url: str, parameters: Mapping[str, str]) -> st
 def hang_up_twiml(say: str) -> str:
     """``<Say>`` then ``<Hangup/>``."""
     response = VoiceResponse()
-    response.say(say)
+    if say:
+        response.say(say)
     response.hangup()
     return str(response.to_xml())
 

@@ -20,6 +20,7 @@ from aiohttp import WSCloseCode, web
 
 from bridge.call import Call
 from bridge.events import CallEvent, CallEventHook
+from bridge.handoff import call_brief, transfer_destination
 from callers import (
     ADMITTED_MESSAGE,
     BUSY_MESSAGE,
@@ -39,6 +40,7 @@ from routes.state import (
     CAPACITY,
     CONFIG,
     CONSOLE,
+    DIALER,
     DRAINING,
     METRICS,
     OPENAI_CLIENT,
@@ -105,15 +107,24 @@ async def _form(request: web.Request) -> dict[str, str]:
     return {key: str(value) for key, value in form.items()}
 
 
-async def voice_webhook(request: web.Request, network: Network) -> web.Response:
-    """A network's voice webhook (GET or POST), answered in its language. 404 while the network is off (no
-    credentials, and no ``ALLOW_UNSIGNED_WEBHOOKS``), 403 without a valid signature."""
+async def signed_form(request: web.Request, network: Network) -> dict[str, str] | None:
+    """A network's callback: its form parameters when its signature matches (over this relay's public URL of the
+    request), None otherwise (logged). 404 while the network is off."""
     signatures = _served(request, network)
     body = await request.read() if request.method == "POST" else b""
     params = await _form(request)
     url = public_origin(request.app[CONFIG], request) + request.path_qs
     if not signatures.webhook(request.method, url, params, request.headers, body):
         logger.warning("rejected %s: bad %s signature", request.path, network.name)
+        return None
+    return params
+
+
+async def voice_webhook(request: web.Request, network: Network) -> web.Response:
+    """A network's voice webhook (GET or POST), answered in its language. 404 while the network is off (no
+    credentials, and no ``ALLOW_UNSIGNED_WEBHOOKS``), 403 without a valid signature."""
+    params = await signed_form(request, network)
+    if params is None:
         return web.Response(status=403, text="invalid signature")
     raw_from = network.caller_number(params.get("From") or request.query.get("From"))
     call_id = params.get(network.call_id_param) or request.query.get(network.call_id_param) or ""
@@ -144,7 +155,9 @@ def _answer(request: web.Request, network: Network, raw_from: str | None, call_i
                            config.max_calls)
             return network.hang_up_answer(BUSY_MESSAGE)
         parameters = tokens.issue(caller.number, call_id)
-        request.app[PREWARMS].start(parameters["stream_nonce"], caller.first_name, TOKEN_TTL_S)
+        destination = transfer_destination(config, request.app.get(DIALER), network.name, caller)
+        request.app[PREWARMS].start(parameters["stream_nonce"], caller.first_name, TOKEN_TTL_S,
+                                    call_brief(destination, None, caller))
     if network.carries_call_id:
         parameters = {**parameters, "call_id": call_id}
     stream_url = stream_origin(config, request) + network.stream_path
@@ -192,7 +205,7 @@ async def media_stream(request: web.Request, network: Network) -> web.StreamResp
     leg = WebSocketLeg(ws, dialect, request.transport)
     call = Call(leg, config, app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
                 openai_client=app[OPENAI_CLIENT], sessions=app[SESSIONS], on_event=call_observers(app),
-                prewarms=app[PREWARMS])
+                prewarms=app[PREWARMS], switchboard=app.get(DIALER))
     task = asyncio.current_task()
     assert task is not None
     app[CALLS][call] = task  # type: ignore[assignment]

@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 from ops.console import Console, Watcher
 from ops.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from ops.tokens import feed_ticket, feed_ticket_valid, operator_allowed
-from routes.state import CAPACITY, CONFIG, CONSOLE, CONSOLE_HTML, DRAINING, METRICS, PREWARMS, STATS
+from routes.state import CAPACITY, CONFIG, CONSOLE, CONSOLE_HTML, DIALER, DRAINING, METRICS, PREWARMS, STATS
 
 CONSOLE_PAGE = Path(__file__).resolve().parent.parent / "assets" / "console.html"
 
@@ -49,9 +49,21 @@ async def health(request: web.Request) -> web.Response:
         "upstream_lost": stats.upstream_lost,
         "session_replacements": stats.session_replacements,
         "prewarms": {"waiting": len(prewarms), **prewarms.counts} if prewarms is not None else {},
+        "outbound": _outbound(request.app),
         "openai_configured": bool(request.app[CONFIG].openai_api_key),
     }
     return web.json_response(body, status=200 if status == "healthy" else 503)
+
+
+def _outbound(app: web.Application) -> dict[str, object]:
+    """Calls this process placed: the networks that can place them, the last hour's count against its cap, and
+    those still ringing or under way."""
+    dialer = app.get(DIALER)
+    if dialer is None:
+        return {}
+    return {"networks": dialer.dialing, "placed_last_hour": dialer.placed_last_hour,
+            "max_per_hour": dialer.config.outbound_max_per_hour,
+            "in_progress": sum(1 for order in dialer.orders.values() if not order.outcome)}
 
 
 async def metrics(request: web.Request) -> web.Response:

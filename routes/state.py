@@ -17,6 +17,7 @@ from ops.capacity import Capacity
 from ops.console import Console
 from ops.metrics import Metrics
 from ops.tokens import StreamTokens
+from phones.dialer import Dialer
 from phones.network import Signatures
 from phones.sms import SmsReplies
 
@@ -44,5 +45,7 @@ PREWARMS = web.AppKey("prewarms", Prewarms)
 """Model sessions opened at the voice webhook, taken over by their streams (``bridge.prewarm``)."""
 """Makes every call's model sessions over ``REALTIME_CLIENT`` (``model.factory``), built once."""
 SMS = web.AppKey("sms", SmsReplies)
+DIALER = web.AppKey("dialer", Dialer)
+"""Places outbound calls and puts callers through (``routes.outbound``)."""
 STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)
 """Issued by the voice webhooks, checked (once) by the media streams."""

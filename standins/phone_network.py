@@ -246,10 +246,11 @@ class PhoneCaller:
             self.timeline.add(network.name, f"says {text!r}")
         return answer
 
-    async def run(self, http: aiohttp.ClientSession, relay_url: str) -> None:
-        """Place the whole call. Raises CallFailed when it cannot be completed as scripted."""
+    async def run(self, http: aiohttp.ClientSession, relay_url: str, answer: Answer | None = None) -> None:
+        """Place the whole call (or, given the ``answer`` a placed call carried, answer it: the callee's side).
+        Raises CallFailed when it cannot be completed as scripted."""
         network = self.network
-        answer = await self.dial(http, relay_url)
+        answer = answer or await self.dial(http, relay_url)
         stream_url = answer.stream_url
         headers = {}
         if self.auth_token:
@@ -285,6 +286,28 @@ class PhoneCaller:
                     await ws.send_str(goodbye)  # the last word: no delay queue left to carry it
                 await ws.close()
             self.close_code = ws.close_code
+
+    async def first_utterance_sent(self) -> None:
+        """Return once the script's first utterance has gone down the line (its last frame sent)."""
+        while not self.spoken:
+            self._mouth_empty.clear()
+            await self._mouth_empty.wait()
+        while self.mouth:
+            self._mouth_empty.clear()
+            await self._mouth_empty.wait()
+
+    async def end_stream(self, why: str) -> None:
+        """The network ends the stream because the call moved on (a transfer's ``<Dial>``): its last message,
+        then the socket closes."""
+        self.timeline.add(self.network.name, why)
+        self.hung_up_by = "network"
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            goodbye = self.network.goodbye()
+            with contextlib.suppress(ConnectionResetError):
+                if goodbye is not None:
+                    await ws.send_str(goodbye)
+                await ws.close()
 
     def _due(self, last: float) -> float:
         """When a message handed to the line now arrives: delay plus jitter, never before the one

@@ -1,19 +1,25 @@
-"""A stand-in for Twilio's REST API on loopback: the Messages list (with paging and filters) and create.
+"""A stand-in for Twilio's REST API on loopback: the Messages list (with paging and filters) and create, and the
+Calls resource (create, update, fetch).
 
 It speaks what the ``twilio`` package's client sends and reads: HTTP Basic auth (account SID and
 auth token, or an API key and secret), ``GET /2010-04-01/Accounts/{AccountSid}/Messages.json`` with
 ``From``, ``To``, ``DateSent>``, ``DateSent<``, ``PageSize`` and ``Page`` (newest first, paged through
 ``next_page_uri``), and ``POST`` of the same URL (``To``, ``From``, ``Body``) answering 201 with the
-message resource. Twilio's error bodies (``code``, ``message``, ``status``) for failures.
+message resource. ``POST .../Calls.json`` (``To``, ``From``, ``Twiml``, ``StatusCallback``, ``MachineDetection``,
+``AsyncAmd``...) answers 201 with the call resource and hands the call to ``on_call`` (the callee: a
+``standins.callee`` script); ``POST .../Calls/{CallSid}.json`` (``Twiml`` or ``Status``) records the update and
+hands it to ``on_update``; ``GET`` of it fetches the call. Twilio's error bodies (``code``, ``message``,
+``status``) for failures, 404 (20404) for a call it does not know.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import itertools
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -39,6 +45,16 @@ class TwilioRestStandIn:
     fail_list: int | None = None
     """HTTP status to answer list requests with (None: answer normally)."""
     fail_create: int | None = None
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Call resources by ``CallSid``: those created, and those ``add_call`` registered (inbound calls)."""
+    call_updates: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    """``(CallSid, form)`` of every update, in order."""
+    fail_calls: int | None = None
+    """HTTP status to answer call creates and updates with (None: answer normally)."""
+    on_call: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    """Runs each created call (its resource, with the create request's form under ``_form``)."""
+    on_update: Callable[[dict[str, Any], dict[str, str]], Awaitable[None]] | None = None
+    _tasks: set[Any] = field(default_factory=set)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def add(self, from_: str, to: str, body: str, sent_at: datetime, direction: str = "inbound",
@@ -58,12 +74,76 @@ class TwilioRestStandIn:
         self.messages.append(message)
         return message
 
+    def add_call(self, sid: str, to: str = "", from_: str = "", direction: str = "inbound") -> dict[str, Any]:
+        """Register a call Twilio carries (an inbound call, which a test may then transfer)."""
+        now = format_datetime(datetime.now(UTC))
+        call = {"sid": sid, "account_sid": self.account_sid, "to": to, "from": from_, "status": "in-progress",
+                "direction": direction, "answered_by": None, "date_created": now, "date_updated": now,
+                "start_time": now, "end_time": None, "duration": None, "price": None, "price_unit": "USD",
+                "api_version": "2010-04-01", "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/{sid}.json",
+                "subresource_uris": {}}
+        self.calls[sid] = call
+        return call
+
     def app(self) -> web.Application:
         app = web.Application()
         path = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
         app.router.add_get(path, self._list)
         app.router.add_post(path, self._create)
+        calls = f"/2010-04-01/Accounts/{self.account_sid}/Calls"
+        app.router.add_post(calls + ".json", self._create_call)
+        app.router.add_post(calls + "/{sid}.json", self._update_call)
+        app.router.add_get(calls + "/{sid}.json", self._fetch_call)
+        app.on_shutdown.append(self._stop)
         return app
+
+    async def _stop(self, _app: web.Application) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _create_call(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _error(401, 20003, "Authenticate")
+        form = await request.post()
+        if self.fail_calls is not None:
+            return _error(self.fail_calls, 21210, "The source phone number provided is not yet verified.")
+        fields = {key: str(form.get(key, "")) for key in form}
+        fields["StatusCallbackEvent"] = " ".join(str(v) for v in form.getall("StatusCallbackEvent", []))
+        if not fields.get("To") or not fields.get("From") or not (fields.get("Twiml") or fields.get("Url")):
+            return _error(400, 21205, "A 'To', a 'From' and a 'Url' or 'Twiml' are required.")
+        call = self.add_call("CA" + secrets.token_hex(16), fields["To"], fields["From"], "outbound-api")
+        call["status"] = "queued"
+        call["_form"] = fields
+        if self.on_call is not None:
+            task = asyncio.create_task(self.on_call(call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return web.json_response(_public(call), status=201)
+
+    async def _update_call(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _error(401, 20003, "Authenticate")
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        call = self.calls.get(request.match_info["sid"])
+        if self.fail_calls is not None:
+            return _error(self.fail_calls, 20500, "Internal Server Error")
+        if call is None:
+            return _error(404, 20404, "The requested resource was not found")
+        self.call_updates.append((call["sid"], form))
+        if form.get("Status") in ("completed", "canceled"):
+            call["status"] = form["Status"]
+        if self.on_update is not None:
+            await self.on_update(call, form)
+        return web.json_response(_public(call))
+
+    async def _fetch_call(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _error(401, 20003, "Authenticate")
+        call = self.calls.get(request.match_info["sid"])
+        if call is None:
+            return _error(404, 20404, "The requested resource was not found")
+        return web.json_response(_public(call))
 
     def _authorised(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")

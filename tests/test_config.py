@@ -79,7 +79,7 @@ def test_secrets_stay_out_of_repr() -> None:
                      "TIMEZONE must be an IANA zone such as Europe/Paris", id="timezone"),
         pytest.param({**KEY, "TOOLS": "end_call,fly"},
                      "TOOLS has 1 unknown tool name(s); known: end_call, update_mic_distance, send_email, "
-                     "gpt_web_search, or none", id="tools"),
+                     "gpt_web_search, transfer_call, or none", id="tools"),
         pytest.param({**KEY, "SMTP_NODEMAILER_SERVICE_ID": "pigeon", "SENDER_FROM_EMAIL": "a@example.com"},
                      "SMTP_NODEMAILER_SERVICE_ID is not a known service (gmail, googlemail, proton, "
                      "protonmail, outlook, hotmail, outlook365, yahoo, icloud, zoho, fastmail, aol, gmx, yandex, "
@@ -222,8 +222,10 @@ def test_smtp_server_from_service_id_or_host(env: dict[str, str], expected: tupl
 
 
 def test_tools_selection() -> None:
-    """TOOLS picks the offered tools (default all four, in registry order); none offers none."""
-    assert Config.from_env(KEY).tools == ("end_call", "update_mic_distance", "send_email", "gpt_web_search")
+    """TOOLS picks the offered tools (default all five, in registry order; transfer_call only reaches a call with
+    a transfer destination); none offers none."""
+    assert Config.from_env(KEY).tools == ("end_call", "update_mic_distance", "send_email", "gpt_web_search",
+                                          "transfer_call")
     assert Config.from_env({**KEY, "TOOLS": "gpt_web_search, end_call"}).tools == ("end_call", "gpt_web_search")
     assert Config.from_env({**KEY, "TOOLS": "none"}).tools == ()
 

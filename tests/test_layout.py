@@ -10,20 +10,20 @@ import pytest
 from support import ROOT
 
 FIRST_PARTY = ("relay", "routes", "bridge", "phones", "model", "ops", "config", "envreader", "callers", "tools",
-               "mailserver", "redact", "audio", "simulate", "standins")
+               "mailserver", "redact", "audio", "simulate", "simulate_outbound", "standins")
 """Every first-party module and package at the top of the repository."""
 
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # The app: everything, and nothing imports it (but the simulator, which runs it as a user would).
     "relay": ("routes", "bridge", "phones", "model", "ops", "config", "callers", "tools", "redact", "audio"),
-    "routes": ("routes", "bridge.call", "bridge.events", "bridge.prewarm", "phones", "model.session", "model.websocket",
-               "ops", "config", "callers"),
+    "routes": ("routes", "bridge.call", "bridge.events", "bridge.handoff", "bridge.prewarm", "phones", "model.session",
+               "model.websocket", "ops", "config", "callers"),
     # The call: its own parts, the seams' interfaces (phone leg, model session) and the deployment's choice of
     # model sessions; never a network's or a voice API's implementation.
     "bridge": ("bridge", "phones.leg", "model.session", "model.factory", "model.websocket", "ops.tokens", "config",
                "callers", "tools", "redact", "audio"),
     # The seams' implementations: their own protocol modules.
-    "phones": ("phones", "config", "callers", "tools", "redact", "audio"),
+    "phones": ("phones", "config", "envreader", "callers", "tools", "redact", "audio"),
     "model": ("model", "config", "tools", "redact"),
     # Observers see the calls' events only.
     "ops": ("ops", "bridge.events", "config", "redact"),
@@ -36,6 +36,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "audio": (),
     # The simulator starts the relay as a user would and dials it through the stand-ins.
     "simulate": ("relay", "bridge.music", "config", "redact", "audio", "standins"),
+    "simulate_outbound": ("simulate", "relay", "config", "standins"),
     # The stand-ins speak the vendors' protocols from the vendors' own types, never from the product's code.
     "standins": ("standins", "audio"),
 }
@@ -106,9 +107,9 @@ def test_the_image_ships_the_product_only() -> None:
     """The Dockerfile copies the product's modules and packages, never the simulator, the stand-ins or the tests."""
     copied = [line.split()[1:-1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")]
     sources = {source.rstrip("/") for sources in copied for source in sources}
-    product = {name for name in FIRST_PARTY if name not in ("simulate", "standins")}
+    product = {name for name in FIRST_PARTY if name not in ("simulate", "simulate_outbound", "standins")}
     assert {name.removesuffix(".py") for name in sources} >= product
-    assert not sources & {"simulate.py", "standins", "tests", "benchmarks", "*.py", "scenarios"}
+    assert not sources & {"simulate.py", "simulate_outbound.py", "standins", "tests", "benchmarks", "*.py", "scenarios"}
 
 
 def test_what_the_simulator_writes_is_git_ignored() -> None:
