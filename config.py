@@ -499,6 +499,17 @@ def startup_warnings(config: Config) -> list[str]:
         )
     if config.allow_all_callers:
         notes.append("ALLOW_ALL_CALLERS=true: any caller reaches the assistant")
+    if config.workers > 1 and (config.twilio_phone_number or config.plivo_phone_number):
+        notes.append(f"WORKERS={config.workers} with TWILIO_PHONE_NUMBER or PLIVO_PHONE_NUMBER: a placed call's "
+                     "stream and callbacks may reach a worker that did not place it, which refuses the stream "
+                     "(place calls from a relay with WORKERS=1)")
+    transfers = config.transfer_to or config.primary_transfer_to or config.secondary_transfer_to
+    if transfers and not (config.twilio_rest_credentials() or (config.plivo_auth_id and config.plivo_auth_token)):
+        notes.append("TRANSFER_TO is set but no network has REST credentials (TWILIO_ACCOUNT_SID with its token, or "
+                     "PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN): transfer_call is not offered")
+    if (config.twilio_phone_number or config.plivo_phone_number) and not config.console_token:
+        notes.append("TWILIO_PHONE_NUMBER or PLIVO_PHONE_NUMBER is set without CONSOLE_TOKEN: POST /calls is off "
+                     "(it is served behind the operator's token only)")
     if config.metrics and not config.console_token:
         notes.append("METRICS=true without CONSOLE_TOKEN: /metrics is public (set CONSOLE_TOKEN to put it behind "
                      "a password)")

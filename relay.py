@@ -18,7 +18,6 @@ Imports point one way: this module imports the others, nothing imports it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -49,7 +48,10 @@ from model import factory as model_factory
 from model.websocket import RealtimeClient
 from ops import tunnel, workers
 from ops.capacity import Capacity, LoopErrors, raise_open_files_limit
+from ops.cli import command_line
+from ops.cli import port_argument as port_argument  # the simulator reads ports as the relay does
 from ops.console import Console
+from ops.dialing import place_call
 from ops.metrics import Metrics
 from ops.probe import healthcheck
 from ops.tokens import StreamTokens
@@ -368,34 +370,6 @@ async def _serve(app: web.Application, config: Config, tls: ssl.SSLContext | Non
     return 0
 
 
-def command_line(argv: list[str] | None = None) -> argparse.Namespace:
-    """``python relay.py [--host HOST] [--port PORT]``: the environment (and ``.env``) configures the rest.
-
-    Raises:
-        SystemExit: after ``--help``, or naming a malformed option (exit 2).
-    """
-    parser = argparse.ArgumentParser(
-        prog="relay.py",
-        description="Serve phone calls (Twilio, Plivo) bridged to OpenAI's voice models. Every setting comes from "
-                    "the environment or ./.env (see .env.example and the README); these options override two.",
-        epilog="Without a command it serves until SIGINT or SIGTERM, then drains (DRAIN_TIMEOUT_S).",
-    )
-    parser.add_argument("--host", help="address to listen on (default: $HOST, else 0.0.0.0)")
-    parser.add_argument("--port", type=port_argument, help="port to listen on, 1-65535 (default: $PORT, else 10000)")
-    commands = parser.add_subparsers(dest="command", title="commands")
-    commands.add_parser("healthcheck", help="ask this relay's own /healthz over loopback (TLS when it serves "
-                        "TLS); exit 0 when healthy (a container's HEALTHCHECK)")
-    return parser.parse_args(argv)
-
-
-def port_argument(text: str) -> int:
-    """An argparse type: a TCP port, 1-65535 (ArgumentTypeError otherwise)."""
-    port = int(text) if text.isascii() and text.isdigit() else 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
-    return port
-
-
 def main() -> None:
     """``python relay.py``: serve on $HOST:$PORT until SIGINT/SIGTERM (exit 0; 1 on bad config or a port
     that cannot be bound; 2 on a bad option); with ``WORKERS`` > 1, supervise that many worker processes."""
@@ -407,6 +381,8 @@ def main() -> None:
         config = replace(config, host=args.host or config.host, port=args.port or config.port)
         if args.command == "healthcheck":
             sys.exit(healthcheck(config))
+        if args.command == "call":
+            sys.exit(place_call(config, args.to, args.purpose, args.network, args.relay_url))
         tls = tls_context(config)
         app = make_app(config)
     except ConfigError as exc:

@@ -437,7 +437,7 @@ API_NAMES = {"realtime": "the Realtime API", "live": "GPT-Live"}
 
 
 def _header(scenario: Scenario, name: str, phone: str, relay_url: str | None, out: Path, width: int,
-            voice_api: str | None = None) -> str:
+            voice_api: str | None = None, outbound: str | None = None) -> str:
     spoken = sum(1 for turn in scenario.caller if not turn.dtmf)
     expects = []
     if scenario.expect_barge_ins:
@@ -452,8 +452,13 @@ def _header(scenario: Scenario, name: str, phone: str, relay_url: str | None, ou
     where = (f"the relay at {relay_url} (its stand-ins: python simulate.py standins)" if relay_url
              else "the relay, started here on loopback with the OpenAI stand-ins "
              f"({API_NAMES[voice_api or 'realtime']}; no account, no network)")
+    first = f"A simulated {phone.capitalize()} call from {scenario.caller_number} ({scenario.caller_name}) to {where}."
+    if outbound:
+        whom = "a person" if outbound == "human" else "an answering machine"
+        first = (f"A simulated {phone.capitalize()} call placed by the relay ({where.removeprefix('the relay, ')}) "
+                 f"to {scenario.caller_number} ({scenario.caller_name}: {whom}).")
     lines = [
-        f"A simulated {phone.capitalize()} call from {scenario.caller_number} ({scenario.caller_name}) to {where}.",
+        first,
         f"  scenario: {name}: {spoken} caller utterance(s), {len(scenario.assistant)} assistant turn(s)"
         + (f"; expects {', '.join(expects)}" if expects else ""),
         f"  the line: {noise}; network: {network}",
@@ -526,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voice-api", choices=[api.value for api in VoiceApi], default=VoiceApi.REALTIME.value,
                         help="the OpenAI voice API the relay started here uses; with --relay-url, the one that relay "
                         "was started with (its VOICE_API), so the call is checked as it should go")
+    parser.add_argument("--outbound", choices=("human", "machine"), help="the relay places the call instead, to a "
+                        "person who says hello first or an answering machine (scenarios/outbound_*.json)")
     parser.add_argument("--relay-url", help="dial a relay that is already running (started with python relay.py, "
                         "its OpenAI endpoints the stand-ins of python simulate.py standins) instead of starting one")
     parser.add_argument(
@@ -543,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--console", action="store_true",
                         help="serve the live call console and keep the relay up after the call (Ctrl-C ends it)")
     args = parser.parse_args(argv)
+    if args.outbound and (args.relay_url or args.console or args.phone == "telnyx"):
+        parser.error("--outbound places a call from a relay started here, through twilio or plivo")
     if args.console and args.relay_url:
         parser.error("--console serves the relay this command starts; open a running relay's own /console instead")
     if args.relay_url and urlsplit(args.relay_url).scheme not in ("http", "https"):
@@ -553,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     if (unwritable := _unwritable(args.out)) is not None:
         print(f"simulate: --out {args.out}: {unwritable}; choose another path with --out", file=sys.stderr)
         return 2
+    if args.outbound and not args.scenario:
+        args.scenario = HERE / "scenarios" / f"outbound_{args.outbound}.json"
     try:
         scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
     except ScenarioError as exc:
@@ -566,8 +577,13 @@ def main(argv: list[str] | None = None) -> int:
     timeline = Timeline()
     printer = timeline.listener = LivePrinter(timeline)
     print(_header(scenario, name, args.phone, args.relay_url, args.out, printer.width,
-                  None if args.relay_url else args.voice_api), flush=True)
+                  None if args.relay_url else args.voice_api, args.outbound), flush=True)
     placed: list[PhoneCaller] = []
+    if args.outbound:
+        import simulate_outbound  # it builds on this module
+
+        return _report(asyncio.run(simulate_outbound.simulate_outbound(
+            args.outbound, args.phone, VoiceApi(args.voice_api), timeline, args.seed, scenario)), args.out)
     if not args.console:
         try:
             result = asyncio.run(simulate_call(scenario, args.relay_url, token if args.relay_url else None,
@@ -715,16 +731,20 @@ def standins_main(argv: list[str]) -> int:
     parser.add_argument("--port", type=relay.port_argument, default=STANDINS_PORT,
                         help=f"port on 127.0.0.1, 1-65535 (default {STANDINS_PORT})")
     parser.add_argument("--seed", type=int, default=7, help="seed for the stand-in's delta sizes")
+    parser.add_argument("--outbound", choices=("human", "machine"), help="also serve Twilio's and Plivo's REST APIs, "
+                        "whose callee (a person, or an answering machine) answers the calls the relay places")
     args = parser.parse_args(argv)
+    if args.outbound and not args.scenario:
+        args.scenario = HERE / "scenarios" / f"outbound_{args.outbound}.json"
     try:
         scenario = load_scenario(args.scenario or DEFAULT_SCENARIO)
     except ScenarioError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve_standins(scenario, args.port, args.seed))
+    return asyncio.run(_serve_standins(scenario, args.port, args.seed, args.outbound))
 
 
-async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
+async def _serve_standins(scenario: Scenario, port: int, seed: int, outbound: str | None = None) -> int:
     timeline = Timeline()
     timeline.listener = LivePrinter(timeline)
     standin = RealtimeStandIn(scenario.assistant, timeline.add, seed, scenario.web_search)
@@ -738,8 +758,18 @@ async def _serve_standins(scenario: Scenario, port: int, seed: int) -> int:
 
     standin.on_session = new_call
     standin.caller_transcripts = scenario.caller_words()
+    app, networks = standin.app(), contextlib.AsyncExitStack()
+    if outbound:
+        import simulate_outbound  # it builds on this module
+
+        extra = await networks.enter_async_context(simulate_outbound.network_standins(app, outbound, timeline,
+                                                                                      standin.resolve))
     try:
-        async with serve_on_loopback(standin.app(), port) as address:
+        async with networks, serve_on_loopback(app, port) as address:
+            if outbound:
+                print("Stand-in networks that place calls (then: python relay.py call +14155550100 --purpose ...)"
+                      ":\n" + "".join(f"  {line.format(origin='http://' + address)}\n" for line in extra)
+                      + "  and CONSOLE_TOKEN=<16 characters or more>, PUBLIC_URL=http://127.0.0.1:$PORT", flush=True)
             print(f"OpenAI stand-ins on {address}, for a relay started with python relay.py; give it:\n"
                   f"  OPENAI_REALTIME_URL=ws://{address}/v1/realtime\n"
                   f"  OPENAI_LIVE_URL=ws://{address}/v1/live/sessions   (with VOICE_API=live)\n"

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 import relay
 import simulate
@@ -104,6 +106,7 @@ async def simulate_outbound(kind: str, phone: str = "twilio", voice_api: VoiceAp
     timeline = timeline or Timeline()
     callee = CalleeScript(scenario.caller, scenario.hangup, VERDICTS[kind], max_duration_s=scenario.max_duration_s)
     async with outbound_rig(scenario, callee, phone, voice_api, timeline, seed) as rig:
+        timeline.t0 = time.monotonic()  # the call begins now, the relay being up
         timeline.add("operator", f"POST /calls to {scenario.caller_number}: {PURPOSE!r}")
         status, body = await rig.place(scenario.caller_number)
         timeline.add("relay", f"answered {status} {body}")
@@ -130,3 +133,30 @@ def spoke_first(caller: PhoneCaller) -> list[str]:
     if first_audio is not None and (first_word is None or first_audio < first_word):
         return ["the assistant spoke before the callee did"]
     return []
+
+
+STANDIN_TOKEN = "standin-auth-token"
+"""The auth token of the stand-in networks the two-terminal recipe serves (the relay is given it)."""
+
+
+@contextlib.asynccontextmanager
+async def network_standins(app: web.Application, kind: str, timeline: Timeline,
+                           resolve: Any) -> AsyncIterator[list[str]]:
+    """``python simulate.py standins --outbound human|machine``: mount Twilio's and Plivo's REST stand-ins on the
+    stand-ins' ``app`` (under ``/twilio`` and ``/plivo``), their callees answering each call the relay places; yields
+    the variables to give the relay, as ``NAME=value`` lines with their origin left as ``{origin}``."""
+    found = load_scenario(SCENARIOS[kind])
+    async with aiohttp.ClientSession() as http:
+        callees = Callees(http, STANDIN_TOKEN, CalleeScript(found.caller, found.hangup, VERDICTS[kind]), timeline,
+                          resolve)
+        account, auth_id = "AC" + "0" * 31 + "1", "MA" + "0" * 17 + "1"
+        twilio_rest = TwilioRestStandIn(account, STANDIN_TOKEN, on_call=callees.twilio, on_update=callees.twilio_update)
+        plivo_rest = PlivoRestStandIn(auth_id, STANDIN_TOKEN, on_call=callees.plivo, on_update=callees.plivo_update)
+        plivo_rest.live = callees.live
+        app.add_subapp("/twilio", twilio_rest.app())
+        app.add_subapp("/plivo", plivo_rest.app())
+        yield [f"TWILIO_ACCOUNT_SID={account}", f"TWILIO_AUTH_TOKEN={STANDIN_TOKEN}",
+               "TWILIO_API_BASE_URL={origin}/twilio", f"TWILIO_PHONE_NUMBER={OUR_NUMBER}",
+               f"PLIVO_AUTH_ID={auth_id}", f"PLIVO_AUTH_TOKEN={STANDIN_TOKEN}", "PLIVO_API_BASE_URL={origin}/plivo",
+               f"PLIVO_PHONE_NUMBER={OUR_NUMBER}", f"PRIMARY_USER_PHONE_NUMBERS={found.caller_number}",
+               f"PRIMARY_USER_FIRST_NAME={found.caller_name}"]

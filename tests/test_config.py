@@ -395,3 +395,24 @@ def test_a_telnyx_key_must_be_an_ed25519_public_key() -> None:
         with pytest.raises(ConfigError) as info:
             Config.from_env({**KEY, "TELNYX_PUBLIC_KEY": bad, "PUBLIC_URL": "https://r.example"})
         assert str(info.value) == "TELNYX_PUBLIC_KEY must be a base64 Ed25519 public key (32 bytes), as Telnyx shows it"
+
+
+def test_outbound_settings_are_read_and_checked() -> None:
+    """Numbers are E.164 after reading; a transfer destination is a number or a sip: URI; VOICEMAIL is leave or
+    hangup; placing calls with several workers, or without the operator's token, is warned about."""
+    config = Config.from_env({**KEY, "TWILIO_PHONE_NUMBER": "(415) 555-0199", "OUTBOUND_ALLOWED_NUMBERS":
+                              "+14155550123, 415 555 0124", "TRANSFER_TO": "sip:desk@pbx.example.com",
+                              "PRIMARY_TRANSFER_TO": "+1 415 555 0111", "VOICEMAIL": "hangup",
+                              "OUTBOUND_MAX_PER_HOUR": "5", "TRANSFER_WHISPER": "true", "WORKERS": "2"})
+    assert config.twilio_phone_number == "+14155550199"
+    assert config.outbound_allowed_numbers == ("+14155550123", "+14155550124")
+    assert (config.transfer_to, config.primary_transfer_to) == ("sip:desk@pbx.example.com", "+14155550111")
+    assert (config.voicemail, config.outbound_max_per_hour, config.transfer_whisper) == ("hangup", 5, True)
+    notes = " ".join(startup_warnings(config))
+    assert "WORKERS=2 with TWILIO_PHONE_NUMBER" in notes and "POST /calls is off" in notes
+    assert "transfer_call is not offered" in notes
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({**KEY, "TRANSFER_TO": "sip:<script>", "VOICEMAIL": "beep", "PLIVO_PHONE_NUMBER": "12"})
+    message = str(info.value)
+    assert "TRANSFER_TO must be a phone number or a sip:user@host URI" in message
+    assert "VOICEMAIL must be one of leave, hangup" in message and "PLIVO_PHONE_NUMBER is not a valid" in message

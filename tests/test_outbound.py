@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 from typing import Any
 
 import aiohttp
 import pytest
-from support import SECRET_KEY, RawLeg, until
+from support import ROOT, SECRET_KEY, RawLeg, process_env, until
 
 import simulate_outbound
 from config import VadType, VoiceApi, VoicemailMode
@@ -285,3 +287,33 @@ async def test_callbacks_must_be_signed_and_unknown_orders_are_ignored() -> None
         leg = await RawLeg.open(found.http, found.relay_url, auth_token=found.callees.auth_token)
         await leg.start(parameters=params)
         assert await leg.closed() == 1008
+
+
+async def relay_command(*args: str, **env: str) -> tuple[int | None, str]:
+    """``python relay.py ARGS`` (working directory ``tests/``: no ``.env``) until it exits; its code and output."""
+    process = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "relay.py"), *args,
+                                                   env=process_env(OPENAI_API_KEY=SECRET_KEY, **env),
+                                                   cwd=ROOT / "tests", stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, output.decode()
+
+
+async def test_relay_call_places_a_call_and_follows_it_to_its_end() -> None:
+    """``python relay.py call +1... --purpose ...`` against the running relay (its token from the environment):
+    the call's id, its status as it goes, its outcome; a refusal prints the relay's reason and exits 1."""
+    async with rig("human") as found:
+        port = found.relay_url.rsplit(":", 1)[1]
+        code, output = await relay_command("call", CALLEE, "--purpose", simulate_outbound.PURPOSE,
+                                           CONSOLE_TOKEN=found.config.console_token or "", PORT=port)
+        assert code == 0, output
+        lines = output.splitlines()
+        [call_sid] = found.rest.calls  # type: ignore[union-attr]
+        assert lines[0].startswith(f"call {call_sid} queued (order ")
+        assert f"call {call_sid}: in-progress answered by human" in lines
+        assert lines[-1] == f"call {call_sid} ended: answered"
+        code, output = await relay_command("call", "+14155550188", "--purpose", "x",
+                                           CONSOLE_TOKEN=found.config.console_token or "", PORT=port)
+        assert code == 1 and output.startswith("call: refused (403): that number is not on the allowlists")
+        code, output = await relay_command("call", CALLEE, "--purpose", "x", PORT=port)
+        assert code == 2 and "CONSOLE_TOKEN is not set" in output

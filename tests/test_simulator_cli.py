@@ -333,3 +333,38 @@ async def test_relay_url_failures_say_what_to_do(stack: contextlib.AsyncExitStac
     assert await run("--relay-url", closed) == (
         1, f"FAILED: nothing answers at {closed}: start the relay (python relay.py) or fix --relay-url")
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".wav")]
+
+
+def test_two_terminal_recipe_for_an_outbound_call(tmp_path: Path) -> None:
+    """`python simulate.py standins --outbound machine` also serves the networks' REST APIs and prints their
+    variables; a relay started with them places the call `python relay.py call` asks for, and the stand-ins' callee
+    (an answering machine) gets one message."""
+    standins_port, relay_port = simulate.free_port(), simulate.free_port()
+    standins = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "standins", "--outbound", "machine",
+                                 "--port", str(standins_port)], cwd=tmp_path, env=process_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    relay = None
+    try:
+        printed: list[str] = []
+        _read_until(standins, "OPENAI_API_KEY=", printed)
+        variables = dict(re.findall(r"^\s+([A-Z_]+)=(\S+)", "".join(printed), re.MULTILINE))
+        assert variables["TWILIO_API_BASE_URL"] == f"http://127.0.0.1:{standins_port}/twilio"
+        token = "a-console-token-of-some-length"
+        env = process_env(**{k: v for k, v in variables.items() if k != "TELNYX_PUBLIC_KEY"}, PORT=str(relay_port),
+                          PUBLIC_URL=f"http://127.0.0.1:{relay_port}", CONSOLE_TOKEN=token)
+        relay = subprocess.Popen([sys.executable, str(ROOT / "relay.py")], cwd=ROOT / "tests", env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _read_until(relay, "listening on", [])
+        result = subprocess.run([sys.executable, str(ROOT / "relay.py"), "call", "+14155550100", "--purpose",
+                                 "Remind Jordan about the 3 pm dentist appointment today.", "--network", "twilio"],
+                                cwd=ROOT / "tests", env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1].endswith("ended: machine")
+    finally:
+        streamed = ""
+        for proc in (relay, standins):
+            if proc is not None:
+                proc.terminate()
+                streamed = proc.communicate(timeout=10)[0]
+    assert "answering machine detection: machine_end_beep" in streamed
+    assert "relay closed the stream (code 1000)" in streamed

@@ -1,0 +1,42 @@
+"""``python relay.py``'s command line: the options, and the commands beside serving (``healthcheck``, ``call``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """``python relay.py [--host HOST] [--port PORT] [healthcheck | call TO --purpose TEXT]``: the environment (and
+    ``.env``) configures the rest.
+
+    Raises:
+        SystemExit: after ``--help``, or naming a malformed option (exit 2).
+    """
+    parser = argparse.ArgumentParser(
+        prog="relay.py",
+        description="Serve phone calls (Twilio, Plivo, Telnyx) bridged to OpenAI's voice models. Every setting comes "
+                    "from the environment or ./.env (see .env.example and the README); these options override two.",
+        epilog="Without a command it serves until SIGINT or SIGTERM, then drains (DRAIN_TIMEOUT_S).",
+    )
+    parser.add_argument("--host", help="address to listen on (default: $HOST, else 0.0.0.0)")
+    parser.add_argument("--port", type=port_argument, help="port to listen on, 1-65535 (default: $PORT, else 10000)")
+    commands = parser.add_subparsers(dest="command", title="commands")
+    commands.add_parser("healthcheck", help="ask this relay's own /healthz over loopback (TLS when it serves "
+                        "TLS); exit 0 when healthy (a container's HEALTHCHECK)")
+    call = commands.add_parser("call", help="have the running relay place a call (POST /calls with CONSOLE_TOKEN), "
+                               "then follow it until it ends")
+    call.add_argument("to", help="the number to call, E.164 (+14155550100): on an allowlist or in "
+                      "OUTBOUND_ALLOWED_NUMBERS")
+    call.add_argument("--purpose", required=True, help="what the assistant calls about, in a sentence or two")
+    call.add_argument("--network", choices=("twilio", "plivo"), help="the network to call through (needed when "
+                      "both can place calls)")
+    call.add_argument("--relay-url", help="the running relay (default: this host's $PORT over loopback)")
+    return parser.parse_args(argv)
+
+
+def port_argument(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535 (ArgumentTypeError otherwise)."""
+    port = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
+    return port
