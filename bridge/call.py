@@ -165,7 +165,11 @@ class Call:
         """End the call from outside after one short spoken line (a restart's drain timeout), closing 1001 going
         away (``Handoff.say_line``)."""
         self._close_code = WSCloseCode.GOING_AWAY
-        await self.handoff.say_line(Ending(EndReason.CLOSING_LINE, reason), instruction)
+        if not self.session_ready:
+            await self.close(WSCloseCode.GOING_AWAY, reason)
+            return
+        await self.handoff.say_line(Ending(EndReason.CLOSING_LINE, reason, close_code=WSCloseCode.GOING_AWAY),
+                                    instruction)
 
     async def close(self, code: int, reason: str, ending: Ending | None = None) -> None:
         """End the call from outside: close the phone socket with ``code``; the call ends with ``ending``

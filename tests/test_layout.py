@@ -35,7 +35,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "redact": (),
     "audio": (),
     # The simulator starts the relay as a user would and dials it through the stand-ins.
-    "simulate": ("relay", "bridge.music", "config", "redact", "audio", "standins"),
+    "simulate": ("relay", "bridge.music", "config", "redact", "audio", "standins", "simulate_outbound"),
     "simulate_outbound": ("simulate", "relay", "config", "standins"),
     # The stand-ins speak the vendors' protocols from the vendors' own types, never from the product's code.
     "standins": ("standins", "audio"),

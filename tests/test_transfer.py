@@ -18,6 +18,7 @@ from support import speech
 
 import relay
 import simulate
+from config import VoiceApi
 from phones.outbound import dial_twiml, dial_xml
 from simulate import CallResult, Scenario
 from standins.callee import Callees, CalleeScript
@@ -116,6 +117,21 @@ async def test_a_caller_asking_for_a_person_is_put_through_after_one_line() -> N
     assert result.standin.turns_used(session) == 3
     line = max(result.caller.playback.chunks, key=lambda c: c.start)  # the transfer line, heard in full
     assert line.played_bytes(result.caller.ended_at or 0.0) == len(line.data)
+    [updated_at] = [at for at, _, text in result.timeline.events if text.startswith("call updated: ")]
+    assert updated_at >= line.start + len(line.data) / 8000  # the redirect came once the line had played
+
+
+async def test_a_transfer_on_gpt_live() -> None:
+    """GPT-Live: transfer_call is delegated to the backend like any tool; the voice's line plays, then the call is
+    put through and the session closed."""
+    result, rest, _callees = await transfer_call(voice_api=VoiceApi.LIVE)
+    assert result.ok, result.problems
+    assert len(rest.call_updates) == 1 and result.caller.hung_up_by == "network"
+    assert result.standin is not None
+    [session] = result.standin.live_sessions
+    start = next(e for _, e in session.received if e["type"] == "session.start")
+    tools = start["session"]["delegation"]["responses"]["tools"]
+    assert "transfer_call" in [tool["name"] for tool in tools]
 
 
 @contextlib.asynccontextmanager
