@@ -65,13 +65,13 @@ class Switchboard(Protocol):
 
 
 def callee_replied(turns: list[Turn]) -> bool:
-    """Someone answered the assistant: a caller turn with words after an assistant turn heard whole. A machine's
-    greeting does not answer (and the assistant's words over it are cut by it)."""
+    """Someone answered the assistant: a caller turn (transcribed or not) after an assistant turn heard whole. A
+    machine's greeting does not answer (and the assistant's words over it are cut by it)."""
     heard_whole = False
     for turn in turns:
         if turn.role == "assistant" and turn.final and not turn.cut and turn.text:
             heard_whole = True
-        elif turn.role == "user" and heard_whole and turn.text:
+        elif turn.role == "user" and heard_whole:
             return True
     return False
 

@@ -135,15 +135,15 @@ async def call_status(request: web.Request) -> web.Response:
                        "outcome": order.outcome})
 
 
-async def _callback(request: web.Request) -> tuple[Network, dict[str, str], OutboundOrder | None] | web.Response:
-    """A signed callback: its network, form and order (None: unknown here). 404 for a network that places no
-    calls, 403 without a valid signature."""
+async def _callback(request: web.Request) -> tuple[Network, dict[str, str], OutboundOrder | None]:
+    """A signed callback: its network, form and order (None: unknown here). Raises HTTPNotFound for a network
+    that places no calls, HTTPForbidden without a valid signature."""
     network = NETWORKS.get(request.match_info.get("network", "plivo"))
     if network is None:
         raise web.HTTPNotFound()
     form = await signed_form(request, network)
     if form is None:
-        return web.Response(status=403, text="invalid signature")
+        raise web.HTTPForbidden(text="invalid signature")
     order = request.app[DIALER].order(request.query.get("order", ""))
     if order is None:
         logger.debug("%s callback %s for an unknown order ignored", network.name, request.path)
@@ -152,10 +152,7 @@ async def _callback(request: web.Request) -> tuple[Network, dict[str, str], Outb
 
 async def status_callback(request: web.Request) -> web.Response:
     """A placed call's progress (``CallStatus``: initiated, ringing, in-progress, completed, busy, no-answer...)."""
-    found = await _callback(request)
-    if isinstance(found, web.Response):
-        return found
-    network, form, order = found
+    network, form, order = await _callback(request)
     if order is not None:
         request.app[DIALER].on_status(order, form.get("CallStatus", "")[:32], form.get(network.call_id_param, ""))
     return web.Response(text="")
@@ -163,10 +160,7 @@ async def status_callback(request: web.Request) -> web.Response:
 
 async def detection_callback(request: web.Request) -> web.Response:
     """Answering machine detection: Twilio ``AnsweredBy``; Plivo ``Machine`` (``true``: a machine)."""
-    found = await _callback(request)
-    if isinstance(found, web.Response):
-        return found
-    _network, form, order = found
+    _network, form, order = await _callback(request)
     if order is not None:
         answered_by = form.get("AnsweredBy") or {"true": "machine", "false": "human"}.get(form.get("Machine", ""), "")
         request.app[DIALER].on_detection(order, answered_by[:32] or "unknown")
@@ -176,10 +170,7 @@ async def detection_callback(request: web.Request) -> web.Response:
 async def plivo_answer(request: web.Request) -> web.Response:
     """Plivo's answer URL for a placed call: the ``<Stream>`` (no ``<Speak>``: the callee speaks first) with the
     call's stream token; a hang-up for an unknown order."""
-    found = await _callback(request)
-    if isinstance(found, web.Response):
-        return found
-    network, form, order = found
+    network, form, order = await _callback(request)
     if order is None or order.listener is not None:
         return web.Response(text=network.hang_up_answer(""), content_type=network.content_type)
     request.app[DIALER].on_status(order, "in-progress", form.get(network.call_id_param, ""))
@@ -192,10 +183,7 @@ async def plivo_answer(request: web.Request) -> web.Response:
 async def transfer_answer(request: web.Request) -> web.Response:
     """The ``<Dial>`` a transferred call fetches (Plivo's ``aleg_url``): only to a destination this relay has
     configured (``TRANSFER_TO`` and the groups'), with the whisper URL it was given."""
-    found = await _callback(request)
-    if isinstance(found, web.Response):
-        return found
-    network = found[0]
+    network = (await _callback(request))[0]
     config = request.app[CONFIG]
     destination = request.query.get("to", "")
     if destination not in {config.transfer_to, config.primary_transfer_to, config.secondary_transfer_to} - {None}:
@@ -209,10 +197,7 @@ async def transfer_answer(request: web.Request) -> web.Response:
 
 async def whisper_answer(request: web.Request) -> web.Response:
     """A warm transfer's whisper: the summary, said to the person who picked up before they are connected."""
-    found = await _callback(request)
-    if isinstance(found, web.Response):
-        return found
-    network = found[0]
+    network = (await _callback(request))[0]
     text = request.query.get("text", "")[:300] or "A caller is being put through to you."
     say = documents.speak_xml if network.name == "plivo" else documents.say_twiml
     return web.Response(text=say(text), content_type=network.content_type)

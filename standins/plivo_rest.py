@@ -10,7 +10,6 @@ HTTP Basic auth (auth id and token); JSON bodies. ``POST /v1/Account/{auth_id}/C
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from standins.openai_service import serve_on_loopback
+from standins.twilio_rest import Background
 
 
 @dataclass
@@ -38,20 +38,15 @@ class PlivoRestStandIn:
     """HTTP status to answer creates and updates with (None: answer normally)."""
     on_call: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     on_update: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
-    _tasks: set[Any] = field(default_factory=set)
+    _background: Background = field(default_factory=Background)
 
     def app(self) -> web.Application:
         app = web.Application()
         base = f"/v1/Account/{self.auth_id}/Call/"
         app.router.add_post(base, self._create)
         app.router.add_post(base + "{uuid}/", self._update)
-        app.on_shutdown.append(self._stop)
+        app.on_shutdown.append(self._background.stop)
         return app
-
-    async def _stop(self, _app: web.Application) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _authorised(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -81,9 +76,7 @@ class PlivoRestStandIn:
         body["_request_uuid"] = str(uuid.uuid4())
         self.created.append(body)
         if self.on_call is not None:
-            task = asyncio.create_task(self.on_call(body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background.start(self.on_call(body))
         return web.json_response({"api_id": str(uuid.uuid4()), "message": "call fired",
                                   "request_uuid": body["_request_uuid"]}, status=201)
 

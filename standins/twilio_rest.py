@@ -31,6 +31,24 @@ from aiohttp import web
 from standins.openai_service import serve_on_loopback
 
 
+class Background:
+    """Work a stand-in starts for a request and goes on with after answering it (a callee picking up), cancelled
+    when the stand-in's app shuts down."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, _app: web.Application | None = None) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 @dataclass
 class TwilioRestStandIn:
     """Twilio's Messages resource for one account, recorded for the tests' assertions."""
@@ -54,7 +72,7 @@ class TwilioRestStandIn:
     on_call: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     """Runs each created call (its resource, with the create request's form under ``_form``)."""
     on_update: Callable[[dict[str, Any], dict[str, str]], Awaitable[None]] | None = None
-    _tasks: set[Any] = field(default_factory=set)
+    _background: Background = field(default_factory=Background)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def add(self, from_: str, to: str, body: str, sent_at: datetime, direction: str = "inbound",
@@ -94,13 +112,8 @@ class TwilioRestStandIn:
         app.router.add_post(calls + ".json", self._create_call)
         app.router.add_post(calls + "/{sid}.json", self._update_call)
         app.router.add_get(calls + "/{sid}.json", self._fetch_call)
-        app.on_shutdown.append(self._stop)
+        app.on_shutdown.append(self._background.stop)
         return app
-
-    async def _stop(self, _app: web.Application) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _create_call(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
@@ -116,9 +129,7 @@ class TwilioRestStandIn:
         call["status"] = "queued"
         call["_form"] = fields
         if self.on_call is not None:
-            task = asyncio.create_task(self.on_call(call))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background.start(self.on_call(call))
         return web.json_response(_public(call), status=201)
 
     async def _update_call(self, request: web.Request) -> web.Response:

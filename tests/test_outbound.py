@@ -16,6 +16,8 @@ import pytest
 from support import ROOT, SECRET_KEY, RawLeg, process_env, until
 
 import simulate_outbound
+from bridge.handoff import callee_replied
+from bridge.transcript import Turn
 from config import VadType, VoiceApi, VoicemailMode
 from ops.tokens import StreamTokens
 from standins.callee import CalleeScript
@@ -317,3 +319,15 @@ async def test_relay_call_places_a_call_and_follows_it_to_its_end() -> None:
         assert code == 1 and output.startswith("call: refused (403): that number is not on the allowlists")
         code, output = await relay_command("call", CALLEE, "--purpose", "x", PORT=port)
         assert code == 2 and "CONSOLE_TOKEN is not set" in output
+
+
+def test_whether_the_callee_answered_the_assistant() -> None:
+    """A caller turn after an assistant turn heard whole is an answer; a greeting before any assistant turn, or one
+    that cut the assistant short, is not."""
+    greeting = Turn("user", "u1", "Hi, you've reached Jordan.", final=True)
+    cut = Turn("assistant", "a1", "Hi Jor…", final=True, cut=True)
+    whole = Turn("assistant", "a2", "Hi Jordan, it's your assistant.", final=True)
+    untranscribed = Turn("user", "u2")
+    assert not callee_replied([greeting, cut, Turn("user", "u3", "Please leave a message.", final=True)])
+    assert not callee_replied([greeting, whole])
+    assert callee_replied([greeting, whole, untranscribed])
