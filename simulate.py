@@ -579,11 +579,13 @@ def main(argv: list[str] | None = None) -> int:
     print(_header(scenario, name, args.phone, args.relay_url, args.out, printer.width,
                   None if args.relay_url else args.voice_api, args.outbound), flush=True)
     placed: list[PhoneCaller] = []
-    if args.outbound:
+    if args.outbound or (scenario.transfer_to and not args.relay_url):
         import simulate_outbound  # it builds on this module
 
-        return _report(asyncio.run(simulate_outbound.simulate_outbound(
-            args.outbound, args.phone, VoiceApi(args.voice_api), timeline, args.seed, scenario)), args.out)
+        run = (simulate_outbound.simulate_outbound(args.outbound, args.phone, VoiceApi(args.voice_api), timeline,
+                                                   args.seed, scenario) if args.outbound else
+               simulate_outbound.simulate_transfer(scenario, args.phone, VoiceApi(args.voice_api), timeline, args.seed))
+        return _report(asyncio.run(run), args.out)
     if not args.console:
         try:
             result = asyncio.run(simulate_call(scenario, args.relay_url, token if args.relay_url else None,

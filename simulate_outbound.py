@@ -124,6 +124,52 @@ async def simulate_outbound(kind: str, phone: str = "twilio", voice_api: VoiceAp
         return simulate.CallResult(timeline, caller, rig.standin, problems, len(caller.barge_ins))
 
 
+@contextlib.asynccontextmanager
+async def rest_network(phone: str, register: bool = True) -> AsyncIterator[tuple[Any, Callees, dict[str, Any]]]:
+    """The network's REST stand-in and the callees behind it, for a call dialled in (``simulate.simulate_call``):
+    yields the stand-in, the callees and the keyword arguments that point a relay at them (REST credentials and
+    base URL, the number, the auth token both sign with, and ``before_call``, which registers the call with the
+    network: unregistered (``register`` False), a redirect of it is refused 404)."""
+    token = secrets.token_hex(16)
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        callees = Callees(http, token, CalleeScript([]), Timeline())
+        rest: TwilioRestStandIn | PlivoRestStandIn
+        if phone == "plivo":
+            auth_id = "MA" + secrets.token_hex(9).upper()
+            rest, origin = await stack.enter_async_context(plivo_rest_standin(auth_id, token))
+            rest.on_update, rest.live = callees.plivo_update, callees.live
+            settings = {"plivo_auth_id": auth_id, "plivo_api_base_url": origin, "plivo_phone_number": OUR_NUMBER}
+        else:
+            account = "AC" + secrets.token_hex(16)
+            rest, origin = await stack.enter_async_context(twilio_rest_standin(account, token))
+            rest.on_update = callees.twilio_update
+            settings = {"twilio_account_sid": account, "twilio_api_base_url": origin, "twilio_phone_number": OUR_NUMBER}
+
+        def before_call(caller: PhoneCaller, _url: str) -> None:
+            messages = caller.network.messages
+            sid = messages.call_id if isinstance(rest, PlivoRestStandIn) else messages.call_sid  # type: ignore[union-attr]
+            callees.callers[sid] = caller
+            if register and isinstance(rest, PlivoRestStandIn):
+                callees.live.add(sid)
+            elif register:
+                rest.add_call(sid, OUR_NUMBER, caller.number)
+
+        yield rest, callees, {"auth_token": token, "before_call": before_call, **settings}
+
+
+async def simulate_transfer(scenario: Scenario, phone: str = "twilio", voice_api: VoiceApi = VoiceApi.REALTIME,
+                            timeline: Timeline | None = None, seed: int | None = None) -> simulate.CallResult:
+    """A call dialled in whose scenario ends with a transfer (``transfer_to``): the network's REST stand-in takes
+    the redirect and shows the ``<Dial>``; the call passes when the caller was put through."""
+    async with rest_network(phone) as (_rest, callees, settings):
+        result = await simulate.simulate_call(scenario, seed=seed, phone=phone, timeline=timeline, voice_api=voice_api,
+                                              transfer_to=scenario.transfer_to, **settings)
+        if not callees.dials:
+            result.problems.append("the network received no <Dial>: the caller was not put through")
+        return result
+
+
 def spoke_first(caller: PhoneCaller) -> list[str]:
     """The callee spoke before any assistant audio reached them (a placed call does not greet into a
     voicemail greeting); the problem otherwise."""

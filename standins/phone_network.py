@@ -376,7 +376,8 @@ class PhoneCaller:
                 await arrive
             finally:
                 arrive.cancel()
-        self.timeline.add(self.network.name, f"relay closed the stream (code {ws.close_code})")
+        if self.hung_up_by != "network":  # the network ended it itself (end_stream) and said so
+            self.timeline.add(self.network.name, f"relay closed the stream (code {ws.close_code})")
 
     async def _arrived(self, data: str) -> None:
         await self._on_message(data, time.monotonic())

@@ -44,6 +44,9 @@ class Scenario:
     """One-way delay between the phone network and the relay, each direction."""
     network_jitter_ms: float = 0.0
     """Extra one-way delay per message, uniform in [0, jitter]; order is kept."""
+    transfer_to: str | None = None
+    """The relay's ``TRANSFER_TO`` for this call (E.164 or ``sip:``): the network's REST stand-in takes the
+    transfer and shows the ``<Dial>`` it received."""
 
     def caller_words(self) -> list[str]:
         """What the caller says, utterance by utterance (the stand-in's input transcriptions)."""
@@ -51,7 +54,7 @@ class Scenario:
 
 
 SCENARIO_KEYS = {"caller_number", "caller_name", "assistant", "caller", "hangup", "expect_barge_ins",
-                 "expect_wait_music", "web_search", "max_duration_s", "line_noise_dbfs", "network"}
+                 "expect_wait_music", "web_search", "max_duration_s", "line_noise_dbfs", "network", "transfer_to"}
 """The keys of a scenario file; docs/simulator.md "Scenario files" says what each means."""
 ASSISTANT_KEYS = {"audio", "transcript", "function_calls"}
 CALLER_KEYS = {"audio", "text", "when", "dtmf"}
@@ -168,6 +171,9 @@ def scenario_from_dict(data: Any, base: Path) -> Scenario:
     network = _object(data.get("network", {}), "network", NETWORK_KEYS)
     noise = data.get("line_noise_dbfs", DEFAULT_LINE_NOISE_DBFS)
     expect_barge_ins = data.get("expect_barge_ins")
+    transfer_to = data.get("transfer_to")
+    if transfer_to is not None and (not isinstance(transfer_to, str) or not transfer_to.startswith(("+", "sip:"))):
+        raise ScenarioError(f"transfer_to: must be an E.164 number or a sip: URI, not {transfer_to!r}")
     return Scenario(
         caller_number=str(data.get("caller_number", DEFAULT_CALLER)),
         caller_name=str(data.get("caller_name", "Jordan")),
@@ -181,6 +187,7 @@ def scenario_from_dict(data: Any, base: Path) -> Scenario:
         line_noise_dbfs=_noise_level(noise),
         network_delay_ms=_number(network.get("delay_ms", 0), "network: delay_ms"),
         network_jitter_ms=_number(network.get("jitter_ms", 0), "network: jitter_ms"),
+        transfer_to=transfer_to,
     )
 
 

@@ -368,3 +368,21 @@ def test_two_terminal_recipe_for_an_outbound_call(tmp_path: Path) -> None:
                 streamed = proc.communicate(timeout=10)[0]
     assert "answering machine detection: machine_end_beep" in streamed
     assert "relay closed the stream (code 1000)" in streamed
+
+
+def test_a_scenario_that_ends_with_a_transfer(tmp_path: Path) -> None:
+    """`python simulate.py --scenario scenarios/transfer.json`: the caller asks for a person, hears the line, and
+    the simulated network shows the <Dial> it received; a malformed transfer_to names the field."""
+    result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--scenario",
+                             str(ROOT / "scenarios" / "transfer.json")], cwd=tmp_path, env=process_env(),
+                            capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "call completed as scripted" in result.stdout
+    assert "twilio   call updated: " in result.stdout and "<Number>+14155550111</Number>" in result.stdout
+    scenario = json.loads((ROOT / "scenarios" / "transfer.json").read_text())
+    scenario["transfer_to"] = "4155550111"
+    (tmp_path / "bad.json").write_text(json.dumps(scenario))
+    bad = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--scenario", "bad.json"], cwd=tmp_path,
+                         env=process_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "transfer_to: must be an E.164 number or a sip: URI, not '4155550111'" in bad.stderr

@@ -18,15 +18,14 @@ from support import speech
 
 import relay
 import simulate
+import simulate_outbound
 from config import VoiceApi
 from phones.outbound import dial_twiml, dial_xml
 from simulate import CallResult, Scenario
-from standins.callee import Callees, CalleeScript
+from standins.callee import Callees
 from standins.openai_service import AssistantTurn
 from standins.phone_dialects import plivo_signature_headers, twilio_signature
-from standins.phone_network import CallerTurn, PhoneCaller, Timeline
-from standins.plivo_rest import plivo_rest_standin
-from standins.twilio_rest import twilio_rest_standin
+from standins.phone_network import CallerTurn
 
 DESK = "+14155550111"
 OUR_NUMBER = "+14155550199"
@@ -53,33 +52,9 @@ def transfer_scenario(after_failure: bool = False) -> Scenario:
 
 
 @contextlib.asynccontextmanager
-async def network(phone: str, register: bool = True) -> AsyncIterator[tuple[Any, Callees, dict[str, Any], Any]]:
-    """The network's REST stand-in and the callees behind it, and the relay settings that reach them; the last
-    item registers the caller's call with the network when the call is placed (``before_call``)."""
-    token = secrets.token_hex(16)
-    async with contextlib.AsyncExitStack() as stack:
-        http = await stack.enter_async_context(aiohttp.ClientSession())
-        callees = Callees(http, token, CalleeScript([]), Timeline())
-        if phone == "plivo":
-            auth_id = "MA" + secrets.token_hex(9).upper()
-            rest, origin = await stack.enter_async_context(plivo_rest_standin(auth_id, token))
-            rest.on_update, rest.live = callees.plivo_update, callees.live
-            settings = {"plivo_auth_id": auth_id, "plivo_api_base_url": origin, "plivo_phone_number": OUR_NUMBER}
-        else:
-            account = "AC" + secrets.token_hex(16)
-            rest, origin = await stack.enter_async_context(twilio_rest_standin(account, token))
-            rest.on_update = callees.twilio_update
-            settings = {"twilio_account_sid": account, "twilio_api_base_url": origin, "twilio_phone_number": OUR_NUMBER}
-
-        def before_call(caller: PhoneCaller, _url: str) -> None:
-            sid = caller.network.messages.call_id if phone == "plivo" else caller.network.messages.call_sid
-            callees.callers[sid] = caller
-            if register and phone == "plivo":
-                callees.live.add(sid)
-            elif register:
-                rest.add_call(sid, OUR_NUMBER, caller.number)
-
-        yield rest, callees, {"auth_token": token, "before_call": before_call, **settings}, token
+async def network(phone: str, register: bool = True) -> AsyncIterator[tuple[Any, Callees, dict[str, Any], str]]:
+    async with simulate_outbound.rest_network(phone, register) as (rest, callees, settings):
+        yield rest, callees, settings, settings["auth_token"]
 
 
 async def transfer_call(phone: str = "twilio", register: bool = True, **overrides: Any) -> tuple[CallResult, Any,
