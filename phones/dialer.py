@@ -166,15 +166,15 @@ class Dialer:
             status_url=f"{origin}/outbound/{network}/status{query}",
             detection_url=f"{origin}/outbound/{network}/detection{query}",
         )
+        self._remember(order)  # first: the network may call back (or the stream start) before it answers the request
         try:
             order.request_id = await self.placers[network].place(placement)
         except PlaceRefused as exc:
             logger.warning("outbound call to %s refused by %s: %s", mask_number(to), network, exc)
             self._finish(order, "failed")
             raise DialRefused(502, str(exc)) from None
-        if network == "twilio":  # Plivo's create names the request; the call's own id comes with its answer
+        if network == "twilio" and not order.call_sid:  # Plivo's create names the request; its call, its answer
             order.call_sid = order.request_id
-        self._remember(order)
         logger.info("outbound call %s to %s placed on %s", order.id, mask_number(to), network)
         return order
 
