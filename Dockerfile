@@ -18,7 +18,7 @@ COPY bridge/ bridge/
 COPY phones/ phones/
 COPY model/ model/
 COPY ops/ ops/
-COPY assets/apology.ulaw assets/wait_music.wav assets/console.html assets/
+COPY assets/apology.ulaw assets/wait_music.wav assets/console.html assets/prices.json assets/
 
 RUN useradd --system --uid 10001 --no-create-home relay
 USER relay

@@ -247,6 +247,8 @@ class Config:
     """Where ``send_email`` sends from; None: email is not configured."""
     primary_to_email: str | None = None
     secondary_to_email: str | None = None
+    prices_file: str | None = None
+    """The price table that reckons each call's cost (None: the bundled ``assets/prices.json``)."""
     wait_music_file: str | None = str(DEFAULT_WAIT_MUSIC)
     """16-bit PCM WAV played while a tool runs; None: no music."""
     wait_music_threshold_ms: int = 500
@@ -439,6 +441,7 @@ def _voice_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, Any]:
         "web_search_model": reader.text("WEB_SEARCH_MODEL", default["web_search_model"]),
         "web_search_timeout_s": reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
         "sms_model": reader.text("SMS_MODEL", "") or None,
+        "prices_file": reader.text("PRICES_FILE", "") or None,
     }
 
 

@@ -45,6 +45,7 @@ from bridge.music import load_wait_music
 from bridge.prewarm import Prewarms
 from config import Config, ConfigError, EventLoop, LogFormat, startup_warnings
 from model import factory as model_factory
+from model.prices import PriceError, PriceTable
 from model.websocket import RealtimeClient
 from ops import tunnel, workers
 from ops.capacity import Capacity, LoopErrors, raise_open_files_limit
@@ -71,6 +72,7 @@ from routes.state import (
     METRICS,
     OPENAI_CLIENT,
     PREWARMS,
+    PRICES,
     REALTIME_CLIENT,
     SESSIONS,
     SIGNATURES,
@@ -120,6 +122,10 @@ def make_app(config: Config) -> web.Application:
     app[SIGNATURES] = {network.name: network.signatures(config) for network in NETWORKS}
     app[DRAINING] = asyncio.Event()
     app[STREAM_TOKENS] = StreamTokens(config.openai_api_key.encode())
+    try:
+        app[PRICES] = PriceTable.load(config.prices_file)
+    except PriceError as exc:
+        raise ConfigError(f"PRICES_FILE: {exc}") from None
     app.router.add_get("/", index)
     streams = [calls.add_network(app, network) for network in NETWORKS]
     app[FIRST_STREAM] = streams[0]

@@ -41,8 +41,9 @@ from bridge.transcript import Transcript
 from bridge.upstream import Upstream
 from bridge.watchdog import watch
 from callers import AllowedCaller, email_for, find_callee, find_caller, mask_number
-from config import Config
+from config import Config, VoiceApi
 from model.factory import session_factory
+from model.prices import PriceTable
 from model.session import ModelRefused, ModelUnavailable, SessionFactory
 from model.websocket import RealtimeClient
 from ops.tokens import StreamTokens
@@ -56,6 +57,24 @@ logger = logging.getLogger("bridge")
 START_TIMEOUT_S = 10.0
 """How long the phone has to send its start after the websocket opens."""
 
+def _report_end(call: Call, end: CallEnd) -> None:
+    """The call's last log line and its ``ENDED`` event: counters, latency, usage and what it cost (USD, from the
+    price table; None for a model it does not price)."""
+    c, latency = call.counts, call.conversation.latency.summary()
+    config = call.config
+    model = config.live_model if call.upstream.api == VoiceApi.LIVE else config.realtime_model
+    cost = call.prices.cost(model, c.usage, c.billed_s) if call.prices is not None else None
+    call.log.info(
+        "call ended call_sid=%s duration=%.1fs reason=%s frames_in=%d frames_out=%d marks_acked=%d "
+        "responses=%d barge_ins=%d realtime_errors=%d sessions=%d%s first_word_ms=%s latency_p50_ms=%s%s",
+        call.call_sid, end.duration_s, end.reason, c.frames_in, c.frames_out, c.marks_acked, c.responses,
+        c.barge_ins, c.realtime_errors, c.sessions, f" billed_s={c.billed_s:.1f}" if c.billed_s else "",
+        latency["first_word_ms"], latency["p50_ms"], f" cost_usd={cost:.4f}" if cost is not None else "",
+    )
+    call._publish(CallEventKind.ENDED, reason=end.reason, kind=str(end.kind), failed=end.failed,
+                  duration_s=end.duration_s, counts=asdict(c), latency=latency, model=model, cost_usd=cost)
+
+
 class Call:
     """One phone call bridged to the voice model; implements ``tools.CallControl`` for the tools.
 
@@ -68,6 +87,7 @@ class Call:
             the call opens and closes its own.
         sessions: makes the call's model sessions; default: ``model.factory.session_factory``.
         prewarms: sessions opened at the webhook (``bridge.prewarm``); the stream's token names its own.
+        prices: what the call's model costs (``model.prices``); None: not reckoned.
         switchboard: outbound calls' orders and transfers (``phones.dialer.Dialer``); None: neither.
     """
 
@@ -85,6 +105,7 @@ class Call:
         sessions: SessionFactory | None = None,
         prewarms: Prewarms | None = None,
         switchboard: Switchboard | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.phone = phone
         self.config = config
@@ -94,6 +115,7 @@ class Call:
         self.call_sid = ""
         self.caller: AllowedCaller | None = None
         self.counts = CallCounts()
+        self.prices = prices
         self._prewarms = prewarms
         self._nonce = ""
         """The stream token's nonce: it names the session pre-warmed for this call."""
@@ -149,16 +171,7 @@ class Call:
         await self._close(ending)
         end = CallEnd(ending.text, ending.failed, time.monotonic() - started, ending.reason)
         if self.stream_sid:
-            c, latency = self.counts, self.conversation.latency.summary()
-            self.log.info(
-                "call ended call_sid=%s duration=%.1fs reason=%s frames_in=%d frames_out=%d marks_acked=%d "
-                "responses=%d barge_ins=%d realtime_errors=%d sessions=%d%s first_word_ms=%s latency_p50_ms=%s",
-                self.call_sid, end.duration_s, end.reason, c.frames_in, c.frames_out, c.marks_acked, c.responses,
-                c.barge_ins, c.realtime_errors, c.sessions, f" billed_s={c.billed_s:.1f}" if c.billed_s else "",
-                latency["first_word_ms"], latency["p50_ms"],
-            )
-            self._publish(CallEventKind.ENDED, reason=end.reason, kind=str(end.kind), failed=end.failed,
-                          duration_s=end.duration_s, counts=asdict(c), latency=latency)
+            _report_end(self, end)
         return end
 
     async def say_goodbye(self, reason: str, instruction: str) -> None:

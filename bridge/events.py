@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from bridge.latency import LatencyData
+from model.prices import TokenUsage
 
 
 class CallEventKind(enum.StrEnum):
@@ -61,10 +62,14 @@ class EndedData(TypedDict):
     """The ``EndReason`` value (``phone stop``, ``end_call``): a bounded label."""
     failed: bool
     duration_s: float
-    counts: dict[str, int]
-    """``CallCounts`` as a dict."""
+    counts: dict[str, Any]
+    """``CallCounts`` as a dict (``usage``: tokens by kind)."""
     latency: LatencyData
     """How long the caller waited for the first word and for each answer (``bridge.latency``)."""
+    model: str
+    """The voice model that served the call."""
+    cost_usd: float | None
+    """What the model's sessions cost, from the price table (``model.prices``); None for a model it does not price."""
 
 
 class TruncationData(TypedDict):
@@ -282,3 +287,5 @@ class CallCounts:
     billed_s: float = 0.0
     """Session seconds the voice API bills for, over every session of the call (GPT-Live ``usage.seconds``;
     0 where billing is per token)."""
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    """Tokens by kind over every session of the call (Realtime; empty where billing is per second)."""

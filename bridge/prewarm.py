@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from bridge.prompts import greeting_instruction
 from config import PrewarmMode
+from model.prices import TokenUsage
 from model.session import (
     CallBrief,
     ModelEvent,
@@ -104,6 +105,10 @@ class PrewarmedSession:
     @property
     def billed_seconds(self) -> float | None:
         return self._session.billed_seconds
+
+    @property
+    def usage(self) -> TokenUsage:
+        return self._session.usage
 
     @property
     def expires_at(self) -> float | None:

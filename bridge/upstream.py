@@ -230,6 +230,7 @@ class Upstream:
         if session not in self._retired:
             self._retired.add(session)
             self._counts.billed_s += session.billed_seconds or 0.0
+            self._counts.usage.add(session.usage)
 
     # -- the session's lifetime --
 

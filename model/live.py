@@ -27,6 +27,7 @@ from model import live_wire as wire
 from model.live_state import ASKED_WINDOW_S, PLACEHOLDER, LiveTurns, ToolLedger
 from model.live_wire import Backend, Closed, LiveError, MalformedEvent, OtherEvent, OutputAudio, Started, Usage
 from model.live_wire import Transcript as TranscriptDelta
+from model.prices import TokenUsage
 from model.session import (
     AssistantAudio,
     ModelError,
@@ -213,6 +214,10 @@ class LiveSession:
     @property
     def billed_seconds(self) -> float | None:
         return self._billed
+
+    @property
+    def usage(self) -> TokenUsage:
+        return TokenUsage()  # billed per second; the backend's tokens are billed apart
 
     async def close(self) -> None:
         """``session.close``, then up to ``CLOSE_WAIT_S`` for ``session.closed`` (and its billed seconds),

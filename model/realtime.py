@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from model import realtime_wire as wire
+from model.prices import TokenUsage
 from model.realtime_wire import (
     AudioDelta,
     MalformedEvent,
@@ -99,6 +100,7 @@ class RealtimeSession:
         self._waiters: dict[str, tuple[str, asyncio.Future[None]]] = {}
         """Noise reduction switches awaiting ``session.updated``, by their ``event_id``."""
         self._expired = False
+        self._usage = TokenUsage()
         self._pending: list[ModelEvent] = []
         """Events seen while the session was being configured, handed out first."""
         self._warned: set[str] = set()
@@ -247,6 +249,10 @@ class RealtimeSession:
         return None  # billed per token
 
     @property
+    def usage(self) -> TokenUsage:
+        return self._usage
+
+    @property
     def expires_at(self) -> float | None:
         return None  # a fixed 60-minute limit (SESSION_ROLLOVER_S)
 
@@ -279,6 +285,8 @@ class RealtimeSession:
         return ResponseStarted(event.response_id, self.slot.on_created(event.response_id))
 
     async def _on_response_done(self, event: ResponseDone) -> ResponseDone:
+        if event.usage is not None:
+            self._usage.add(event.usage)
         if self.slot.on_done(event.response_id):
             await self._send_create()
         return event

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from model.envelope import MalformedEvent, optional_text, parse_event, text_field
+from model.prices import usage_of
 from model.session import (
     AssistantAudio,
     AssistantAudioDone,
@@ -317,7 +318,8 @@ def _response_done(event: dict[str, Any]) -> ResponseDone:
             content = item.get("content")
             if type(content) is list:
                 spoke = spoke or any(type(part) is dict and part.get("type") == "output_audio" for part in content)
-    return ResponseDone(text_field(response, "id", kind), status, tuple(calls) if status == "completed" else (), spoke)
+    return ResponseDone(text_field(response, "id", kind), status, tuple(calls) if status == "completed" else (), spoke,
+                        usage_of(response.get("usage")))
 
 
 def _error(event: dict[str, Any]) -> RealtimeError:

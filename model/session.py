@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from config import VoiceApi as VoiceApi  # the interface names the API a session speaks
+from model.prices import TokenUsage
 
 if TYPE_CHECKING:
     from redact import CallLog
@@ -173,6 +174,8 @@ class ResponseDone:
     """Its function calls in order; empty unless ``completed`` (a cut-off turn's calls are not run)."""
     spoke: bool
     """The turn held assistant audio."""
+    usage: TokenUsage | None = None
+    """Its ``usage``: tokens by kind (None when the service sent none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +311,12 @@ class ModelSession(Protocol):
     def billed_seconds(self) -> float | None:
         """Seconds the service bills for this session so far (GPT-Live ``usage.seconds``); None where
         billing is per token (Realtime)."""
+        ...
+
+    @property
+    def usage(self) -> TokenUsage:
+        """Tokens by kind this session used so far (Realtime: every ``response.done``'s ``usage``); empty where
+        billing is per second (GPT-Live)."""
         ...
 
     async def close(self) -> None:

@@ -60,6 +60,9 @@ class Metrics:
         )
         for outcome in ("used", "expired", "missed", "failed"):
             self.prewarms.labels(outcome)
+        self.call_cost = Histogram("relay_call_cost_usd", "What each call's model sessions cost, USD (price table).",
+                                   buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=r)
+        self.cost = Counter("relay_cost_usd", "What the calls' model sessions cost, USD (price table).", registry=r)
         self.call_outcomes = Counter(
             "relay_call_outcomes", "Calls by direction (inbound, outbound) and outcome: answered; for calls placed "
             "also machine, no answer, busy, failed.", ["direction", "outcome"], registry=r)
@@ -102,6 +105,10 @@ class Metrics:
             self.frames.labels("in").inc(int(counts.get("frames_in", 0)))
             self.frames.labels("out").inc(int(counts.get("frames_out", 0)))
             self.billed_seconds.inc(max(0.0, float(counts.get("billed_s", 0.0))))
+            cost = data.get("cost_usd")
+            if isinstance(cost, int | float) and cost >= 0:
+                self.call_cost.observe(cost)
+                self.cost.inc(cost)
             latency = data.get("latency") or {}
             if isinstance(latency.get("first_word_ms"), int | float):
                 self.first_word.observe(latency["first_word_ms"] / 1000)

@@ -45,6 +45,7 @@ from routes.state import (
     METRICS,
     OPENAI_CLIENT,
     PREWARMS,
+    PRICES,
     SESSIONS,
     SIGNATURES,
     SMS,
@@ -205,7 +206,7 @@ async def media_stream(request: web.Request, network: Network) -> web.StreamResp
     leg = WebSocketLeg(ws, dialect, request.transport)
     call = Call(leg, config, app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
                 openai_client=app[OPENAI_CLIENT], sessions=app[SESSIONS], on_event=call_observers(app),
-                prewarms=app[PREWARMS], switchboard=app.get(DIALER))
+                prewarms=app[PREWARMS], switchboard=app.get(DIALER), prices=app[PRICES])
     task = asyncio.current_task()
     assert task is not None
     app[CALLS][call] = task  # type: ignore[assignment]

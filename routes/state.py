@@ -11,6 +11,7 @@ from bridge.call import Call
 from bridge.events import Stats
 from bridge.prewarm import Prewarms
 from config import Config
+from model.prices import PriceTable
 from model.session import SessionFactory
 from model.websocket import RealtimeClient
 from ops.capacity import Capacity
@@ -45,6 +46,8 @@ PREWARMS = web.AppKey("prewarms", Prewarms)
 """Model sessions opened at the voice webhook, taken over by their streams (``bridge.prewarm``)."""
 """Makes every call's model sessions over ``REALTIME_CLIENT`` (``model.factory``), built once."""
 SMS = web.AppKey("sms", SmsReplies)
+PRICES = web.AppKey("prices", PriceTable)
+"""What each model costs (``assets/prices.json`` or ``PRICES_FILE``), read once at startup."""
 DIALER = web.AppKey("dialer", Dialer)
 """Places outbound calls and puts callers through (``routes.outbound``)."""
 STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)

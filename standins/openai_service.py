@@ -27,6 +27,7 @@ from openai.types.responses import Response
 
 from audio import BYTES_PER_MS, ULAW_SILENCE
 from standins.live_service import LiveSession
+from standins.usage import response_usage
 from standins.vad import Vad
 from standins.validation import client_event_problems, responses_request_problems, warm_up_validators
 
@@ -152,6 +153,8 @@ class RealtimeSession:
         self.spoken_words = 0
         """Words of ``speaking``'s transcript sent so far."""
         self.input_bytes = 0
+        self.read_bytes = 0
+        """Caller audio an earlier response read (the next reads it again, cached)."""
         self.updated_at: float | None = None
         """When the first session.updated was sent."""
         self._later: list[asyncio.Task[None]] = []
@@ -416,17 +419,8 @@ class RealtimeSession:
         """Stream one scripted response. Cancelling it stops generation where it is."""
         output: list[dict[str, Any]] = []
         try:
-            await self.send(
-                {
-                    "type": "response.created",
-                    "response": {
-                        "id": response_id,
-                        "object": "realtime.response",
-                        "status": "in_progress",
-                        "output": [],
-                    },
-                }
-            )
+            await self.send({"type": "response.created", "response": {
+                "id": response_id, "object": "realtime.response", "status": "in_progress", "output": []}})
             self._note(
                 f"response.created {response_id[-6:]}" + (f' "{turn.transcript}"' if turn.transcript else "")
             )
@@ -446,10 +440,12 @@ class RealtimeSession:
                         "object": "realtime.response",
                         "status": "completed",
                         "output": output,
-                        "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40},
+                        "usage": response_usage(self.input_bytes, self.read_bytes, len(turn.ulaw),
+                                                str(self.session["instructions"]), turn.transcript, not self.done_at),
                     },
                 }
             )
+            self.read_bytes = self.input_bytes
             self.done_at[response_id] = time.monotonic()
             self._note(f"response.done {response_id[-6:]} completed")
         except asyncio.CancelledError:

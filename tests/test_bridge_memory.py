@@ -15,6 +15,7 @@ from support import make_config, speech, start_standin, until
 import audio
 from bridge.call import Call
 from bridge.events import CallEvent, CallEventKind, Stats
+from model.prices import TokenUsage
 from model.session import (
     AssistantAudio,
     AssistantAudioDone,
@@ -143,6 +144,7 @@ class MemorySession:
     busy = False
     billed_seconds = None
     expires_at = None
+    usage = TokenUsage()
 
     def overdue(self, now: float) -> str | None:
         return None

@@ -17,11 +17,11 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # The app: everything, and nothing imports it (but the simulator, which runs it as a user would).
     "relay": ("routes", "bridge", "phones", "model", "ops", "config", "callers", "tools", "redact", "audio"),
     "routes": ("routes", "bridge.call", "bridge.events", "bridge.handoff", "bridge.prewarm", "phones", "model.session",
-               "model.websocket", "ops", "config", "callers"),
+               "model.prices", "model.websocket", "ops", "config", "callers"),
     # The call: its own parts, the seams' interfaces (phone leg, model session) and the deployment's choice of
     # model sessions; never a network's or a voice API's implementation.
-    "bridge": ("bridge", "phones.leg", "model.session", "model.factory", "model.websocket", "ops.tokens", "config",
-               "callers", "tools", "redact", "audio"),
+    "bridge": ("bridge", "phones.leg", "model.session", "model.prices", "model.factory", "model.websocket",
+               "ops.tokens", "config", "callers", "tools", "redact", "audio"),
     # The seams' implementations: their own protocol modules.
     "phones": ("phones", "config", "envreader", "callers", "tools", "redact", "audio"),
     "model": ("model", "config", "tools", "redact"),
