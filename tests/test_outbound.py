@@ -331,3 +331,10 @@ def test_whether_the_callee_answered_the_assistant() -> None:
     assert not callee_replied([greeting, cut, Turn("user", "u3", "Please leave a message.", final=True)])
     assert not callee_replied([greeting, whole])
     assert callee_replied([greeting, whole, untranscribed])
+
+
+async def test_a_body_past_its_bound_is_refused_unread() -> None:
+    async with rig("human") as found:
+        status, answer = await post(found, None, raw=b'{"to": "' + b"1" * 9000 + b'"}')
+        assert status == 400 and answer["error"] == "the body is larger than 8192 bytes"
+        assert found.rest.calls == {}  # type: ignore[union-attr]

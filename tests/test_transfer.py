@@ -214,3 +214,12 @@ def test_the_dial_documents() -> None:
     warm = ET.fromstring(dial_xml(DESK, OUR_NUMBER, "https://r.example/w"))
     dial = warm.find("./Dial")
     assert dial is not None and dial.get("confirmSound") == "https://r.example/w"
+
+
+async def test_a_warm_transfer_on_plivo_plays_the_whisper_as_its_confirm_sound() -> None:
+    """Plivo: with TRANSFER_WHISPER the <Dial> the relay answers carries confirmSound, the relay's whisper URL."""
+    result, _rest, callees = await transfer_call("plivo", transfer_whisper=True)
+    assert result.ok, result.problems
+    [dial_document] = callees.dials
+    dial = ET.fromstring(dial_document).find("./Dial")
+    assert dial is not None and "/outbound/plivo/whisper?text=" in (dial.get("confirmSound") or "")
