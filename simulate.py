@@ -51,7 +51,7 @@ from standins.openai_service import (
     serve_on_loopback,
 )
 from standins.phone_dialects import NETWORKS, CallFailed, telnyx_public_key, twilio_signature
-from standins.phone_network import DEFAULT_LINE_NOISE_DBFS, Line, PhoneCaller, Timeline
+from standins.phone_network import DEFAULT_LINE_NOISE_DBFS, Line, PhoneCaller, Timeline, render_wav
 from standins.scenario import (
     DEFAULT_CALLER,
     DEFAULT_SCENARIO,
@@ -665,7 +665,7 @@ def _interrupted(placed: list[PhoneCaller], timeline: Timeline, out: Path) -> in
         return 130
     path = out.with_name(f"{out.stem}.partial{out.suffix}")
     try:
-        write_atomically(path, placed[0].render_wav())
+        write_atomically(path, render_wav(placed[0]))
     except OSError as exc:
         print(f"\nsimulate: stopped (Ctrl-C); the recording could not be written to {path}: {exc.strerror or exc}",
               file=sys.stderr)
@@ -684,7 +684,7 @@ def _report(result: CallResult, out: Path) -> int:
     path = out if result.ok else out.with_name(f"{out.stem}.failed{out.suffix}")
     print()
     try:
-        write_atomically(path, caller.render_wav())
+        write_atomically(path, render_wav(caller))
         print(f"wrote {path} ({duration:.1f} s, stereo: left the caller, right the assistant as the caller heard it)")
     except OSError as exc:
         print(f"could not write {path}: {exc.strerror or exc}")

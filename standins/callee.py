@@ -169,7 +169,7 @@ class Callees:
 
     async def _detect(self, caller: PhoneCaller, detect: Callable[[], Any]) -> None:
         """The verdict, ``detection_delay_ms`` after the callee's first utterance has gone down the line."""
-        await caller.first_utterance_sent()
+        await caller.script.first_utterance_sent()
         await asyncio.sleep(self.script.detection_delay_ms / 1000)
         self.timeline.add(caller.network.name, f"answering machine detection: {self.script.answered_by}")
         await detect()

@@ -213,11 +213,13 @@ class PhoneCaller:
         self.twiml_say: list[str] = []
         self.connected_at: float | None = None
         self.ended_at: float | None = None
-        self._waiting: tuple[str, float | None] = ("for the call to connect", None)
+        self.script = CallerScript(self)
+        """What the caller says and when (``turns``, ``hangup``)."""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._wake = asyncio.Event()
-        self._mouth_empty = asyncio.Event()
-        self._stream_ms = 0
+        self.mouth_empty = asyncio.Event()
+        """Set when the mouth's last frame has gone down the line."""
+        self.stream_ms = 0
         self._rng = random.Random(self.line.seed)
         self._outbox: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
         self._out_due = 0.0
@@ -262,15 +264,15 @@ class PhoneCaller:
             tasks = [asyncio.create_task(self._receive(ws)),
                      asyncio.create_task(self._carry(self._outbox, ws.send_str))]
             for message in network.opening(answer):
-                await self._send(message)
+                await self.send(message)
             tasks += [asyncio.create_task(self._speak_frames()), asyncio.create_task(self._echo_marks())]
-            script = asyncio.create_task(self._script())
+            script = asyncio.create_task(self.script.run())
             try:
                 async with asyncio.timeout(self.max_duration_s):
                     done, _ = await asyncio.wait([script, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
             except TimeoutError:
                 raise CallFailed(f"the call did not finish within {self.max_duration_s:.0f} s: "
-                                 f"{self.waiting_for}") from None
+                                 f"{self.script.waiting_for}") from None
             finally:
                 for task in [*tasks, script]:
                     task.cancel()
@@ -286,15 +288,6 @@ class PhoneCaller:
                     await ws.send_str(goodbye)  # the last word: no delay queue left to carry it
                 await ws.close()
             self.close_code = ws.close_code
-
-    async def first_utterance_sent(self) -> None:
-        """Return once the script's first utterance has gone down the line (its last frame sent)."""
-        while not self.spoken:
-            self._mouth_empty.clear()
-            await self._mouth_empty.wait()
-        while self.mouth:
-            self._mouth_empty.clear()
-            await self._mouth_empty.wait()
 
     async def end_stream(self, why: str) -> None:
         """The network ends the stream because the call moved on (a transfer's ``<Dial>``): its last message,
@@ -316,7 +309,7 @@ class PhoneCaller:
         delay = line.delay_ms + (self._rng.uniform(0.0, line.jitter_ms) if line.jitter_ms else 0.0)
         return max(last, time.monotonic() + delay / 1000)
 
-    async def _send(self, message: str) -> None:
+    async def send(self, message: str) -> None:
         """Hand a message to the line towards the relay (carried to it by ``_carry``)."""
         self._out_due = self._due(self._out_due)
         self._outbox.put_nowait((self._out_due, message))
@@ -351,11 +344,11 @@ class PhoneCaller:
             if frame is not silence:
                 self.sent_audio.append((time.monotonic(), frame))
             if speech is not None and not self.mouth:
-                self._mouth_empty.set()
-            out = self.network.media(frame, self._stream_ms)
+                self.mouth_empty.set()
+            out = self.network.media(frame, self.stream_ms)
             for message in [out] if isinstance(out, str) else out:  # Telnyx: now and then two, swapped
-                await self._send(message)
-            self._stream_ms += 20
+                await self.send(message)
+            self.stream_ms += 20
             await pacer.wait()
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -416,7 +409,7 @@ class PhoneCaller:
                     await self._echo(name)
             cleared = self.network.cleared()
             if cleared is not None:
-                await self._send(cleared)
+                await self.send(cleared)
             if current is not None and current.music:
                 self.music_clears += 1  # the end of waiting music, not a barge-in
                 self.timeline.add(self.network.name, "clear (waiting music)")
@@ -431,7 +424,7 @@ class PhoneCaller:
 
     async def _echo(self, name: str) -> None:
         self.marks_echoed += 1
-        await self._send(self.network.played(name))
+        await self.send(self.network.played(name))
 
     async def _echo_marks(self) -> None:
         """Echo each mark when the audio before it has played."""
@@ -450,13 +443,55 @@ class PhoneCaller:
             for name in self.playback.due_marks(time.monotonic()):
                 await self._echo(name)
 
-    # -- the script --
+
+
+def render_wav(caller: PhoneCaller) -> bytes:
+    """Stereo 8 kHz WAV of the call: left what the caller said, right what they heard."""
+    t0 = caller.timeline.t0
+    end = caller.ended_at or time.monotonic()
+    total = int((end - t0) * SAMPLE_RATE_HZ) + 1
+    left = bytearray(ULAW_SILENCE * total)
+    right = bytearray(ULAW_SILENCE * total)
+    for at, frame in caller.sent_audio:
+        i = int((at - t0) * SAMPLE_RATE_HZ)
+        left[i : i + len(frame)] = frame[: max(0, total - i)]
+    for chunk in caller.playback.chunks:
+        played = chunk.data[: chunk.played_bytes(end)]
+        i = int((chunk.start - t0) * SAMPLE_RATE_HZ)
+        right[i : i + len(played)] = played[: max(0, total - i)]
+    pcm_left = audio.ulaw_to_pcm16(bytes(left[:total]))
+    pcm_right = audio.ulaw_to_pcm16(bytes(right[:total]))
+    return audio.write_wav(audio.interleave(pcm_left, pcm_right), SAMPLE_RATE_HZ, 2)
+
+
+class CallerScript:
+    """What the caller says and when: each scripted utterance or key press at its moment, then the hang-up; and
+    what it is waiting for now (named when a call times out).
+
+    Args:
+        caller: the phone it speaks into (its mouth, playback and line).
+    """
+
+    def __init__(self, caller: PhoneCaller) -> None:
+        self._caller = caller
+        self._waiting: tuple[str, float | None] = ("for the call to connect", None)
+
+    async def first_utterance_sent(self) -> None:
+        """Return once the script's first utterance has gone down the line (its last frame sent)."""
+        caller = self._caller
+        while not caller.spoken:
+            caller.mouth_empty.clear()
+            await caller.mouth_empty.wait()
+        while caller.mouth:
+            caller.mouth_empty.clear()
+            await caller.mouth_empty.wait()
 
     async def _wait_for(self, when: dict[str, Any], since: float) -> None:
         """Wait for a scripted moment (see ``CallerTurn``), polling the playback every 5 ms."""
+        caller = self._caller
         if "at_ms" in when:
-            assert self.connected_at is not None
-            await asyncio.sleep(max(0.0, self.connected_at + when["at_ms"] / 1000 - time.monotonic()))
+            assert caller.connected_at is not None
+            await asyncio.sleep(max(0.0, caller.connected_at + when["at_ms"] / 1000 - time.monotonic()))
             return
         after = when.get("after")
         first: PlayedChunk | None = None
@@ -466,17 +501,17 @@ class PhoneCaller:
                 first = next(
                     (
                         c
-                        for c in self.playback.chunks
+                        for c in caller.playback.chunks
                         if c.start >= since and c.start <= now and c.played_bytes(now) > 0
                     ),
                     None,
                 )
             elif after == "assistant_audio":
-                played = sum(c.played_bytes(now) for c in self.playback.chunks if c.start >= first.start)
+                played = sum(c.played_bytes(now) for c in caller.playback.chunks if c.start >= first.start)
                 if played >= when.get("ms", 0) * BYTES_PER_MS:
                     return
             elif after == "assistant_done":
-                idle_for = now - self.playback.end
+                idle_for = now - caller.playback.end
                 if idle_for >= when.get("delay_ms", 0) / 1000:
                     return
             else:
@@ -487,62 +522,45 @@ class PhoneCaller:
     def waiting_for(self) -> str:
         """What the script waits for now, and what the caller heard since its last turn (named when
         the call times out)."""
+        caller = self._caller
         what, since = self._waiting
-        last = self.spoken[-1] if self.spoken else None
+        last = caller.spoken[-1] if caller.spoken else None
         said = f", after the caller said {last.text or 'something'!r} (turn {last.index})" if last else ""
-        if since is None or any(c.start >= since and not c.music for c in self.playback.chunks):
+        if since is None or any(c.start >= since and not c.music for c in caller.playback.chunks):
             return f"waiting {what}{said}"
         if last is None:
             return f"waiting {what}; no assistant audio came"
         return f"waiting {what}{said}; no assistant audio came after it (was that speech ever detected?)"
 
-    async def _script(self) -> None:
+    async def run(self) -> None:
+        """Say each scripted turn at its moment, then hang up at the scripted moment (or wait for the relay to)."""
+        caller = self._caller
         since = time.monotonic()
-        for n, turn in enumerate(self.turns, 1):
-            label = f"turn {n} of {len(self.turns)}" + (f" ({turn.text!r})" if turn.text else "")
+        for n, turn in enumerate(caller.turns, 1):
+            label = f"turn {n} of {len(caller.turns)}" + (f" ({turn.text!r})" if turn.text else "")
             self._waiting = (f"to begin {label}", since)
             await self._wait_for(turn.when, since)
             if turn.dtmf:
-                self.timeline.add("caller", f"presses {turn.dtmf}")
+                caller.timeline.add("caller", f"presses {turn.dtmf}")
                 for digit in turn.dtmf:
-                    await self._send(self.network.dtmf(digit))
+                    await caller.send(caller.network.dtmf(digit))
                     await asyncio.sleep(KEY_PRESS_S)
             else:
-                self.timeline.add("caller", f'says "{turn.text}"' if turn.text else "speaks")
-                self._mouth_empty.clear()
+                caller.timeline.add("caller", f'says "{turn.text}"' if turn.text else "speaks")
+                caller.mouth_empty.clear()
                 frames = audio.frames(turn.ulaw)
-                start_ms = self._stream_ms + 20 * len(self.mouth)
-                self.spoken.append(SpokenTurn(n, turn.text, start_ms, start_ms + 20 * len(frames)))
-                self.mouth.extend(frames)
+                start_ms = caller.stream_ms + 20 * len(caller.mouth)
+                caller.spoken.append(SpokenTurn(n, turn.text, start_ms, start_ms + 20 * len(frames)))
+                caller.mouth.extend(frames)
                 self._waiting = (f"for the caller to finish {label}", None)
-                await self._mouth_empty.wait()
+                await caller.mouth_empty.wait()
             since = time.monotonic()
-        if self.hangup.get("by") == "assistant":
-            self.timeline.add("caller", "waits for the assistant to hang up")
+        if caller.hangup.get("by") == "assistant":
+            caller.timeline.add("caller", "waits for the assistant to hang up")
             self._waiting = ("for the assistant to hang up", since)
             await asyncio.Event().wait()  # the call ends when the relay closes the stream
         self._waiting = ("for the moment to hang up", since)
-        await self._wait_for(self.hangup, since)
-        self.hung_up_by = "caller"
-        self.timeline.add("caller", "hangs up")
-
-    # -- the record --
-
-    def render_wav(self) -> bytes:
-        """Stereo 8 kHz WAV of the call: left what the caller said, right what they heard."""
-        t0 = self.timeline.t0
-        end = self.ended_at or time.monotonic()
-        total = int((end - t0) * SAMPLE_RATE_HZ) + 1
-        left = bytearray(ULAW_SILENCE * total)
-        right = bytearray(ULAW_SILENCE * total)
-        for at, frame in self.sent_audio:
-            i = int((at - t0) * SAMPLE_RATE_HZ)
-            left[i : i + len(frame)] = frame[: max(0, total - i)]
-        for chunk in self.playback.chunks:
-            played = chunk.data[: chunk.played_bytes(end)]
-            i = int((chunk.start - t0) * SAMPLE_RATE_HZ)
-            right[i : i + len(played)] = played[: max(0, total - i)]
-        pcm_left = audio.ulaw_to_pcm16(bytes(left[:total]))
-        pcm_right = audio.ulaw_to_pcm16(bytes(right[:total]))
-        return audio.write_wav(audio.interleave(pcm_left, pcm_right), SAMPLE_RATE_HZ, 2)
+        await self._wait_for(caller.hangup, since)
+        caller.hung_up_by = "caller"
+        caller.timeline.add("caller", "hangs up")
 
