@@ -99,9 +99,11 @@ async def place_call(request: web.Request) -> web.Response:
         return refused
     if request.app[DRAINING].is_set():
         return _json(503, {"error": "draining for a restart"})
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        return _json(400, {"error": f"the body is larger than {MAX_BODY_BYTES} bytes"})
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(4096):  # stops reading past the bound, chunked bodies too
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            return _json(400, {"error": f"the body is larger than {MAX_BODY_BYTES} bytes"})
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
