@@ -62,6 +62,22 @@ class OutboundRig:
             return resp.status, await resp.json()
 
 
+async def _rest_standin(stack: contextlib.AsyncExitStack, phone: str,
+                        callees: Callees) -> tuple[TwilioRestStandIn | PlivoRestStandIn, dict[str, Any]]:
+    """The network's REST stand-in on loopback (``twilio`` or ``plivo``) with ``callees`` behind it (the calls
+    placed, the transfers), signing with their auth token; and the relay settings that reach it."""
+    token = callees.auth_token
+    if phone == "plivo":
+        auth_id = "MA" + secrets.token_hex(9).upper()
+        plivo, origin = await stack.enter_async_context(plivo_rest_standin(auth_id, token))
+        plivo.on_call, plivo.on_update, plivo.live = callees.plivo, callees.plivo_update, callees.live
+        return plivo, {"plivo_auth_id": auth_id, "plivo_api_base_url": origin, "plivo_phone_number": OUR_NUMBER}
+    account = "AC" + secrets.token_hex(16)
+    twilio, origin = await stack.enter_async_context(twilio_rest_standin(account, token))
+    twilio.on_call, twilio.on_update = callees.twilio, callees.twilio_update
+    return twilio, {"twilio_account_sid": account, "twilio_api_base_url": origin, "twilio_phone_number": OUR_NUMBER}
+
+
 @contextlib.asynccontextmanager
 async def outbound_rig(scenario: Scenario, callee: CalleeScript, phone: str = "twilio",
                        voice_api: VoiceApi = VoiceApi.REALTIME, timeline: Timeline | None = None,
@@ -76,17 +92,7 @@ async def outbound_rig(scenario: Scenario, callee: CalleeScript, phone: str = "t
         http = await stack.enter_async_context(aiohttp.ClientSession())
         line = Line(scenario.network_delay_ms, scenario.network_jitter_ms, scenario.line_noise_dbfs, seed or 0)
         callees = Callees(http, token, callee, timeline, standin.resolve, line)
-        rest: TwilioRestStandIn | PlivoRestStandIn
-        if phone == "plivo":
-            auth_id = "MA" + secrets.token_hex(9).upper()
-            rest, origin = await stack.enter_async_context(plivo_rest_standin(auth_id, token))
-            rest.on_call, rest.on_update, rest.live = callees.plivo, callees.plivo_update, callees.live
-            network = {"plivo_auth_id": auth_id, "plivo_api_base_url": origin, "plivo_phone_number": OUR_NUMBER}
-        else:
-            account = "AC" + secrets.token_hex(16)
-            rest, origin = await stack.enter_async_context(twilio_rest_standin(account, token))
-            rest.on_call, rest.on_update = callees.twilio, callees.twilio_update
-            network = {"twilio_account_sid": account, "twilio_api_base_url": origin, "twilio_phone_number": OUR_NUMBER}
+        rest, network = await _rest_standin(stack, phone, callees)
         port = simulate.free_port()
         values: dict[str, Any] = {
             "port": port, "public_url": f"http://127.0.0.1:{port}", "twilio_auth_token": token,
@@ -134,17 +140,7 @@ async def rest_network(phone: str, register: bool = True) -> AsyncIterator[tuple
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(aiohttp.ClientSession())
         callees = Callees(http, token, CalleeScript([]), Timeline())
-        rest: TwilioRestStandIn | PlivoRestStandIn
-        if phone == "plivo":
-            auth_id = "MA" + secrets.token_hex(9).upper()
-            rest, origin = await stack.enter_async_context(plivo_rest_standin(auth_id, token))
-            rest.on_update, rest.live = callees.plivo_update, callees.live
-            settings = {"plivo_auth_id": auth_id, "plivo_api_base_url": origin, "plivo_phone_number": OUR_NUMBER}
-        else:
-            account = "AC" + secrets.token_hex(16)
-            rest, origin = await stack.enter_async_context(twilio_rest_standin(account, token))
-            rest.on_update = callees.twilio_update
-            settings = {"twilio_account_sid": account, "twilio_api_base_url": origin, "twilio_phone_number": OUR_NUMBER}
+        rest, settings = await _rest_standin(stack, phone, callees)
 
         def before_call(caller: PhoneCaller, _url: str) -> None:
             messages = caller.network.messages

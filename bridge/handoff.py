@@ -149,7 +149,7 @@ class Handoff:
         now = time.monotonic()
         session = call.upstream.session
         truncates = session is not None and session.truncates  # GPT-Live's turn cannot be stopped: it goes on
-        if truncates and (call.output.is_playing(now) or (session is not None and session.busy)):
+        if truncates and (call.output.is_playing(now) or self._voice_busy()):
             await call.conversation.cut(now, cancel=True, by="the server")
         call.goodbye.after_tools(spoke=False)
         await call.upstream.respond(instruction)
@@ -184,7 +184,7 @@ class Handoff:
         transfer (the network ends the stream before it answers the redirect)."""
         phone_ended = (EndReason.PHONE_STOP, EndReason.PHONE_CLOSED, EndReason.PHONE_HUNG_UP)
         if self._redirecting and ending.reason in phone_ended:
-            return Ending(EndReason.TRANSFERRED, f"transferred: {self._transfer_reason}")
+            return self._transferred()
         return ending
 
     async def close(self) -> None:
@@ -217,7 +217,7 @@ class Handoff:
         self._redirecting = why is None
         if why is None:
             call.log.info("call transferred")
-            return Ending(EndReason.TRANSFERRED, f"transferred: {reason}")
+            return self._transferred()
         call.log.warning("transfer failed (%s); the call goes on", why)
         self._transfer_reason = None
         call.goodbye.reset()
@@ -241,6 +241,9 @@ class Handoff:
             self._line_ending = ending
             call.log.info("the assistant's turn under way is the voicemail message; hanging up after it")
             call.goodbye.after_tools(spoke=True)
+
+    def _transferred(self) -> Ending:
+        return Ending(EndReason.TRANSFERRED, f"transferred: {self._transfer_reason}")
 
     def _voice_busy(self) -> bool:
         session = self._call.upstream.session

@@ -138,9 +138,10 @@ def _bound_to_order(order: str) -> str:
     return "\0order:" + order
 
 
-def operator_allowed(authorization: str | None, token: str | None) -> bool:
-    """An operator page's HTTP Basic auth (any user name, ``token`` as the password), compared in
-    constant time. True when no token is configured (the page is open).
+def operator_allowed(authorization: str | None, token: str | None, bearer: bool = False) -> bool:
+    """An operator page's HTTP Basic auth (any user name, ``token`` as the password), or with ``bearer``
+    also ``Authorization: Bearer <token>`` (for scripts: ``POST /calls``), compared in constant time. True
+    when no token is configured (the page is open).
 
     Args:
         authorization: the request's ``Authorization`` header (None when absent).
@@ -148,6 +149,8 @@ def operator_allowed(authorization: str | None, token: str | None) -> bool:
     if token is None:
         return True
     scheme, _, encoded = (authorization or "").partition(" ")
+    if bearer and scheme.lower() == "bearer":
+        return hmac.compare_digest(encoded.strip().encode(), token.encode())
     if scheme.lower() != "basic":
         return False
     try:  # RFC 7617: base64 of "user-id:password"

@@ -99,7 +99,7 @@ class Dialer:
         self.config = config
         self.placers = dict(placers)
         """The networks that can redirect calls (transfers), by name."""
-        self.dialing = sorted(name for name in placers if self._caller_id(name))
+        self.dialing = sorted(name for name in placers if self.caller_id(name))
         """The networks that can place calls: those with a number to call from."""
         self._issue_token = issue_token
         self._reserve = reserve
@@ -137,15 +137,15 @@ class Dialer:
             raise DialRefused(400, f"'network' must be one that can place calls here: {ready}")
         return to, purpose.strip(), str(network)
 
-    async def place(self, body: object, origin: str, stream_origin: str, stream_path: str) -> OutboundOrder:
-        """Check and place one call. ``origin`` is this relay's public https origin (the callbacks), and
-        ``stream_origin`` + ``stream_path`` its media websocket.
+    async def place(self, to: str, purpose: str, network: str, stream_url: str) -> OutboundOrder:
+        """Place one call that ``check`` let through, its stream to ``stream_url`` (the network's media websocket
+        here), its callbacks to ``origin``.
 
         Raises:
-            DialRefused: 400 bad body, 403 destination not allowed, 429 over ``OUTBOUND_MAX_PER_HOUR``,
-                503 at ``MAX_CALLS``, 502 the network's API refused (with its message).
+            DialRefused: 403 destination not allowed, 429 over ``OUTBOUND_MAX_PER_HOUR``, 503 at ``MAX_CALLS``,
+                502 the network's API refused (with its message).
         """
-        to, purpose, network = self.check(body)
+        origin = self.origin
         callee = find_callee(self.config, to)
         if callee is None:
             logger.warning("outbound call to %s refused: not on the allowlists or OUTBOUND_ALLOWED_NUMBERS",
@@ -160,8 +160,8 @@ class Dialer:
         order = OutboundOrder(secrets.token_hex(8), network, to, purpose, callee)
         query = "?" + urlencode({"order": order.id})
         placement = Placement(
-            to=to, from_=self._caller_id(network),
-            stream_url=stream_origin + stream_path, parameters=self._issue_token(to, order.id, TOKEN_TTL_S),
+            to=to, from_=self.caller_id(network),
+            stream_url=stream_url, parameters=self._issue_token(to, order.id, TOKEN_TTL_S),
             answer_url=f"{origin}/outbound/{network}/answer{query}",
             status_url=f"{origin}/outbound/{network}/status{query}",
             detection_url=f"{origin}/outbound/{network}/detection{query}",
@@ -193,8 +193,7 @@ class Dialer:
         if order is None or order.listener is not None or (order.call_sid and order.call_sid != call_sid):
             return None
         order.call_sid, order.listener, order.status = call_sid, listener, "in-progress"
-        if order.answered_by and order.answered_by != "machine_start":
-            listener(verdict(order.answered_by))
+        self._tell(order)
         return order
 
     def on_status(self, order: OutboundOrder, status: str, call_id: str = "") -> None:
@@ -214,11 +213,10 @@ class Dialer:
         ended), ``fax`` or ``unknown``; ``machine_start`` (the greeting is still playing) is not passed on."""
         order.answered_by = answered_by
         logger.info("outbound call %s answered by %s", order.id, answered_by)
-        if order.listener is not None and answered_by != "machine_start":
-            order.listener(verdict(answered_by))
+        self._tell(order)
 
     def can_transfer(self, network: str) -> bool:
-        """Calls on ``network`` can be put through (it has REST credentials and a number here)."""
+        """Calls on ``network`` can be put through (it has REST credentials here)."""
         return network in self.placers
 
     async def transfer(self, network: str, call_sid: str, destination: str, summary: str | None) -> str | None:
@@ -234,14 +232,22 @@ class Dialer:
         dial = f"{origin}/outbound/{network}/transfer?" + urlencode(
             {"to": destination, **({"whisper": whisper} if whisper else {})})
         try:
-            await placer.transfer(call_sid, Transfer(destination, self._caller_id(network), whisper, dial))
+            await placer.transfer(call_sid, Transfer(destination, self.caller_id(network), whisper, dial))
         except PlaceRefused as exc:
             logger.warning("transfer of %s refused: %s", call_sid, exc)
             return str(exc)
         return None
 
-    def _caller_id(self, network: str) -> str:
+    def caller_id(self, network: str) -> str:
+        """The number calls on ``network`` come from and transfers show (E.164; "" when none is set)."""
         return (self.config.twilio_phone_number if network == "twilio" else self.config.plivo_phone_number) or ""
+
+    @staticmethod
+    def _tell(order: OutboundOrder) -> None:
+        """Pass the order's detection verdict to the call holding its stream, once both are there (``verdict``);
+        ``machine_start`` (the greeting still playing) is not passed on."""
+        if order.listener is not None and order.answered_by and order.answered_by != "machine_start":
+            order.listener(verdict(order.answered_by))
 
     def _remember(self, order: OutboundOrder) -> None:
         self.orders[order.id] = order

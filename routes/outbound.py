@@ -16,7 +16,6 @@ this process does not know is answered 200 and ignored.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -26,11 +25,11 @@ from aiohttp import web
 from callers import mask_number
 from ops.tokens import operator_allowed
 from phones import outbound as documents
-from phones import plivo, sms, twilio
-from phones.dialer import TOKEN_TTL_S, Dialer, DialRefused, OutboundOrder, outbound_placers
+from phones import plivo, twilio
+from phones.dialer import MAX_SUMMARY_CHARS, TOKEN_TTL_S, Dialer, DialRefused, OutboundOrder, outbound_placers
 from phones.network import Network
 from routes.calls import public_origin, signed_form, stream_origin
-from routes.state import CAPACITY, CONFIG, DIALER, DRAINING, METRICS, STREAM_TOKENS
+from routes.state import CAPACITY, CONFIG, DIALER, DRAINING, METRICS, SMS, STREAM_TOKENS
 
 logger = logging.getLogger("relay")
 
@@ -52,9 +51,9 @@ def add_outbound_routes(app: web.Application) -> None:
 
 
 async def _dialer(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the dialer, with its own Twilio REST client (closed at shutdown)."""
+    """cleanup_ctx: the dialer, over the process's one Twilio REST client (the SMS replies', which ``relay``'s
+    earlier context opens and closes)."""
     config = app[CONFIG]
-    client = sms.twilio_client(config)
     metrics = app[METRICS]
     tokens, capacity = app[STREAM_TOKENS], app[CAPACITY]
 
@@ -62,11 +61,9 @@ async def _dialer(app: web.Application) -> AsyncIterator[None]:
         if metrics is not None:
             metrics.call_outcomes.labels("outbound", name).inc()
 
-    app[DIALER] = Dialer(config, outbound_placers(config, client[0] if client else None),
-                         tokens.issue_outbound, lambda ttl_s: capacity.answer(ttl_s), outcome)
+    app[DIALER] = Dialer(config, outbound_placers(config, app[SMS].twilio), tokens.issue_outbound,
+                         lambda ttl_s: capacity.answer(ttl_s), outcome)
     yield
-    if client is not None:
-        await client[1].close()
 
 
 def _json(status: int, body: dict[str, object]) -> web.Response:
@@ -79,11 +76,7 @@ def _refused(request: web.Request) -> web.Response | None:
     token = request.app[CONFIG].console_token
     if token is None:
         raise web.HTTPNotFound()
-    authorization = request.headers.get("Authorization") or ""
-    scheme, _, bearer = authorization.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(bearer.strip().encode(), token.encode()):
-        return None
-    if operator_allowed(authorization, token):
+    if operator_allowed(request.headers.get("Authorization"), token, bearer=True):
         return None
     return web.json_response({"error": "unauthorized"}, status=401,
                              headers={"WWW-Authenticate": 'Bearer realm="relay"'})
@@ -112,9 +105,8 @@ async def place_call(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     dialer.origin = public_origin(config, request)
     try:
-        network = NETWORKS.get(dialer.check(body)[2])
-        assert network is not None
-        order = await dialer.place(body, dialer.origin, stream_origin(config, request), network.stream_path)
+        to, purpose, network = dialer.check(body)
+        order = await dialer.place(to, purpose, network, stream_origin(config, request) + NETWORKS[network].stream_path)
     except DialRefused as exc:
         logger.info("POST /calls refused (%d): %s", exc.status, exc)
         return _json(exc.status, {"error": str(exc)})
@@ -191,15 +183,15 @@ async def transfer_answer(request: web.Request) -> web.Response:
     if destination not in {config.transfer_to, config.primary_transfer_to, config.secondary_transfer_to} - {None}:
         logger.warning("transfer to an unconfigured destination refused")
         return web.Response(text=network.hang_up_answer(""), content_type=network.content_type)
-    caller_id = config.plivo_phone_number if network.name == "plivo" else config.twilio_phone_number
     whisper = request.query.get("whisper") or None
     dial = documents.dial_xml if network.name == "plivo" else documents.dial_twiml
-    return web.Response(text=dial(destination, caller_id or "", whisper), content_type=network.content_type)
+    caller_id = request.app[DIALER].caller_id(network.name)
+    return web.Response(text=dial(destination, caller_id, whisper), content_type=network.content_type)
 
 
 async def whisper_answer(request: web.Request) -> web.Response:
     """A warm transfer's whisper: the summary, said to the person who picked up before they are connected."""
     network = (await _callback(request))[0]
-    text = request.query.get("text", "")[:300] or "A caller is being put through to you."
+    text = request.query.get("text", "")[:MAX_SUMMARY_CHARS] or "A caller is being put through to you."
     say = documents.speak_xml if network.name == "plivo" else documents.say_twiml
     return web.Response(text=say(text), content_type=network.content_type)
