@@ -101,17 +101,26 @@ class Handoff:
         switchboard: places and redirects calls; None: no outbound calls and no transfers.
     """
 
+    __slots__ = (
+        "_call",
+        "_line_ending",
+        "_redirecting",
+        "_switchboard",
+        "_tasks",
+        "_transfer_reason",
+        "destination",
+        "order",
+    )
+
     def __init__(self, call: Call, switchboard: Switchboard | None) -> None:
         self._call = call
         self._switchboard = switchboard
         self.order: Order | None = None
-        self.destination: str | None = None
-        """Where ``transfer_call`` puts this caller through (None: the tool is not offered)."""
+        self.destination: str | None = None  # where transfer_call puts this caller through (None: not offered)
         self._transfer_reason: str | None = None
-        self._redirecting = False
-        """The network was asked to put the call through: the stream's end that follows is the transfer."""
-        self._line_ending = Ending(EndReason.CLOSING_LINE, "closing line")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._redirecting = False  # the network was asked to put the call through: the stream's end is the transfer
+        self._line_ending: Ending | None = None  # the closing line's ending, once one is asked for
+        self._tasks: set[asyncio.Task[None]] | None = None  # the answering machine's work, once a verdict came
 
     @property
     def greets(self) -> bool:
@@ -174,7 +183,9 @@ class Handoff:
             reason = self._transfer_reason
             if reason is None:
                 goodbye = self._call.goodbye
-                return Ending(EndReason.END_CALL, str(goodbye.reason)) if goodbye.by_model else self._line_ending
+                if goodbye.by_model:
+                    return Ending(EndReason.END_CALL, str(goodbye.reason))
+                return self._line_ending or Ending(EndReason.CLOSING_LINE, str(goodbye.reason))
             ending = await self._transfer(reason)
             if ending is not None:
                 return ending
@@ -188,9 +199,10 @@ class Handoff:
         return ending
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks or ())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _until_spoken(self) -> None:
         """Wait for the line to be spoken, then for the phone to report its last mark (every byte played, or
@@ -266,5 +278,6 @@ class Handoff:
         else:
             work = self._leave_message(self.order.purpose)
         task = asyncio.create_task(work, name="answering machine")
+        self._tasks = self._tasks or set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
