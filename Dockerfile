@@ -18,9 +18,13 @@ COPY bridge/ bridge/
 COPY phones/ phones/
 COPY model/ model/
 COPY ops/ ops/
+COPY store/ store/
 COPY assets/apology.ulaw assets/wait_music.wav assets/console.html assets/prices.json assets/
 
-RUN useradd --system --uid 10001 --no-create-home relay
+RUN useradd --system --uid 10001 --no-create-home relay && mkdir /data && chown relay /data
+# The call records' SQLite file, on a volume so it outlives the container (or set a postgresql:// DATABASE_URL).
+ENV DATABASE_URL=sqlite:////data/relay.db
+VOLUME /data
 USER relay
 
 EXPOSE 10000

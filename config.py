@@ -247,6 +247,16 @@ class Config:
     """Where ``send_email`` sends from; None: email is not configured."""
     primary_to_email: str | None = None
     secondary_to_email: str | None = None
+    database_url: str | None = None
+    """Where the call records go (``DATABASE_URL``: ``sqlite:///…`` or ``postgresql://…``); None: no records
+    (``RECORDS=off``)."""
+    record_numbers_full: bool = False
+    """Records keep whole numbers (``RECORD_NUMBERS=full``), else masked as in the logs."""
+    records_retention_days: int = 30
+    daily_budget_usd: float | None = None
+    """New calls are refused once today's estimated spend (UTC) reaches this; None: no limit."""
+    caller_memory: bool = False
+    """A call's instructions get a digest of the caller's last calls and texts from the records."""
     prices_file: str | None = None
     """The price table that reckons each call's cost (None: the bundled ``assets/prices.json``)."""
     wait_music_file: str | None = str(DEFAULT_WAIT_MUSIC)
@@ -442,6 +452,22 @@ def _voice_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, Any]:
         "web_search_timeout_s": reader.number("WEB_SEARCH_TIMEOUT_S", default["web_search_timeout_s"], 1.0, 120.0),
         "sms_model": reader.text("SMS_MODEL", "") or None,
         "prices_file": reader.text("PRICES_FILE", "") or None,
+        **_records_values(reader),
+    }
+
+
+def _records_values(reader: EnvReader) -> dict[str, Any]:
+    """The call records, the daily budget and the callers' memory."""
+    url = reader.text("DATABASE_URL", "sqlite:///relay.db")
+    if not url.startswith(("sqlite:///", "postgres://", "postgresql://", "postgresql+asyncpg://")):
+        reader.problems.append("DATABASE_URL must be sqlite:///<file> or postgresql://user:password@host/db")
+    budget = reader.number("DAILY_BUDGET_USD", 0.0, 0.0, 1_000_000.0)
+    return {
+        "database_url": url if reader.boolean("RECORDS", True) else None,
+        "record_numbers_full": reader.choice_text("RECORD_NUMBERS", ("masked", "full"), "masked") == "full",
+        "records_retention_days": reader.integer("RECORDS_RETENTION_DAYS", 30, 1, 36_500),
+        "daily_budget_usd": budget or None,
+        "caller_memory": reader.boolean("CALLER_MEMORY", False),
     }
 
 
@@ -513,6 +539,8 @@ def startup_warnings(config: Config) -> list[str]:
     if (config.twilio_phone_number or config.plivo_phone_number) and not config.console_token:
         notes.append("TWILIO_PHONE_NUMBER or PLIVO_PHONE_NUMBER is set without CONSOLE_TOKEN: POST /calls is off "
                      "(it is served behind the operator's token only)")
+    if config.caller_memory and config.database_url is None:
+        notes.append("CALLER_MEMORY=true with RECORDS=off: there are no records to remember calls from")
     if config.metrics and not config.console_token:
         notes.append("METRICS=true without CONSOLE_TOKEN: /metrics is public (set CONSOLE_TOKEN to put it behind "
                      "a password)")

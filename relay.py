@@ -62,7 +62,9 @@ from phones.sms import SmsReplies
 from routes import calls
 from routes.operator import CONSOLE_PAGE, add_operator_routes, close_console
 from routes.outbound import add_outbound_routes
+from routes.records import add_records_routes
 from routes.state import (
+    BUDGET,
     CALLS,
     CAPACITY,
     CONFIG,
@@ -74,6 +76,7 @@ from routes.state import (
     PREWARMS,
     PRICES,
     REALTIME_CLIENT,
+    RECORDS,
     SESSIONS,
     SIGNATURES,
     SMS,
@@ -81,6 +84,7 @@ from routes.state import (
     STREAM_TOKENS,
     WAIT_MUSIC,
 )
+from store.commands import migrate_first, print_calls
 
 logger = logging.getLogger("relay")
 access_logger = logging.getLogger("relay.access")
@@ -122,6 +126,7 @@ def make_app(config: Config) -> web.Application:
     app[SIGNATURES] = {network.name: network.signatures(config) for network in NETWORKS}
     app[DRAINING] = asyncio.Event()
     app[STREAM_TOKENS] = StreamTokens(config.openai_api_key.encode())
+    app[RECORDS], app[BUDGET] = None, None  # set by the records' cleanup context (routes.records)
     try:
         app[PRICES] = PriceTable.load(config.prices_file)
     except PriceError as exc:
@@ -132,6 +137,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_post("/sms", calls.sms)
     add_operator_routes(app)
     add_outbound_routes(app)
+    add_records_routes(app)
     app.on_shutdown.append(_close_calls)
     app.on_shutdown.append(close_console)
     return app
@@ -389,6 +395,8 @@ def main() -> None:
             sys.exit(healthcheck(config))
         if args.command == "call":
             sys.exit(place_call(config, args.to, args.purpose, args.network, args.relay_url))
+        if args.command == "calls":
+            sys.exit(print_calls(config, args.limit, args.caller))
         tls = tls_context(config)
         app = make_app(config)
     except ConfigError as exc:
@@ -403,6 +411,7 @@ def main() -> None:
         for note in startup_warnings(config) + model_factory.startup_warnings(config):
             logger.warning("%s", note)
         if config.workers > 1:
+            migrate_first(config)  # once, before the workers open the database together
             sys.exit(workers.supervise(config.workers, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]))
     raise_open_files_limit(config.max_calls)
     with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:

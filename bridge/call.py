@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
 import openai
@@ -89,6 +90,8 @@ class Call:
         prewarms: sessions opened at the webhook (``bridge.prewarm``); the stream's token names its own.
         prices: what the call's model costs (``model.prices``); None: not reckoned.
         switchboard: outbound calls' orders and transfers (``phones.dialer.Dialer``); None: neither.
+        recall: what is remembered of a caller from earlier calls and texts (``store.memory``), by E.164 number;
+            None: nothing (``CALLER_MEMORY`` off).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Call:
         prewarms: Prewarms | None = None,
         switchboard: Switchboard | None = None,
         prices: PriceTable | None = None,
+        recall: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.phone = phone
         self.config = config
@@ -117,6 +121,7 @@ class Call:
         self.counts = CallCounts()
         self.prices = prices
         self._prewarms = prewarms
+        self._recall = recall
         self._nonce = ""
         """The stream token's nonce: it names the session pre-warmed for this call."""
         self.log = CallLog(logger)
@@ -233,7 +238,7 @@ class Call:
         self.log.extra.update(stream_sid=start.stream_sid, call_sid=start.call_sid)  # type: ignore[union-attr]
         number = start.custom_parameters.get("caller_number")
         if self.stream_tokens is not None:
-            verdict = self.stream_tokens.check(start.custom_parameters, start.call_sid)
+            verdict = await self.stream_tokens.spend(start.custom_parameters, start.call_sid)
             if verdict.caller_number is None:
                 self.log.warning("media stream refused: %s", verdict.reason)
                 await self.phone.close(WSCloseCode.POLICY_VIOLATION, "invalid stream token")
@@ -254,12 +259,14 @@ class Call:
             return Ending(EndReason.RESTRICTED, "restricted caller")
         self.tools.context.email_to = email_for(self.config, self.caller.group)
         self.upstream.caller_name = self.caller.first_name or "the caller"
-        self.upstream.brief = self.handoff.brief(self.caller)
+        memory = await self._recall(self.caller.number) if self._recall is not None else ""
+        self.upstream.brief = self.handoff.brief(self.caller, memory)
         direction = "outbound" if outbound else "inbound"
         self.log.info("call started call_sid=%s network=%s direction=%s caller=%s group=%s", self.call_sid, network,
                       direction, mask_number(self.caller.number), self.caller.group)
         self._publish(CallEventKind.STARTED, network=network, caller=mask_number(self.caller.number),
-                      group=str(self.caller.group), call_sid=self.call_sid, direction=direction)
+                      group=str(self.caller.group), call_sid=self.call_sid, direction=direction,
+                      number=self.caller.number)
         return None
 
     async def _await_start(self) -> PhoneStart | None:

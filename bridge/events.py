@@ -53,6 +53,10 @@ class StartedData(TypedDict):
     """Masked as in the logs (``+*******0100``)."""
     group: str
     call_sid: str
+    direction: str
+    """``inbound`` or ``outbound``."""
+    number: str
+    """The caller's whole E.164 number, for the records (which mask it unless told not to); the console drops it."""
 
 
 class EndedData(TypedDict):

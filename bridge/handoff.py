@@ -85,11 +85,14 @@ def transfer_destination(config: Config, switchboard: Switchboard | None, networ
     return transfer_for(config, caller.group)
 
 
-def call_brief(destination: str | None, purpose: str | None, caller: AllowedCaller) -> CallBrief | None:
-    """A call's brief: an outbound call's purpose, and ``transfer_call`` when it has a destination; None for a
-    call with neither. The webhook's pre-warmed session gets the same brief as the call's own."""
+def call_brief(destination: str | None, purpose: str | None, caller: AllowedCaller,
+               memory: str = "") -> CallBrief | None:
+    """A call's brief: an outbound call's purpose, the caller's ``memory`` (``CALLER_MEMORY``), and
+    ``transfer_call`` when it has a destination; None for a call with none of these. The webhook's pre-warmed
+    session gets the same brief as the call's own."""
     tools = (TRANSFER_TOOL,) if destination else ()
-    instructions = outbound_brief(purpose, caller.first_name) if purpose is not None else ""
+    parts = (outbound_brief(purpose, caller.first_name) if purpose is not None else "", memory)
+    instructions = "\n\n".join(part for part in parts if part)
     return CallBrief(instructions, tools) if instructions or tools else None
 
 
@@ -135,11 +138,11 @@ class Handoff:
         self.order = self._switchboard.attach(order_id, self._call.call_sid, self._on_detection)
         return self.order is not None
 
-    def brief(self, caller: AllowedCaller) -> CallBrief | None:
+    def brief(self, caller: AllowedCaller, memory: str = "") -> CallBrief | None:
         """What this call's sessions are told beyond the deployment's settings (``call_brief``)."""
         call = self._call
         self.destination = transfer_destination(call.config, self._switchboard, call.phone.network, caller)
-        return call_brief(self.destination, self.order.purpose if self.order is not None else None, caller)
+        return call_brief(self.destination, self.order.purpose if self.order is not None else None, caller, memory)
 
     async def say_line(self, ending: Ending, instruction: str) -> None:
         """End the call after one short spoken line: what is playing is cut as by a barge-in (where the voice API

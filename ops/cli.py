@@ -6,8 +6,8 @@ import argparse
 
 
 def command_line(argv: list[str] | None = None) -> argparse.Namespace:
-    """``python relay.py [--host HOST] [--port PORT] [healthcheck | call TO --purpose TEXT]``: the environment (and
-    ``.env``) configures the rest.
+    """``python relay.py [--host HOST] [--port PORT] [healthcheck | call TO --purpose TEXT | calls]``: the
+    environment (and ``.env``) configures the rest.
 
     Raises:
         SystemExit: after ``--help``, or naming a malformed option (exit 2).
@@ -31,7 +31,18 @@ def command_line(argv: list[str] | None = None) -> argparse.Namespace:
     call.add_argument("--network", choices=("twilio", "plivo"), help="the network to call through (needed when "
                       "both can place calls)")
     call.add_argument("--relay-url", help="the running relay (default: this host's $PORT over loopback)")
+    calls = commands.add_parser("calls", help="print the last calls from the records (DATABASE_URL) as a table")
+    calls.add_argument("--limit", type=limit_argument, default=20, help="how many, newest first (1-200; default 20)")
+    calls.add_argument("--caller", help="only this number's calls (E.164)")
     return parser.parse_args(argv)
+
+
+def limit_argument(text: str) -> int:
+    """An argparse type: how many calls to list, 1-200 (ArgumentTypeError otherwise)."""
+    count = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= count <= 200:
+        raise argparse.ArgumentTypeError("a limit is a whole number from 1 to 200")
+    return count
 
 
 def port_argument(text: str) -> int:

@@ -74,6 +74,7 @@ class Console:
     def on_event(self, event: CallEvent) -> None:
         """The bridge's hook: remember the event and hand it to every watcher (never blocks)."""
         message = {"type": event.kind.value, "stream_sid": event.stream_sid, "at": event.at, **event.data}
+        message.pop("number", None)  # the whole number is for the records; the console shows the masked one
         if event.kind not in NOT_KEPT:
             history = self._calls.get(event.stream_sid)
             if history is None:

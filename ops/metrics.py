@@ -63,6 +63,8 @@ class Metrics:
         self.call_cost = Histogram("relay_call_cost_usd", "What each call's model sessions cost, USD (price table).",
                                    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=r)
         self.cost = Counter("relay_cost_usd", "What the calls' model sessions cost, USD (price table).", registry=r)
+        self.records_dropped = Counter("relay_records_dropped", "Call and text records not written (the database "
+                                       "was full, slow or down).", registry=r)
         self.call_outcomes = Counter(
             "relay_call_outcomes", "Calls by direction (inbound, outbound) and outcome: answered; for calls placed "
             "also machine, no answer, busy, failed.", ["direction", "outcome"], registry=r)

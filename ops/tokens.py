@@ -23,7 +23,7 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 TOKEN_TTL_S = 30.0
@@ -70,6 +70,9 @@ class StreamTokens:
         self._used: OrderedDict[str, float] = OrderedDict()
         self._admitted: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
         """Call ids admitted: when they are forgotten, and the parameters issued for them."""
+        self.ledger: Callable[[str, float], Awaitable[bool | None]] | None = None
+        """Spends a nonce across workers and hosts (the records): ``(nonce, expires)`` → True the first time, False
+        when spent before, None when it could not tell. None: this process's memory only."""
 
     def issue(self, caller_number: str, call_sid: str) -> dict[str, str]:
         """The parameters to attach to the stream for this caller and call (``FIELDS``); the call id is
@@ -127,6 +130,16 @@ class StreamTokens:
         while self._used and (next(iter(self._used.values())) < now or len(self._used) > MAX_OUTSTANDING):
             self._used.popitem(last=False)
         return Verdict(caller, "ok", order)
+
+    async def spend(self, params: Mapping[str, str], call_sid: str) -> Verdict:
+        """``check``, then the nonce spent in the ``ledger``, so the token is single-use across every worker and
+        host sharing it. A ledger that cannot tell leaves this process's check standing."""
+        verdict = self.check(params, call_sid)
+        if verdict.caller_number is None or self.ledger is None:
+            return verdict
+        if await self.ledger(params["stream_nonce"], float(params["stream_expires"])) is False:
+            return Verdict(None, "stream token already used (on another worker)")
+        return verdict
 
     def _mac(self, caller: str, call_sid: str, expires: str, nonce: str) -> str:
         message = "\0".join((caller, call_sid, expires, nonce)).encode()

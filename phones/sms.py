@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -121,6 +121,9 @@ class SmsReplies:
         self.model = config.sms_model or config.web_search_model
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_text: Callable[[str, str, str], None] | None = None
+        """Told of each text received from an allowed sender and each sent: ``(direction, number, body)``,
+        ``in`` or ``out``, the sender's or the recipient's E.164 number (the records)."""
 
     def receive(self, params: Mapping[str, str]) -> str:
         """One incoming SMS (a signed webhook's form): the TwiML to answer with, at once.
@@ -148,6 +151,7 @@ class SmsReplies:
             logger.warning("sms from %s: %d replies already under way", mask_number(sender), len(self._tasks))
             return twiml_message(BUSY_TEXT)
         current = ThreadMessage(True, params.get("Body", ""), datetime.now(UTC), sid)
+        self._told("in", caller.number, current.body)
         task = asyncio.create_task(self._reply(caller.number, ours, current), name="sms reply")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -172,12 +176,17 @@ class SmsReplies:
                                                          SMS_INSTRUCTIONS, max_output_tokens=400)
                 reply = shorten(answer)
                 await self.twilio.messages.create_async(to=sender, from_=ours, body=reply)
+                self._told("out", sender, reply)
         except (ToolError, TwilioException, aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("sms reply to %s failed (%s); sending an apology", mask_number(sender), _describe(exc))
             await self._apologise(sender, ours)
             return
         logger.info("sms reply to %s sent in %.1f s (thread of %d)", mask_number(sender),
                     time.monotonic() - started, len(thread))
+
+    def _told(self, direction: str, number: str, body: str) -> None:
+        if self.on_text is not None:
+            self.on_text(direction, number, body)
 
     async def fetch_thread(self, sender: str, ours: str, current: ThreadMessage) -> list[ThreadMessage]:
         """The last ``THREAD_MAX_MESSAGES`` messages between ``sender`` and ``ours`` from the last 12
@@ -203,6 +212,7 @@ class SmsReplies:
         assert self.twilio is not None
         try:
             await self.twilio.messages.create_async(to=sender, from_=ours, body=APOLOGY_TEXT)
+            self._told("out", sender, APOLOGY_TEXT)
         except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("sms apology to %s not sent (%s)", mask_number(sender), _describe(exc))
 

@@ -26,16 +26,19 @@ from callers import (
     BUSY_MESSAGE,
     DRAINING_MESSAGE,
     RESTRICTED_MESSAGE,
+    AllowedCaller,
     find_caller,
     mask_number,
     welcome_message,
 )
 from config import LOOPBACK_HOSTS, Config
+from ops.budget import UNAVAILABLE_MESSAGE
 from ops.tokens import TOKEN_TTL_S
 from phones import twilio
 from phones.network import Network, Signatures
 from phones.websocket import WebSocketLeg
 from routes.state import (
+    BUDGET,
     CALLS,
     CAPACITY,
     CONFIG,
@@ -46,6 +49,7 @@ from routes.state import (
     OPENAI_CLIENT,
     PREWARMS,
     PRICES,
+    RECORDS,
     SESSIONS,
     SIGNATURES,
     SMS,
@@ -129,22 +133,36 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
         return web.Response(status=403, text="invalid signature")
     raw_from = network.caller_number(params.get("From") or request.query.get("From"))
     call_id = params.get(network.call_id_param) or request.query.get(network.call_id_param) or ""
-    return web.Response(text=_answer(request, network, raw_from, call_id), content_type=network.content_type)
+    caller = find_caller(request.app[CONFIG], raw_from)
+    recall = _recall(request.app)
+    memory = await recall(caller.number) if recall is not None and caller is not None else ""
+    answer = _answer(request, network, caller, raw_from, call_id, memory)
+    return web.Response(text=answer, content_type=network.content_type)
 
 
-def _answer(request: web.Request, network: Network, raw_from: str | None, call_id: str) -> str:
+def _recall(app: web.Application) -> Callable[[str], Awaitable[str]] | None:
+    """``CALLER_MEMORY``'s digest by number, when it is on and the records are up."""
+    records = app[RECORDS]
+    return records.memory.digest if records is not None and records.ready and records.memory is not None else None
+
+
+def _answer(request: web.Request, network: Network, caller: AllowedCaller | None, raw_from: str | None, call_id: str,
+            memory: str) -> str:
     """The webhook answer: a short message and a hang-up for a caller on no allowlist, during a restart's
     drain, or at ``MAX_CALLS``; otherwise the welcome, then a stream carrying the caller's number and a
     single-use stream token for this call (``ops.tokens``). A call id seen before gets the same answer while
     its token is unspent, and a refusal once its stream has started (one call id, one stream)."""
     config = request.app[CONFIG]
-    caller = find_caller(config, raw_from)
     if caller is None:
         logger.info("restricted caller %s refused", mask_number(raw_from or ""))
         return network.hang_up_answer(RESTRICTED_MESSAGE)
     if request.app[DRAINING].is_set():
         logger.info("call from %s turned away: draining for a restart", mask_number(caller.number))
         return network.hang_up_answer(DRAINING_MESSAGE)
+    budget = request.app[BUDGET]
+    if budget is not None and budget.exhausted:
+        logger.info("call from %s turned away: DAILY_BUDGET_USD reached", mask_number(caller.number))
+        return network.hang_up_answer(UNAVAILABLE_MESSAGE)
     tokens = request.app[STREAM_TOKENS]
     parameters = tokens.again(call_id)
     if parameters is True:
@@ -158,7 +176,7 @@ def _answer(request: web.Request, network: Network, raw_from: str | None, call_i
         parameters = tokens.issue(caller.number, call_id)
         destination = transfer_destination(config, request.app.get(DIALER), network.name, caller)
         request.app[PREWARMS].start(parameters["stream_nonce"], caller.first_name, TOKEN_TTL_S,
-                                    call_brief(destination, None, caller))
+                                    call_brief(destination, None, caller, memory))
     if network.carries_call_id:
         parameters = {**parameters, "call_id": call_id}
     stream_url = stream_origin(config, request) + network.stream_path
@@ -206,7 +224,7 @@ async def media_stream(request: web.Request, network: Network) -> web.StreamResp
     leg = WebSocketLeg(ws, dialect, request.transport)
     call = Call(leg, config, app[STATS], app[STREAM_TOKENS], wait_music=app[WAIT_MUSIC],
                 openai_client=app[OPENAI_CLIENT], sessions=app[SESSIONS], on_event=call_observers(app),
-                prewarms=app[PREWARMS], switchboard=app.get(DIALER), prices=app[PRICES])
+                prewarms=app[PREWARMS], switchboard=app.get(DIALER), prices=app[PRICES], recall=_recall(app))
     task = asyncio.current_task()
     assert task is not None
     app[CALLS][call] = task  # type: ignore[assignment]
@@ -219,8 +237,12 @@ async def media_stream(request: web.Request, network: Network) -> web.StreamResp
 
 
 def call_observers(app: web.Application) -> CallEventHook | None:
-    """The calls' one event hook, fanned out to the metrics and the console (whichever are on)."""
-    observers = [observer.on_event for observer in (app[METRICS], app[CONSOLE]) if observer is not None]
+    """The calls' one event hook, fanned out to the metrics, the console, the records and the daily budget
+    (whichever are on)."""
+    records = app[RECORDS]
+    recorder = records.recorder if records is not None and records.ready else None
+    observers = [observer.on_event for observer in (app[METRICS], app[CONSOLE], recorder, app[BUDGET])
+                 if observer is not None]
     if not observers:
         return None
     if len(observers) == 1:

@@ -16,7 +16,19 @@ from aiohttp import WSCloseCode, web
 from ops.console import Console, Watcher
 from ops.metrics import CONTENT_TYPE as PROMETHEUS_TEXT
 from ops.tokens import feed_ticket, feed_ticket_valid, operator_allowed
-from routes.state import CAPACITY, CONFIG, CONSOLE, CONSOLE_HTML, DIALER, DRAINING, METRICS, PREWARMS, STATS
+from routes.state import (
+    BUDGET,
+    CAPACITY,
+    CONFIG,
+    CONSOLE,
+    CONSOLE_HTML,
+    DIALER,
+    DRAINING,
+    METRICS,
+    PREWARMS,
+    RECORDS,
+    STATS,
+)
 
 CONSOLE_PAGE = Path(__file__).resolve().parent.parent / "assets" / "console.html"
 
@@ -32,7 +44,8 @@ def add_operator_routes(app: web.Application) -> None:
 
 async def health(request: web.Request) -> web.Response:
     """``GET /health``: status and counters for load balancers: 503 ``draining`` during a restart's
-    drain, 503 ``full`` at ``MAX_CALLS`` (send new calls elsewhere), else 200 ``healthy``."""
+    drain, 503 ``full`` at ``MAX_CALLS`` (send new calls elsewhere), else 200 ``healthy`` (also over
+    ``DAILY_BUDGET_USD``, which every relay of the deployment shares: ``budget.exhausted`` says so)."""
     stats = request.app[STATS]
     capacity = request.app[CAPACITY]
     status = "draining" if request.app[DRAINING].is_set() else "full" if capacity.full else "healthy"
@@ -50,6 +63,8 @@ async def health(request: web.Request) -> web.Response:
         "session_replacements": stats.session_replacements,
         "prewarms": {"waiting": len(prewarms), **prewarms.counts} if prewarms is not None else {},
         "outbound": _outbound(request.app),
+        "records": records.health() if (records := request.app.get(RECORDS)) is not None else {},
+        "budget": budget.health() if (budget := request.app.get(BUDGET)) is not None else {},
         "openai_configured": bool(request.app[CONFIG].openai_api_key),
     }
     return web.json_response(body, status=200 if status == "healthy" else 503)

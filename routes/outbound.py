@@ -29,7 +29,7 @@ from phones import plivo, twilio
 from phones.dialer import MAX_SUMMARY_CHARS, TOKEN_TTL_S, Dialer, DialRefused, OutboundOrder, outbound_placers
 from phones.network import Network
 from routes.calls import public_origin, signed_form, stream_origin
-from routes.state import CAPACITY, CONFIG, DIALER, DRAINING, METRICS, SMS, STREAM_TOKENS
+from routes.state import BUDGET, CAPACITY, CONFIG, DIALER, DRAINING, METRICS, SMS, STREAM_TOKENS
 
 logger = logging.getLogger("relay")
 
@@ -86,12 +86,16 @@ async def place_call(request: web.Request) -> web.Response:
     """``POST /calls`` ``{"to": E.164, "purpose": "...", "network": "twilio"}`` → 202 ``{"call_sid", "status",
     "order"}`` (Plivo: its ``request_uuid`` as ``call_sid``, the call's own ``CallUUID`` following in
     ``GET /calls/...``); refused with ``{"error": reason}``: 400 bad body, 403 destination not allowed, 429 over
-    ``OUTBOUND_MAX_PER_HOUR``, 502 the network's API refused, 503 draining or at ``MAX_CALLS``."""
+    ``OUTBOUND_MAX_PER_HOUR``, 502 the network's API refused, 503 draining, at ``MAX_CALLS`` or over
+    ``DAILY_BUDGET_USD``."""
     refused = _refused(request)
     if refused is not None:
         return refused
     if request.app[DRAINING].is_set():
         return _json(503, {"error": "draining for a restart"})
+    budget = request.app[BUDGET]
+    if budget is not None and budget.exhausted:
+        return _json(503, {"error": "DAILY_BUDGET_USD reached for today (UTC)"})
     raw = bytearray()
     async for chunk in request.content.iter_chunked(4096):  # stops reading past the bound, chunked bodies too
         raw += chunk

@@ -14,6 +14,7 @@ from config import Config
 from model.prices import PriceTable
 from model.session import SessionFactory
 from model.websocket import RealtimeClient
+from ops.budget import DailyBudget
 from ops.capacity import Capacity
 from ops.console import Console
 from ops.metrics import Metrics
@@ -21,6 +22,7 @@ from ops.tokens import StreamTokens
 from phones.dialer import Dialer
 from phones.network import Signatures
 from phones.sms import SmsReplies
+from store.records import Records
 
 CONFIG = web.AppKey("config", Config)
 STATS = web.AppKey("stats", Stats)
@@ -52,3 +54,7 @@ DIALER = web.AppKey("dialer", Dialer)
 """Places outbound calls and puts callers through (``routes.outbound``)."""
 STREAM_TOKENS = web.AppKey("stream_tokens", StreamTokens)
 """Issued by the voice webhooks, checked (once) by the media streams."""
+RECORDS = web.AppKey("records", Records | None)
+"""The call records (``store.records``); None with ``RECORDS=off`` or a database that could not be used."""
+BUDGET = web.AppKey("budget", DailyBudget | None)
+"""``DAILY_BUDGET_USD``; None without one."""

@@ -218,8 +218,10 @@ async def health(http: aiohttp.ClientSession, base: str) -> tuple[int, dict[str,
 
 
 def process_env(**variables: str) -> dict[str, str]:
-    """A clean environment for a relay process: PATH, HOME and LANG from this one, plus ``variables``."""
+    """A clean environment for a relay process: PATH, HOME and LANG from this one, no records (unless
+    ``variables`` turn them on), plus ``variables``."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
+    env["RECORDS"] = "off"
     env.update(variables)
     return env
 

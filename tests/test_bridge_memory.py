@@ -296,7 +296,7 @@ async def test_greeting_barge_in_and_tool_call_without_a_phone_network(stack: co
     assert [e.kind for e in others] == [CallEventKind.STARTED, CallEventKind.BARGE_IN, CallEventKind.TOOL_STARTED,
                                         CallEventKind.TOOL_FINISHED]
     assert others[0].data == {"network": "memory", "caller": "+*******0100", "group": "primary", "call_sid": "CALL-1",
-                              "direction": "inbound"}
+                              "direction": "inbound", "number": "+14155550100"}
     assert others[3].data["ok"] is True and others[3].data["name"] == "update_mic_distance"
     assert {e.stream_sid for e in events} == {"MEM-1"}
     assistant = {d["item_id"]: (d["text"], d["cut"]) for d in said if d["role"] == "assistant"}  # the last of each

@@ -10,14 +10,14 @@ import pytest
 from support import ROOT
 
 FIRST_PARTY = ("relay", "routes", "bridge", "phones", "model", "ops", "config", "envreader", "callers", "tools",
-               "mailserver", "redact", "audio", "simulate", "simulate_outbound", "standins")
+               "mailserver", "redact", "audio", "simulate", "simulate_outbound", "standins", "store")
 """Every first-party module and package at the top of the repository."""
 
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # The app: everything, and nothing imports it (but the simulator, which runs it as a user would).
-    "relay": ("routes", "bridge", "phones", "model", "ops", "config", "callers", "tools", "redact", "audio"),
+    "relay": ("routes", "bridge", "phones", "model", "ops", "store", "config", "callers", "tools", "redact", "audio"),
     "routes": ("routes", "bridge.call", "bridge.events", "bridge.handoff", "bridge.prewarm", "phones", "model.session",
-               "model.prices", "model.websocket", "ops", "config", "callers"),
+               "model.prices", "model.websocket", "ops", "store", "config", "envreader", "callers"),
     # The call: its own parts, the seams' interfaces (phone leg, model session) and the deployment's choice of
     # model sessions; never a network's or a voice API's implementation.
     "bridge": ("bridge", "phones.leg", "model.session", "model.prices", "model.factory", "model.websocket",
@@ -27,6 +27,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "model": ("model", "config", "tools", "redact"),
     # Observers see the calls' events only.
     "ops": ("ops", "bridge.events", "config", "redact"),
+    # The records: an observer of the calls' events, with its database.
+    "store": ("store", "bridge.events", "config", "envreader", "callers"),
     "callers": ("config", "envreader"),
     "config": ("envreader", "mailserver"),
     "envreader": ("mailserver",),
@@ -107,7 +109,7 @@ def test_the_image_ships_the_product_only() -> None:
     """The Dockerfile copies the product's modules and packages, never the simulator, the stand-ins or the tests."""
     copied = [line.split()[1:-1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")]
     sources = {source.rstrip("/") for sources in copied for source in sources}
-    product = {name for name in FIRST_PARTY if name not in ("simulate", "simulate_outbound", "standins")}
+    product = {name for name in FIRST_PARTY if name not in ("simulate", "simulate_outbound", "standins", "store")}
     assert {name.removesuffix(".py") for name in sources} >= product
     assert not sources & {"simulate.py", "simulate_outbound.py", "standins", "tests", "benchmarks", "*.py", "scenarios"}
 

@@ -1,0 +1,119 @@
+"""The records, as the relay runs them: the database opened and migrated at startup, the writer, the calls'
+recorder, the texts, stream-token nonces spent across workers, and the daily deletion of old records
+(``RECORDS_RETENTION_DAYS``). A database that is down or slow costs no call: the relay serves on, says so in
+``/health`` and the log, and drops the records it cannot write."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+
+from callers import mask_number
+from config import Config
+from store.database import Database
+from store.memory import CallerMemory
+from store.recorder import CallRecorder
+from store.writer import RecordWriter
+
+logger = logging.getLogger("relay.records")
+
+STARTUP_DEADLINE_S = 15.0
+"""How long connecting and migrating may take at startup."""
+NONCE_DEADLINE_S = 1.0
+"""How long spending a stream token's nonce may take before the call goes on with this process's check."""
+RETENTION_EVERY_S = 24 * 3600.0
+WARN_EVERY_S = 60.0
+
+
+class Records:
+    """Everything the relay does with its database (see the module).
+
+    Args:
+        config: ``DATABASE_URL`` (set: records on), ``RECORD_NUMBERS``, ``LOG_TRANSCRIPTS``,
+            ``RECORDS_RETENTION_DAYS``, ``CALLER_MEMORY``.
+        key: the deployment's shared secret (``caller_key``).
+        on_drop: told of each record dropped (the metrics' counter).
+    """
+
+    def __init__(self, config: Config, key: bytes, on_drop: Callable[[], None] | None = None) -> None:
+        assert config.database_url is not None
+        self.db = Database(config.database_url, key)
+        self.writer = RecordWriter(on_drop)
+        self.recorder = CallRecorder(self.db, self.writer, config.record_numbers_full, config.log_transcripts,
+                                     str(config.voice_api))
+        self.memory = CallerMemory(self.db) if config.caller_memory else None
+        self.ready = False
+        """Migrated and writing; False when the database could not be reached at startup."""
+        self._config = config
+        self._tasks: list[asyncio.Task[None]] = []
+        self._warned_at = -WARN_EVERY_S
+
+    async def start(self) -> bool:
+        """Connect and migrate (under ``STARTUP_DEADLINE_S``), then start writing and the daily deletion. False,
+        logged once, when the database cannot be used: the relay then serves without records."""
+        try:
+            async with asyncio.timeout(STARTUP_DEADLINE_S):
+                await self.db.migrate()
+        except Exception as exc:  # the driver's, the migration's, or the deadline
+            logger.error("records are off until a restart: the database could not be used (%s: %s)",
+                         type(exc).__name__, str(exc)[:200])
+            return False
+        self.ready = True
+        self.writer.start()
+        self._tasks.append(asyncio.create_task(self._retain(), name="records retention"))
+        logger.info("records on (%s, kept %d days)", "SQLite" if self.db.sqlite else "PostgreSQL",
+                    self._config.records_retention_days)
+        return True
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writer.close()
+        await self.db.close()
+
+    def on_text(self, direction: str, number: str, body: str) -> None:
+        """An SMS in or out (``phones.sms.SmsReplies.on_text``)."""
+        if not self.ready:
+            return
+        row = {"at": dt.datetime.now(dt.UTC), "direction": direction, "body": body[:2000],
+               "number": number if self._config.record_numbers_full else mask_number(number),
+               "number_key": self.db.key_of(number)}
+        self.writer.put("text", lambda: self.db.insert_sms(row))
+
+    async def spend_nonce(self, nonce: str, expires: float) -> bool | None:
+        """Spend a stream token's nonce across workers: True the first time, False when spent before, None when
+        the database did not answer in time (the caller's process checked it already)."""
+        if not self.ready:
+            return None
+        try:
+            async with asyncio.timeout(NONCE_DEADLINE_S):
+                return await self.db.spend_nonce(nonce, dt.datetime.fromtimestamp(expires, dt.UTC))
+        except Exception as exc:  # the database's: this process's own check stands
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY_S:
+                self._warned_at = now
+                logger.warning("stream token not checked across workers: the database did not answer (%s)",
+                               type(exc).__name__)
+            return None
+
+    def health(self) -> dict[str, object]:
+        """``/health``'s ``records``."""
+        return {"ready": self.ready, "written": self.writer.written, "dropped": self.writer.dropped}
+
+    async def _retain(self) -> None:
+        """Delete records older than ``RECORDS_RETENTION_DAYS`` now and once a day."""
+        while True:
+            now = dt.datetime.now(dt.UTC)
+            cutoff = now - dt.timedelta(days=self._config.records_retention_days)
+            try:
+                async with asyncio.timeout(60.0):
+                    gone = await self.db.delete_before(cutoff, now)
+                if gone:
+                    logger.info("records: %d older than %d days deleted", gone, self._config.records_retention_days)
+            except Exception as exc:  # the database's: tried again tomorrow
+                logger.warning("records: old records not deleted (%s); trying again in a day", type(exc).__name__)
+            await asyncio.sleep(RETENTION_EVERY_S)
