@@ -32,11 +32,12 @@ GREETING_TEXT = "Hello Jordan, how can I help?"
 
 
 async def start_console_call(stack: contextlib.AsyncExitStack, token: str, long_text: str, answer_text: str,
-                             caller_texts: list[str]) -> tuple[RealtimeStandIn, str]:
+                             caller_texts: list[str], **overrides: Any) -> tuple[RealtimeStandIn, str]:
     """A relay with the console on (``token``) and the console tests' call script: the greeting (``GREETING``,
     ``GREETING_TEXT``), a long answer for the caller to cut in on (``LONG``, ``long_text``), a microphone switch
     (``update_mic_distance``) and the answer after it (``ANSWER``, ``answer_text``); the stand-in transcribes the
-    caller's two utterances as ``caller_texts``. Returns the stand-in and the relay's base URL."""
+    caller's two utterances as ``caller_texts``; ``overrides`` replace config fields. Returns the stand-in and the
+    relay's base URL."""
     standin, url = await start_standin(stack, [
         AssistantTurn(ulaw=GREETING, transcript=GREETING_TEXT),
         AssistantTurn(ulaw=LONG, transcript=long_text),
@@ -44,7 +45,7 @@ async def start_console_call(stack: contextlib.AsyncExitStack, token: str, long_
         AssistantTurn(ulaw=ANSWER, transcript=answer_text),
     ])
     standin.caller_transcripts = caller_texts
-    base = await start_relay(stack, make_config(url, console_token=token, tools=("update_mic_distance",)))
+    base = await start_relay(stack, make_config(url, console_token=token, tools=("update_mic_distance",), **overrides))
     return standin, base
 
 

@@ -63,7 +63,8 @@ async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib
                                                                 http: aiohttp.ClientSession, tmp_path: Path) -> None:
     standin, base = await start_console_call(
         stack, TOKEN, LONG_TEXT, "Done: I have switched to the speakerphone setting.",
-        ["Tell me about the history of Paris.", "Sorry, I'm on speakerphone."])
+        ["Tell me about the history of Paris.", "Sorry, I'm on speakerphone."],
+        database_url=f"sqlite:///{tmp_path / 'relay.db'}")
     driver = await _in_thread(_browser)
     stack.callback(driver.quit)
     credentials = base64.b64encode(f"operator:{TOKEN}".encode()).decode()
@@ -110,3 +111,30 @@ async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib
         shutil.copy(tmp_path / "console-narrow.png", SCREENSHOT.with_name("console-narrow.png"))
     await leg.stop()
     await _in_thread(wait.until, lambda d: _texts(d, "#ended .call .who") == ["+*******0100 · primary"])
+    await _in_thread(driver.set_window_size, 1200, 760)
+    await _past_call_opens_from_the_history(driver, wait, cut)
+
+
+async def _past_call_opens_from_the_history(driver: webdriver.Chrome, wait: WebDriverWait, cut: str) -> None:
+    """The ended call is in the history (from the records); a search by another number finds nothing, by the
+    caller's finds it; opened, its transcript shows the turn cut by the barge-in, with where it was cut."""
+    await _in_thread(wait.until, lambda d: len(_texts(d, "#history .call.past")) == 1)
+
+    def search(number: str) -> None:
+        field = driver.find_element(By.ID, "search-caller")
+        field.clear()
+        field.send_keys(number)
+        driver.find_element(By.CSS_SELECTOR, "#search button").click()
+
+    await _in_thread(search, "+14155550111")
+    await _in_thread(wait.until, lambda d: _texts(d, "#history .empty") == ["No call found."])
+    await _in_thread(search, "+1 415 555 0100")
+    await _in_thread(wait.until, lambda d: len(_texts(d, "#history .call.past")) == 1)
+    await _in_thread(lambda: driver.find_element(By.CSS_SELECTOR, "#history .call.past").click())
+    await _in_thread(wait.until, lambda d: "cost $" in d.find_element(By.ID, "subtitle").text)
+    assistants = await _in_thread(_texts, driver, ".turn.assistant .text")
+    assert assistants[:2] == ["Hello Jordan, how can I help?", cut]
+    [where] = await _in_thread(_texts, driver, ".turn.assistant .note")
+    assert where.startswith("cut by a barge-in at ") and where.endswith(" ms")
+    subtitle = await _in_thread(lambda: driver.find_element(By.ID, "subtitle").text)
+    assert "first word " in subtitle and "twilio" in subtitle
