@@ -459,7 +459,9 @@ def _voice_values(reader: EnvReader, default: dict[str, Any]) -> dict[str, Any]:
 def _records_values(reader: EnvReader) -> dict[str, Any]:
     """The call records, the daily budget and the callers' memory."""
     url = reader.text("DATABASE_URL", "sqlite:///relay.db")
-    if not url.startswith(("sqlite:///", "postgres://", "postgresql://", "postgresql+asyncpg://")):
+    sqlite_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if sqlite_file in ("", ":memory:") or (
+            sqlite_file is None and not url.startswith(("postgres://", "postgresql://", "postgresql+asyncpg://"))):
         reader.problems.append("DATABASE_URL must be sqlite:///<file> or postgresql://user:password@host/db")
     budget = reader.number("DAILY_BUDGET_USD", 0.0, 0.0, 1_000_000.0)
     return {

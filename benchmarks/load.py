@@ -453,7 +453,9 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
                MAX_CALLS=str(calls + 50), LOG_LEVEL="WARNING", TRANSCRIPTION_MODEL="off",
                LOG_TRANSCRIPTS="false", ALLOW_UNSIGNED_WEBHOOKS="true", FLOOR_FAST="1" if kind == "floor-fast" else "",
                VOICE_API="live" if kind.endswith("+live") else "realtime",
-               OPENAI_LIVE_URL=f"ws://127.0.0.1:{up_port}/v1/live/sessions")
+               OPENAI_LIVE_URL=f"ws://127.0.0.1:{up_port}/v1/live/sessions",
+               # The records on, as by default, in a file of this run's own (a relay that has none ignores it).
+               DATABASE_URL=f"sqlite:///{Path(tempfile.gettempdir()) / f'load-records-{os.getpid()}-{relay_port}.db'}")
     script = relay_script(kind)
     relay = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT / "benchmarks",  # noqa: ASYNC220
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -31,6 +31,7 @@ from support import (
 )
 
 import simulate
+from config import Config, ConfigError
 from model.prices import PriceTable, TokenUsage, usage_of
 from ops.tokens import StreamTokens
 from simulate import CallResult, load_scenario
@@ -333,3 +334,22 @@ async def webhook(http: aiohttp.ClientSession, base: str, call_sid: str) -> str:
     async with http.post(base + "/incoming-call", data={"From": "+14155550100", "CallSid": call_sid}) as resp:
         assert resp.status == 200
         return await resp.text()
+
+
+def test_the_records_settings() -> None:
+    """Records are on by default in a SQLite file; RECORDS=off turns them off; a URL of neither engine, a SQLite
+    database in memory (workers could not share it) and an unknown RECORD_NUMBERS stop startup."""
+    base = {"OPENAI_API_KEY": SECRET_KEY}
+    config = Config.from_env(base)
+    assert (config.database_url, config.record_numbers_full, config.records_retention_days) == (
+        "sqlite:///relay.db", False, 30)
+    assert config.daily_budget_usd is None and not config.caller_memory
+    assert Config.from_env({**base, "RECORDS": "off"}).database_url is None
+    on = Config.from_env({**base, "DATABASE_URL": "postgres://u:p@db:5432/relay", "RECORD_NUMBERS": "full",
+                          "DAILY_BUDGET_USD": "12.5", "CALLER_MEMORY": "true"})
+    assert (on.database_url, on.record_numbers_full, on.daily_budget_usd, on.caller_memory) == (
+        "postgres://u:p@db:5432/relay", True, 12.5, True)
+    for name, value in (("DATABASE_URL", "mysql://db/relay"), ("DATABASE_URL", "sqlite:///:memory:"),
+                        ("RECORD_NUMBERS", "partly"), ("RECORDS_RETENTION_DAYS", "0")):
+        with pytest.raises(ConfigError, match=name):
+            Config.from_env({**base, name: value})
