@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from support import (
     health,
     make_config,
     process_env,
+    relay_process,
     start_relay,
     start_standin,
     until,
@@ -353,3 +355,33 @@ def test_the_records_settings() -> None:
                         ("RECORD_NUMBERS", "partly"), ("RECORDS_RETENTION_DAYS", "0")):
         with pytest.raises(ConfigError, match=name):
             Config.from_env({**base, name: value})
+
+
+async def test_two_workers_write_to_one_database(database_url: str, stack: contextlib.AsyncExitStack,
+                                                 http: aiohttp.ClientSession) -> None:
+    """WORKERS=2 (two processes on one port; the supervisor migrates first): calls land on both workers, both
+    write their records to the one file (or server), and either worker lists every call."""
+    _, realtime_url = await start_standin(stack)
+    env = process_env(OPENAI_API_KEY=SECRET_KEY, OPENAI_REALTIME_URL=realtime_url, PORT=str(simulate.free_port()),
+                      ALLOW_ALL_CALLERS="true", ALLOW_UNSIGNED_WEBHOOKS="true", WORKERS="2", RECORDS="on",
+                      DATABASE_URL=database_url, CONSOLE_TOKEN=TOKEN, PREWARM="off")
+    async with relay_process(http, env) as relay, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        written: dict[int, int] = {}  # each worker's own count of records written, by pid
+
+        async def counted(total: int | None) -> bool:  # whichever worker answers tells its own
+            body = (await health(fresh, relay.base_url))[1]
+            written[body["pid"]] = body["records"]["written"]
+            return len(written) == 2 and (total is None or sum(written.values()) == total)
+
+        await until(lambda: counted(None), timeout=15, what="both workers answering")  # the second may be starting
+        calls = 16
+        sids = await asyncio.gather(*(short_call(http, relay.base_url) for _ in range(calls)))
+        await until(lambda: counted(2 * calls), timeout=20, what="both workers' records written")
+        assert all(count > 0 for count in written.values()), written
+        status, body = await api(http, relay.base_url, f"/api/calls?limit={calls}")
+        assert status == 200 and sorted(call["call_sid"] for call in body["calls"]) == sorted(sids)
+        assert all(call["ended_at"] for call in body["calls"])
+        relay.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(relay.process.wait(), 15) == 0
+    assert "Traceback" not in relay.output and "record dropped" not in relay.output

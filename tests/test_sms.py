@@ -10,12 +10,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import CALLER, make_config, start_relay, start_standin, until
+from sqlalchemy import select
+from support import CALLER, SECRET_KEY, make_config, start_relay, start_standin, until
 
+from callers import mask_number
 from phones import sms
 from standins.openai_service import RealtimeStandIn, rest_base_url
 from standins.phone_dialects import twilio_signature
 from standins.twilio_rest import TwilioRestStandIn, twilio_rest_standin
+from store.database import Database
+from store.schema import sms_messages
 
 ACCOUNT = "AC" + "5" * 32
 TOKEN = "twilio-token-for-sms-tests"
@@ -151,3 +155,24 @@ def test_replies_are_shortened_at_word_boundaries(text: str, short: str) -> None
     """A reply longer than 320 characters is cut at a word boundary (never mid-word) and marked."""
     assert sms.shorten(text) == short
     assert len(sms.shorten(text)) <= 320
+
+
+async def test_a_text_and_its_reply_are_recorded(database_url: str, stack: contextlib.AsyncExitStack,
+                                                 http: aiohttp.ClientSession) -> None:
+    """With the records on, the text received and the reply sent are kept, newest first, the number masked."""
+    base, _standin, rest = await _sms_relay(stack, database_url=database_url)
+    assert (await _text(http, base, "What's the weather in Paris?"))[0] == 200
+    await until(lambda: rest.created, timeout=10, what="the reply")
+    db = Database(database_url, SECRET_KEY.encode())
+    stack.push_async_callback(db.close)
+
+    async def both() -> list[dict[str, Any]] | None:
+        texts = await db.recent_texts(db.key_of(CALLER), 5)
+        return texts if len(texts) == 2 else None
+
+    texts = await until(both, what="both texts recorded")
+    assert [(t["direction"], t["body"]) for t in texts] == [("out", rest.created[0]["body"]),
+                                                           ("in", "What's the weather in Paris?")]
+    async with db.engine.connect() as connection:
+        numbers = (await connection.execute(select(sms_messages.c.number))).scalars().all()
+    assert numbers == [mask_number(CALLER)] * 2
