@@ -63,8 +63,6 @@ class CallRecorder:
         self._texts = texts
         self._voice_api = voice_api
         self._open: OrderedDict[str, _Record] = OrderedDict()
-        self.on_end: list[Any] = []
-        """Told ``(cost_usd)`` of every call that ends (the daily budget)."""
 
     def on_event(self, event: CallEvent) -> None:
         if event.kind is CallEventKind.TRANSCRIPT_DELTA:  # the most frequent: nothing to keep
@@ -143,8 +141,6 @@ class CallRecorder:
                        "latency": latency, "end_kind": data["kind"], "failed": data["failed"]},
         }
         self._writer.put("call end", lambda: self._db.finish_call(record.record_id, values))
-        for told in self.on_end:
-            told(data["cost_usd"] or 0.0)
 
 
 def _add(items: list[dict[str, Any]], item: dict[str, Any]) -> None:

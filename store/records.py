@@ -79,7 +79,8 @@ class Records:
         """An SMS in or out (``phones.sms.SmsReplies.on_text``)."""
         if not self.ready:
             return
-        row = {"at": dt.datetime.now(dt.UTC), "direction": direction, "body": body[:2000],
+        row = {"at": dt.datetime.now(dt.UTC), "direction": direction,
+               "body": body[:2000] if self._config.log_transcripts else "",
                "number": number if self._config.record_numbers_full else mask_number(number),
                "number_key": self.db.key_of(number)}
         self.writer.put("text", lambda: self.db.insert_sms(row))
