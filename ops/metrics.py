@@ -60,22 +60,11 @@ class Metrics:
         )
         for outcome in ("used", "expired", "missed", "failed"):
             self.prewarms.labels(outcome)
-        self.call_cost = Histogram("relay_call_cost_usd", "What each call's model sessions cost, USD (price table).",
-                                   buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=r)
-        self.cost = Counter("relay_cost_usd", "What the calls' model sessions cost, USD (price table).", registry=r)
         self.records_dropped = Counter("relay_records_dropped", "Call and text records not written (the database "
                                        "was full, slow or down).", registry=r)
         self.call_outcomes = Counter(
             "relay_call_outcomes", "Calls by direction (inbound, outbound) and outcome: answered; for calls placed "
             "also machine, no answer, busy, failed.", ["direction", "outcome"], registry=r)
-        self.first_word = Histogram(
-            "relay_first_word_seconds", "From the phone's start to the first assistant audio sent to it.", registry=r,
-            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
-        )
-        self.answer_latency = Histogram(
-            "relay_answer_latency_seconds", "From the end of the caller's turn to the first assistant audio of the "
-            "answer sent to the phone.", registry=r, buckets=(0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
-        )
         self.billed_seconds = Counter(
             "relay_model_billed_seconds", "Voice-model session seconds billed (GPT-Live usage.seconds), counted when "
             "each call ends.", registry=r,
@@ -91,6 +80,21 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
         self._seen: dict[str, set[str]] = {}
+        self._cost_and_latency(r)
+
+    def _cost_and_latency(self, r: CollectorRegistry) -> None:
+        """What the calls cost (price table) and how long callers waited (``bridge.latency``)."""
+        self.call_cost = Histogram("relay_call_cost_usd", "What each call's model sessions cost, USD (price table).",
+                                   buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=r)
+        self.cost = Counter("relay_cost_usd", "What the calls' model sessions cost, USD (price table).", registry=r)
+        self.first_word = Histogram(
+            "relay_first_word_seconds", "From the phone's start to the first assistant audio sent to it.", registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+        )
+        self.answer_latency = Histogram(
+            "relay_answer_latency_seconds", "From the end of the caller's turn to the first assistant audio of the "
+            "answer sent to the phone.", registry=r, buckets=(0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+        )
 
     def on_event(self, event: CallEvent) -> None:
         """The bridge's call-event hook (never blocks, never raises on odd data)."""
