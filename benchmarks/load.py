@@ -1,11 +1,12 @@
 """Capacity: CPU, memory and latency per call of ``python relay.py`` against a floor relay, under N calls.
 
 Run: python benchmarks/load.py [--calls 50,100,150,200,300] [--seconds 10]
-         [--relays relay.py,floor,floor-fast,relay.py:2,relay.py@REV,relay.py+live] [--compress]
+         [--relays relay.py,floor,floor-fast,relay.py:2,relay.py@REV,relay.py+live,relay.py+norecords] [--compress]
 
 For each relay (this project's ``relay.py``, started as a user starts it, ``relay.py:W`` with
 ``WORKERS=W``, ``relay.py@REV``, an earlier commit's relay from a git worktree, for a before and after in one
-run, ``relay.py+live`` with ``VOICE_API=live`` (the stand-in then speaks GPT-Live's events),
+run, ``relay.py+live`` with ``VOICE_API=live`` (the stand-in then speaks GPT-Live's events), ``relay.py+norecords``
+with ``RECORDS=off`` (every other relay keeps its call records in a SQLite file of the run's own),
 and ``benchmarks/floor_relay.py``, the least a relay can do: ``floor`` on asyncio's
 loop and stdlib JSON, ``floor-fast`` on uvloop and orjson as ``relay.py`` is) and each N, in
 interleaved order:
@@ -454,7 +455,9 @@ async def measure(kind: str, calls: int, seconds: float, compress: bool) -> Poin
                LOG_TRANSCRIPTS="false", ALLOW_UNSIGNED_WEBHOOKS="true", FLOOR_FAST="1" if kind == "floor-fast" else "",
                VOICE_API="live" if kind.endswith("+live") else "realtime",
                OPENAI_LIVE_URL=f"ws://127.0.0.1:{up_port}/v1/live/sessions",
-               # The records on, as by default, in a file of this run's own (a relay that has none ignores it).
+               # The records on, as by default, in a file of this run's own (a relay that has none ignores it), or
+               # off for a kind ending in +norecords.
+               RECORDS="off" if kind.endswith("+norecords") else "on",
                DATABASE_URL=f"sqlite:///{Path(tempfile.gettempdir()) / f'load-records-{os.getpid()}-{relay_port}.db'}")
     script = relay_script(kind)
     relay = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT / "benchmarks",  # noqa: ASYNC220
@@ -583,7 +586,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
     parser.add_argument("--relays", default="relay.py,floor", help="which relays to measure: relay.py, relay.py:W "
                         "(WORKERS=W), relay.py@REV (an earlier commit's, from a git worktree), relay.py+live "
-                        "(VOICE_API=live), floor, floor-fast (the floor on uvloop and orjson)")
+                        "(VOICE_API=live), relay.py+norecords (RECORDS=off), floor, floor-fast (the floor on uvloop "
+                        "and orjson)")
     parser.add_argument("--compress", action="store_true", help="callers offer permessage-deflate")
     parser.add_argument("--role", choices=["upstream", "callers"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -599,7 +603,8 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result))  # megabytes: a file, not the pipe
     else:
         relays = [r.strip() for r in args.relays.split(",")]
-        unknown = [r for r in relays if r not in ("relay.py", "relay.py+live", "floor", "floor-fast")
+        unknown = [r for r in relays if r not in ("relay.py", "relay.py+live", "relay.py+norecords", "floor",
+                                                  "floor-fast")
                    and not re.fullmatch(r"relay\.py(:[1-9]\d?|@[\w./^~-]+)", r)]
         if unknown:
             parser.error(f"unknown relay {', '.join(unknown)}")
