@@ -33,22 +33,23 @@ def add_records_routes(app: web.Application) -> None:
 
 async def records_context(app: web.Application) -> AsyncIterator[None]:
     """Open the records (``DATABASE_URL``) and the budget; close them at shutdown. A database that cannot be
-    used leaves the relay serving without records (logged, and ``/health`` says so)."""
+    used leaves the relay serving without records until it can be (logged, and ``/health`` says so)."""
     config = app[CONFIG]
     records = None
     if config.database_url is not None:
         metrics = app[METRICS]
         records = Records(config, config.openai_api_key.encode(),
                           metrics.records_dropped.inc if metrics is not None else None)
-        if await records.start():
-            app[SMS].on_text = records.on_text
-            app[STREAM_TOKENS].ledger = records.spend_nonce
+        await records.start()
+        # Both do nothing while the records are not ready (a database down at startup is tried again).
+        app[SMS].on_text = records.on_text
+        app[STREAM_TOKENS].ledger = records.spend_nonce
     app[RECORDS] = records
     budget = app[BUDGET] = None
     refresher = None
     if config.daily_budget_usd is not None:
-        ready = records is not None and records.ready
-        budget = app[BUDGET] = DailyBudget(config.daily_budget_usd, records.db.spent_since if ready else None)
+        budget = app[BUDGET] = DailyBudget(config.daily_budget_usd,
+                                           records.db.spent_since if records is not None else None)
         refresher = asyncio.create_task(_refresh(budget), name="budget refresh")
     try:
         yield
@@ -79,7 +80,7 @@ def _records(request: web.Request) -> Records | web.Response:
         return web.json_response({"error": "unauthorized"}, status=401,
                                  headers={"WWW-Authenticate": 'Basic realm="relay"'})
     if records is None or not records.ready:
-        return web.json_response({"error": "the records' database could not be used at startup"}, status=503)
+        return web.json_response({"error": "the records' database cannot be used yet"}, status=503)
     return records
 
 

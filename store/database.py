@@ -107,9 +107,13 @@ class Database:
         async with self.engine.begin() as connection:
             await connection.execute(insert(calls).values(**row))
 
-    async def finish_call(self, record_id: str, values: dict[str, Any]) -> None:
+    async def finish_call(self, record_id: str, values: dict[str, Any], start: dict[str, Any]) -> None:
+        """Complete a call's record with ``values``; when its start was never written (dropped, or the database
+        was down then), write it whole from ``start`` (the start's row)."""
         async with self.engine.begin() as connection:
-            await connection.execute(update(calls).where(calls.c.record_id == record_id).values(**values))
+            done = await connection.execute(update(calls).where(calls.c.record_id == record_id).values(**values))
+            if done.rowcount == 0:
+                await connection.execute(insert(calls).values(**{**start, **values}))
 
     async def insert_sms(self, row: dict[str, Any]) -> None:
         async with self.engine.begin() as connection:

@@ -36,6 +36,8 @@ MAX_OPEN_CALLS = 5_000
 class _Record:
     record_id: str
     started: float
+    start: dict[str, Any]
+    """The start's row, to write the record whole at the end should the start's write have been dropped."""
     turns: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     cuts: dict[str, int] = field(default_factory=dict)
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -104,16 +106,17 @@ class CallRecorder:
     def _started(self, event: CallEvent) -> None:
         data: Any = event.data
         number = data.get("number") or ""
-        record = self._open[event.stream_sid] = _Record(secrets.token_hex(16), event.at)
-        while len(self._open) > MAX_OPEN_CALLS:
-            self._open.popitem(last=False)
+        record_id = secrets.token_hex(16)
         row = {
-            "record_id": record.record_id, "call_sid": data["call_sid"], "stream_sid": event.stream_sid,
+            "record_id": record_id, "call_sid": data["call_sid"], "stream_sid": event.stream_sid,
             "network": data["network"], "direction": data.get("direction", "inbound"),
             "caller": number if self._full_numbers else mask_number(number), "caller_key": self._db.key_of(number),
             "caller_group": data["group"], "voice_api": self._voice_api, "model": data.get("model", ""),
             "started_at": dt.datetime.fromtimestamp(event.at, dt.UTC), "turns_count": 0,
         }
+        self._open[event.stream_sid] = _Record(record_id, event.at, row)
+        while len(self._open) > MAX_OPEN_CALLS:
+            self._open.popitem(last=False)
         self._writer.put("call start", lambda: self._db.insert_call(row))
 
     def _turn(self, record: _Record, role: str, item_id: str) -> dict[str, Any] | None:
@@ -140,7 +143,7 @@ class CallRecorder:
                        "barge_ins": record.barge_ins, "rollovers": record.rollovers, "usage": usage,
                        "latency": latency, "end_kind": data["kind"], "failed": data["failed"]},
         }
-        self._writer.put("call end", lambda: self._db.finish_call(record.record_id, values))
+        self._writer.put("call end", lambda: self._db.finish_call(record.record_id, values, record.start))
 
 
 def _add(items: list[dict[str, Any]], item: dict[str, Any]) -> None:

@@ -24,6 +24,8 @@ STARTUP_DEADLINE_S = 15.0
 """How long connecting and migrating may take at startup."""
 NONCE_DEADLINE_S = 1.0
 """How long spending a stream token's nonce may take before the call goes on with this process's check."""
+RETRY_S = 30.0
+"""How often a database that could not be used is tried again."""
 RETENTION_EVERY_S = 24 * 3600.0
 WARN_EVERY_S = 60.0
 
@@ -46,27 +48,45 @@ class Records:
                                      str(config.voice_api))
         self.memory = CallerMemory(self.db) if config.caller_memory else None
         self.ready = False
-        """Migrated and writing; False when the database could not be reached at startup."""
+        """Migrated and writing; False until the database could be used (tried again every ``RETRY_S``)."""
         self._config = config
         self._tasks: list[asyncio.Task[None]] = []
         self._warned_at = -WARN_EVERY_S
 
     async def start(self) -> bool:
         """Connect and migrate (under ``STARTUP_DEADLINE_S``), then start writing and the daily deletion. False,
-        logged once, when the database cannot be used: the relay then serves without records."""
+        logged once, when the database cannot be used: the relay serves without records meanwhile, and the
+        database is tried again every ``RETRY_S`` until it can be."""
+        failure = await self._migrate()
+        if failure is None:
+            self._begin()
+            return True
+        logger.error("records are off until the database can be used (tried again every %g s): %s", RETRY_S, failure)
+        self._tasks.append(asyncio.create_task(self._retry(), name="records retry"))
+        return False
+
+    async def _migrate(self) -> str | None:
+        """Connect and migrate: None once done, else what failed."""
         try:
             async with asyncio.timeout(STARTUP_DEADLINE_S):
                 await self.db.migrate()
         except Exception as exc:  # the driver's, the migration's, or the deadline
-            logger.error("records are off until a restart: the database could not be used (%s: %s)",
-                         type(exc).__name__, str(exc)[:200])
-            return False
+            return f"{type(exc).__name__}: {str(exc)[:200]}"
+        return None
+
+    async def _retry(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_S)
+            if await self._migrate() is None:
+                self._begin()
+                return
+
+    def _begin(self) -> None:
         self.ready = True
         self.writer.start()
         self._tasks.append(asyncio.create_task(self._retain(), name="records retention"))
         logger.info("records on (%s, kept %d days)", "SQLite" if self.db.sqlite else "PostgreSQL",
                     self._config.records_retention_days)
-        return True
 
     async def close(self) -> None:
         for task in self._tasks:
