@@ -49,6 +49,20 @@ async def start_console_call(stack: contextlib.AsyncExitStack, token: str, long_
     return standin, base
 
 
+async def cut_in(http: aiohttp.ClientSession, base: str, standin: RealtimeStandIn, long_text: str) -> RawLeg:
+    """The console call's first part (``start_console_call``): a caller hears the greeting, asks, hears 1.2 s of the
+    long answer (``long_text``) in real time and cuts in. Returns the caller's leg."""
+    leg = await RawLeg.open(http, base)
+    await leg.start()
+    await leg.listen(len(GREETING))
+    await leg.say("caller_question")
+    await until(lambda: any(e.get("transcript") == long_text for e in standin.sessions[0].sent),
+                what="the long answer generated (8x faster than it plays)")
+    await leg.hear(9600)
+    await leg.say("caller_interrupt")
+    return leg
+
+
 def _auth(password: str = TOKEN) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"operator:{password}".encode()).decode()}
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import ROOT, RawLeg, until
-from test_console import GREETING, start_console_call
+from support import ROOT
+from test_console import cut_in, start_console_call
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"):
@@ -75,14 +75,7 @@ async def test_the_console_shows_the_conversation_in_a_browser(stack: contextlib
     wait = WebDriverWait(driver, 10)
     await _in_thread(wait.until, lambda d: d.find_element(By.ID, "feed-state").text == "live")
 
-    leg = await RawLeg.open(http, base)
-    await leg.start()
-    await leg.listen(len(GREETING))
-    await leg.say("caller_question")
-    await until(lambda: any(e.get("transcript") == LONG_TEXT for e in standin.sessions[0].sent),
-                what="the long answer generated (8x faster than it plays)")
-    await leg.hear(9600)  # 1.2 s of the long answer, played in real time; then the caller cuts in
-    await leg.say("caller_interrupt")
+    leg = await cut_in(http, base, standin, LONG_TEXT)  # 1.2 s of the long answer heard, then the caller cuts in
     await _in_thread(wait.until, lambda d: "Done: I have switched" in " ".join(_texts(d, ".turn.assistant .text")))
 
     callers = await _in_thread(_texts, driver, ".turn.user .text")

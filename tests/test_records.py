@@ -31,7 +31,7 @@ from support import (
     start_standin,
     until,
 )
-from test_console import GREETING, GREETING_TEXT, LONG_TEXT, start_console_call
+from test_console import GREETING_TEXT, LONG_TEXT, cut_in, start_console_call
 
 import simulate
 import store.records
@@ -73,14 +73,7 @@ async def test_a_call_is_recorded_as_the_caller_heard_it(database_url: str, stac
     search by number and by time, and the API's refusals."""
     standin, base = await start_console_call(stack, TOKEN, LONG_TEXT, ANSWER_TEXT, list(CALLER_TEXTS),
                                              database_url=database_url)
-    leg = await RawLeg.open(http, base)
-    await leg.start()
-    await leg.listen(len(GREETING))
-    await leg.say("caller_question")
-    await until(lambda: any(e.get("transcript") == LONG_TEXT for e in standin.sessions[0].sent),
-                what="the long answer generated")
-    await leg.hear(9600)  # 1.2 s of it; then the caller cuts in
-    await leg.say("caller_interrupt")
+    leg = await cut_in(http, base, standin, LONG_TEXT)
     await until(lambda: {ANSWER_TEXT, CALLER_TEXTS[1]} <= {e.get("transcript") for e in standin.sessions[0].sent},
                 what="the answer after the tool, and the caller's words transcribed")
     await leg.stop()
