@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from support import SECRET_KEY, relay_output
+from support import SECRET_KEY, relay_output, until
 
 import simulate
 from config import VoiceApi
@@ -69,22 +70,34 @@ async def metric(relay_url: str, token: str, name: str) -> float:
 
 
 @pytest.mark.parametrize("voice_api", [VoiceApi.REALTIME, VoiceApi.LIVE])
-async def test_a_calls_cost_is_the_reported_usage_times_the_price_table(voice_api: VoiceApi,
+async def test_a_calls_cost_is_the_reported_usage_times_the_price_table(voice_api: VoiceApi, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """Realtime: every response.done's usage (as the stand-in reports it), by kind, times the price of
     OPENAI_REALTIME_MODEL. GPT-Live: the billed seconds times its price a minute. The same figure on the call's
-    last log line and in /metrics."""
+    last log line, in /metrics and in the call's record, which holds the usage (GPT-Live: its seconds)."""
     scenario: Scenario = load_scenario(ROOT / "scenarios" / "outbound_human.json")
     scenario.caller[0].when = {"after": "assistant_done", "delay_ms": 400}  # dialled in: answer the greeting
     token = "a-console-token-of-some-length"
     seen: dict[str, float] = {}
 
+    record: dict[str, Any] = {}
+
     async def after_call(result: CallResult, relay_url: str) -> None:
         seen["total"] = await metric(relay_url, token, "relay_cost_usd_total")
         seen["count"] = await metric(relay_url, token, "relay_call_cost_usd_count")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            async def ended() -> bool:
+                async with http.get(relay_url + "/api/calls") as resp:
+                    calls = (await resp.json())["calls"]
+                if not calls or not calls[0]["ended_at"]:
+                    return False
+                async with http.get(relay_url + f"/api/calls/{calls[0]['call_sid']}") as resp:
+                    record.update(await resp.json())
+                return True
+            await until(ended, what="the call's record")
 
     result = await simulate.simulate_call(scenario, seed=2, after_call=after_call, voice_api=voice_api, metrics=True,
-                                          console_token=token)
+                                          console_token=token, database_url=f"sqlite:///{tmp_path / 'relay.db'}")
     assert result.ok, result.problems
     assert result.standin is not None
     table = PriceTable.load()
@@ -107,3 +120,8 @@ async def test_a_calls_cost_is_the_reported_usage_times_the_price_table(voice_ap
     assert seen["count"] == 1 and seen["total"] == pytest.approx(expected, rel=1e-9, abs=1e-4)
     logged = float(re.search(r"cost_usd=(\S+)", caplog.text).group(1))  # type: ignore[union-attr]
     assert logged == pytest.approx(expected, abs=0.00005)
+    assert record["cost_usd"] == pytest.approx(expected, rel=1e-9) and record["voice_api"] == str(voice_api)
+    if voice_api is VoiceApi.REALTIME:
+        assert record["usage"] == asdict(total)
+    else:
+        assert record["usage"]["seconds"] == pytest.approx(billed) and record["model"] == "gpt-live-1.1"
