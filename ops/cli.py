@@ -39,15 +39,17 @@ def command_line(argv: list[str] | None = None) -> argparse.Namespace:
 
 def limit_argument(text: str) -> int:
     """An argparse type: how many calls to list, 1-200 (ArgumentTypeError otherwise)."""
-    count = int(text) if text.isascii() and text.isdigit() else 0
-    if not 1 <= count <= 200:
-        raise argparse.ArgumentTypeError("a limit is a whole number from 1 to 200")
-    return count
+    return _whole_number(text, 200, "a limit")
 
 
 def port_argument(text: str) -> int:
     """An argparse type: a TCP port, 1-65535 (ArgumentTypeError otherwise)."""
-    port = int(text) if text.isascii() and text.isdigit() else 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError("a port is a whole number from 1 to 65535")
-    return port
+    return _whole_number(text, 65535, "a port")
+
+
+def _whole_number(text: str, high: int, what: str) -> int:
+    """``text`` as a whole number from 1 to ``high``; ArgumentTypeError naming ``what`` otherwise."""
+    number = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= number <= high:
+        raise argparse.ArgumentTypeError(f"{what} is a whole number from 1 to {high}")
+    return number
