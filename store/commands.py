@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from config import Config
 from envreader import to_e164
+from redact import describe
 from store.database import Database
 
 logger = logging.getLogger("relay.records")
@@ -35,7 +36,7 @@ def migrate_first(config: Config) -> None:
     try:
         asyncio.run(migrate())
     except Exception as exc:  # the driver's: the workers try again
-        logger.warning("records: migrations not applied before the workers started (%s)", type(exc).__name__)
+        logger.warning("records: migrations not applied before the workers started (%s)", describe(exc)[:200])
 
 
 def print_calls(config: Config, limit: int, caller: str | None, out: TextIO = sys.stdout) -> int:
@@ -61,7 +62,7 @@ def print_calls(config: Config, limit: int, caller: str | None, out: TextIO = sy
     try:
         calls = asyncio.run(read())
     except Exception as exc:  # the driver's
-        print(f"relay: the records could not be read ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
+        print(f"relay: the records could not be read ({describe(exc)[:200]})", file=sys.stderr)
         return 1
     print("  ".join(name.ljust(width) for name, width in COLUMNS), file=out)
     for call in calls:

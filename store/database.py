@@ -84,8 +84,10 @@ class Database:
         # SQLite takes one writer at a time, and each aiosqlite connection is a thread of its own (with its own
         # malloc arena): two connections. PostgreSQL's asyncpg connections are cheap: five, and five more at a burst.
         pool = {"pool_size": 2, "max_overflow": 0} if self.sqlite else {"pool_size": 5, "max_overflow": 5}
+        # hide_parameters: a failed statement's message (logged) never carries a caller's number or words.
         self.engine: AsyncEngine = create_async_engine(target, connect_args=connect_args, **pool,
-                                                       pool_timeout=STATEMENT_TIMEOUT_S, pool_pre_ping=not self.sqlite)
+                                                       pool_timeout=STATEMENT_TIMEOUT_S, pool_pre_ping=not self.sqlite,
+                                                       hide_parameters=True)
         if self.sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._key = hashlib.sha256(b"relay caller key v1\0" + key).digest()

@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from redact import describe
 from store.database import Database
 
 logger = logging.getLogger("relay.records")
@@ -55,7 +56,7 @@ class CallerMemory:
                 calls, texts = await asyncio.gather(self._db.recent_details(key, CALLS),
                                                     self._db.recent_texts(key, TEXTS))
         except Exception as exc:  # the database's: the call goes on without its memory
-            logger.warning("caller memory not read (%s)", type(exc).__name__)
+            logger.warning("caller memory not read (%s)", describe(exc)[:200])
             return ""
         text = render(calls, texts)
         self._cache[number] = (now + CACHE_S, text)

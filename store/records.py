@@ -8,15 +8,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 
 from callers import mask_number
 from config import Config
+from redact import describe
 from store.database import Database
 from store.memory import CallerMemory
 from store.recorder import CallRecorder
-from store.writer import RecordWriter
+from store.writer import RecordWriter, Throttle
 
 logger = logging.getLogger("relay.records")
 
@@ -27,7 +27,6 @@ NONCE_DEADLINE_S = 1.0
 RETRY_S = 30.0
 """How often a database that could not be used is tried again."""
 RETENTION_EVERY_S = 24 * 3600.0
-WARN_EVERY_S = 60.0
 
 
 class Records:
@@ -51,7 +50,7 @@ class Records:
         """Migrated and writing; False until the database could be used (tried again every ``RETRY_S``)."""
         self._config = config
         self._tasks: list[asyncio.Task[None]] = []
-        self._warned_at = -WARN_EVERY_S
+        self._nonce_warnings = Throttle()
 
     async def start(self) -> bool:
         """Connect and migrate (under ``STARTUP_DEADLINE_S``), then start writing and the daily deletion. False,
@@ -71,7 +70,7 @@ class Records:
             async with asyncio.timeout(STARTUP_DEADLINE_S):
                 await self.db.migrate()
         except Exception as exc:  # the driver's, the migration's, or the deadline
-            return f"{type(exc).__name__}: {str(exc)[:200]}"
+            return describe(exc)[:200]
         return None
 
     async def _retry(self) -> None:
@@ -114,11 +113,8 @@ class Records:
             async with asyncio.timeout(NONCE_DEADLINE_S):
                 return await self.db.spend_nonce(nonce, dt.datetime.fromtimestamp(expires, dt.UTC))
         except Exception as exc:  # the database's: this process's own check stands
-            now = time.monotonic()
-            if now - self._warned_at >= WARN_EVERY_S:
-                self._warned_at = now
-                logger.warning("stream token not checked across workers: the database did not answer (%s)",
-                               type(exc).__name__)
+            self._nonce_warnings.warn("stream token not checked across workers: the database did not answer (%s)",
+                                      describe(exc)[:200])
             return None
 
     def health(self) -> dict[str, object]:
@@ -136,5 +132,5 @@ class Records:
                 if gone:
                     logger.info("records: %d older than %d days deleted", gone, self._config.records_retention_days)
             except Exception as exc:  # the database's: tried again tomorrow
-                logger.warning("records: old records not deleted (%s); trying again in a day", type(exc).__name__)
+                logger.warning("records: old records not deleted (%s); trying again in a day", describe(exc)[:200])
             await asyncio.sleep(RETENTION_EVERY_S)

@@ -1,7 +1,7 @@
 """Writes to the records' database off the calls' path: a bounded queue drained by one task, each write under
 a deadline. A slow or failing database never delays a call: when the queue is full, or a write fails or
 overruns, that record is dropped, counted (``dropped``; ``relay_records_dropped_total``) and warned about at
-most once a minute."""
+most once a minute (``Throttle``, which the records' other warnings use too)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+
+from redact import describe
 
 logger = logging.getLogger("relay.records")
 
@@ -21,6 +23,25 @@ CLOSE_DEADLINE_S = 5.0
 """At shutdown, how long the writes still queued may take."""
 
 Write = Callable[[], Awaitable[object]]
+
+
+class Throttle:
+    """One kind of warning, logged at most once every ``every_s``; the next one logged says how many were held."""
+
+    def __init__(self, every_s: float = WARN_EVERY_S) -> None:
+        self._every_s = every_s
+        self._logged_at = -every_s
+        self._held = 0
+
+    def warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < self._every_s:
+            self._held += 1
+            return
+        if self._held:
+            msg, args = msg + " (%d more since the last warning)", (*args, self._held)
+        logger.warning(msg, *args)
+        self._logged_at, self._held = now, 0
 
 
 class RecordWriter:
@@ -36,8 +57,7 @@ class RecordWriter:
         self._on_drop = on_drop
         self._deadline_s = deadline_s
         self._task: asyncio.Task[None] | None = None
-        self._warned_at = -WARN_EVERY_S
-        self._unwarned = 0
+        self._warnings = Throttle()
         self.written = 0
         self.dropped = 0
 
@@ -77,7 +97,7 @@ class RecordWriter:
             except TimeoutError:
                 self._drop(what, f"the database took over {self._deadline_s:g} s")
             except Exception as exc:  # the database's or the driver's: the record goes, the relay stays
-                self._drop(what, f"{type(exc).__name__}: {str(exc)[:200]}")
+                self._drop(what, describe(exc)[:200])
             finally:
                 self._queue.task_done()
 
@@ -85,10 +105,4 @@ class RecordWriter:
         self.dropped += 1
         if self._on_drop is not None:
             self._on_drop()
-        now = time.monotonic()
-        if now - self._warned_at < WARN_EVERY_S:
-            self._unwarned += 1
-            return
-        more = f" ({self._unwarned} more dropped since the last warning)" if self._unwarned else ""
-        logger.warning("record dropped (%s): %s%s", what, why, more)
-        self._warned_at, self._unwarned = now, 0
+        self._warnings.warn("record dropped (%s): %s", what, why)

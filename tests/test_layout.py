@@ -28,7 +28,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # Observers see the calls' events only.
     "ops": ("ops", "bridge.events", "config", "redact"),
     # The records: an observer of the calls' events, with its database.
-    "store": ("store", "bridge.events", "config", "envreader", "callers"),
+    "store": ("store", "bridge.events", "config", "envreader", "callers", "redact"),
     "callers": ("config", "envreader"),
     "config": ("envreader", "mailserver"),
     "envreader": ("mailserver",),
