@@ -8,13 +8,15 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 
 from envreader import to_e164
 from ops.budget import DailyBudget
 from ops.tokens import operator_allowed
+from redact import describe
 from routes.state import BUDGET, CONFIG, METRICS, RECORDS, SMS, STREAM_TOKENS
 from store.records import Records
 
@@ -23,6 +25,10 @@ logger = logging.getLogger("relay")
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 BUDGET_REFRESH_S = 60.0
+READ_DEADLINE_S = 10.0
+"""How long one ``/api/calls`` read may take."""
+
+T = TypeVar("T")
 
 
 def add_records_routes(app: web.Application) -> None:
@@ -105,13 +111,8 @@ async def list_calls(request: web.Request) -> web.Response:
         if number is None:
             return web.json_response({"error": "caller is a phone number (E.164: +14155550100)"}, status=400)
         key = records.db.key_of(number)
-    try:
-        async with asyncio.timeout(10.0):
-            calls = await records.db.list_calls(limit, before, key, since)
-    except Exception as exc:  # the database's
-        logger.warning("GET /api/calls failed: %s", type(exc).__name__)
-        return web.json_response({"error": "the records' database did not answer"}, status=503)
-    return web.json_response({"calls": calls})
+    calls = await _read(records.db.list_calls(limit, before, key, since), "GET /api/calls")
+    return calls if isinstance(calls, web.Response) else web.json_response({"calls": calls})
 
 
 async def get_call(request: web.Request) -> web.Response:
@@ -121,15 +122,23 @@ async def get_call(request: web.Request) -> web.Response:
     records = _records(request)
     if isinstance(records, web.Response):
         return records
-    try:
-        async with asyncio.timeout(10.0):
-            record = await records.db.get_call(request.match_info["call_sid"][:128])
-    except Exception as exc:  # the database's
-        logger.warning("GET /api/calls/<call_sid> failed: %s", type(exc).__name__)
-        return web.json_response({"error": "the records' database did not answer"}, status=503)
+    record = await _read(records.db.get_call(request.match_info["call_sid"][:128]), "GET /api/calls/<call_sid>")
+    if isinstance(record, web.Response):
+        return record
     if record is None:
         return web.json_response({"error": "no such call in the records"}, status=404)
     return web.json_response(record)
+
+
+async def _read(read: Awaitable[T], what: str) -> T | web.Response:
+    """What ``read`` returns, under ``READ_DEADLINE_S``; a 503 answer when the database fails or does not answer
+    (logged as ``what``)."""
+    try:
+        async with asyncio.timeout(READ_DEADLINE_S):
+            return await read
+    except Exception as exc:  # the database's, or the deadline
+        logger.warning("%s failed: %s", what, describe(exc)[:200])
+        return web.json_response({"error": "the records' database did not answer"}, status=503)
 
 
 def _time(text: str | None) -> dt.datetime | None:

@@ -17,7 +17,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # The app: everything, and nothing imports it (but the simulator, which runs it as a user would).
     "relay": ("routes", "bridge", "phones", "model", "ops", "store", "config", "callers", "tools", "redact", "audio"),
     "routes": ("routes", "bridge.call", "bridge.events", "bridge.handoff", "bridge.prewarm", "phones", "model.session",
-               "model.prices", "model.websocket", "ops", "store", "config", "envreader", "callers"),
+               "model.prices", "model.websocket", "ops", "store", "config", "envreader", "callers", "redact"),
     # The call: its own parts, the seams' interfaces (phone leg, model session) and the deployment's choice of
     # model sessions; never a network's or a voice API's implementation.
     "bridge": ("bridge", "phones.leg", "model.session", "model.prices", "model.factory", "model.websocket",
