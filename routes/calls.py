@@ -26,7 +26,6 @@ from callers import (
     BUSY_MESSAGE,
     DRAINING_MESSAGE,
     RESTRICTED_MESSAGE,
-    AllowedCaller,
     find_caller,
     mask_number,
     welcome_message,
@@ -133,26 +132,23 @@ async def voice_webhook(request: web.Request, network: Network) -> web.Response:
         return web.Response(status=403, text="invalid signature")
     raw_from = network.caller_number(params.get("From") or request.query.get("From"))
     call_id = params.get(network.call_id_param) or request.query.get(network.call_id_param) or ""
-    caller = find_caller(request.app[CONFIG], raw_from)
-    recall = _recall(request.app)
-    memory = await recall(caller.number) if recall is not None and caller is not None else ""
-    answer = _answer(request, network, caller, raw_from, call_id, memory)
-    return web.Response(text=answer, content_type=network.content_type)
+    return web.Response(text=await _answer(request, network, raw_from, call_id), content_type=network.content_type)
 
 
 def _recall(app: web.Application) -> Callable[[str], Awaitable[str]] | None:
-    """``CALLER_MEMORY``'s digest by number, when it is on and the records are up."""
+    """``CALLER_MEMORY``'s digest by number (``store.records.Records.recall``); None without records."""
     records = app[RECORDS]
-    return records.memory.digest if records is not None and records.ready and records.memory is not None else None
+    return records.recall if records is not None else None
 
 
-def _answer(request: web.Request, network: Network, caller: AllowedCaller | None, raw_from: str | None, call_id: str,
-            memory: str) -> str:
+async def _answer(request: web.Request, network: Network, raw_from: str | None, call_id: str) -> str:
     """The webhook answer: a short message and a hang-up for a caller on no allowlist, during a restart's
     drain, or at ``MAX_CALLS``; otherwise the welcome, then a stream carrying the caller's number and a
     single-use stream token for this call (``ops.tokens``). A call id seen before gets the same answer while
-    its token is unspent, and a refusal once its stream has started (one call id, one stream)."""
+    its token is unspent, and a refusal once its stream has started (one call id, one stream). Only a call let in
+    waits for the caller's memory (``CALLER_MEMORY``)."""
     config = request.app[CONFIG]
+    caller = find_caller(config, raw_from)
     if caller is None:
         logger.info("restricted caller %s refused", mask_number(raw_from or ""))
         return network.hang_up_answer(RESTRICTED_MESSAGE)
@@ -173,7 +169,9 @@ def _answer(request: web.Request, network: Network, caller: AllowedCaller | None
             logger.warning("call from %s turned away: MAX_CALLS=%d reached", mask_number(caller.number),
                            config.max_calls)
             return network.hang_up_answer(BUSY_MESSAGE)
-        parameters = tokens.issue(caller.number, call_id)
+        parameters = tokens.issue(caller.number, call_id)  # admitted before the wait: a retry gets this token
+        recall = _recall(request.app)
+        memory = await recall(caller.number) if recall is not None else ""
         destination = transfer_destination(config, request.app.get(DIALER), network.name, caller)
         request.app[PREWARMS].start(parameters["stream_nonce"], caller.first_name, TOKEN_TTL_S,
                                     call_brief(destination, None, caller, memory))
@@ -240,7 +238,7 @@ def call_observers(app: web.Application) -> CallEventHook | None:
     """The calls' one event hook, fanned out to the metrics, the console, the records and the daily budget
     (whichever are on)."""
     records = app[RECORDS]
-    recorder = records.recorder if records is not None and records.ready else None
+    recorder = records.recording if records is not None else None
     observers = [observer.on_event for observer in (app[METRICS], app[CONSOLE], recorder, app[BUDGET])
                  if observer is not None]
     if not observers:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from callers import mask_number
 from config import Config
@@ -93,6 +93,16 @@ class Records:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.writer.close()
         await self.db.close()
+
+    @property
+    def recording(self) -> CallRecorder | None:
+        """The calls' recorder while the records are ready (a call started before then goes unrecorded)."""
+        return self.recorder if self.ready else None
+
+    @property
+    def recall(self) -> Callable[[str], Awaitable[str]] | None:
+        """``CALLER_MEMORY``'s digest by E.164 number while the records are ready; None when it is off."""
+        return self.memory.digest if self.ready and self.memory is not None else None
 
     def on_text(self, direction: str, number: str, body: str) -> None:
         """An SMS in or out (``phones.sms.SmsReplies.on_text``)."""
