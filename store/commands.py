@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any, TextIO
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO, TypeVar
 
 from config import Config
 from envreader import to_e164
 from redact import describe
 from store.database import Database
+from store.records import STARTUP_DEADLINE_S
 
 logger = logging.getLogger("relay.records")
+T = TypeVar("T")
 
 COLUMNS = (("started (UTC)", 19), ("network", 7), ("dir", 3), ("caller", 13), ("duration", 8), ("turns", 5),
            ("cost $", 7), ("first word", 10), ("p50 ms", 6), ("ended", 24), ("call_sid", 34))
@@ -24,17 +27,8 @@ def migrate_first(config: Config) -> None:
     each worker then tries on its own."""
     if config.database_url is None:
         return
-
-    async def migrate() -> None:
-        db = Database(config.database_url or "", config.openai_api_key.encode())
-        try:
-            async with asyncio.timeout(15.0):
-                await db.migrate()
-        finally:
-            await db.close()
-
     try:
-        asyncio.run(migrate())
+        asyncio.run(_migrated(config, _nothing))
     except Exception as exc:  # the driver's: the workers try again
         logger.warning("records: migrations not applied before the workers started (%s)", describe(exc)[:200])
 
@@ -50,17 +44,11 @@ def print_calls(config: Config, limit: int, caller: str | None, out: TextIO = sy
         print(f"relay: {caller!r} is not a phone number (E.164: +14155550100)", file=sys.stderr)
         return 2
 
-    async def read() -> list[dict[str, Any]]:
-        db = Database(config.database_url or "", config.openai_api_key.encode())
-        try:
-            async with asyncio.timeout(15.0):
-                await db.migrate()
-                return await db.list_calls(limit, caller_key=db.key_of(number) if number else None)
-        finally:
-            await db.close()
+    async def read(db: Database) -> list[dict[str, Any]]:
+        return await db.list_calls(limit, caller_key=db.key_of(number) if number else None)
 
     try:
-        calls = asyncio.run(read())
+        calls = asyncio.run(_migrated(config, read))
     except Exception as exc:  # the driver's
         print(f"relay: the records could not be read ({describe(exc)[:200]})", file=sys.stderr)
         return 1
@@ -71,6 +59,22 @@ def print_calls(config: Config, limit: int, caller: str | None, out: TextIO = sy
     if not calls:
         print("(no calls recorded)", file=out)
     return 0
+
+
+async def _migrated(config: Config, then: Callable[[Database], Awaitable[T]]) -> T:
+    """Open ``DATABASE_URL``, migrate it and run ``then`` on it, all within ``STARTUP_DEADLINE_S``; closed after.
+    Raises what the driver raises, or TimeoutError."""
+    db = Database(config.database_url or "", config.openai_api_key.encode())
+    try:
+        async with asyncio.timeout(STARTUP_DEADLINE_S):
+            await db.migrate()
+            return await then(db)
+    finally:
+        await db.close()
+
+
+async def _nothing(_db: Database) -> None:
+    return None
 
 
 def row(call: dict[str, Any]) -> tuple[object, ...]:
