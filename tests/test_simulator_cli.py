@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,31 +38,63 @@ def _read_until(proc: subprocess.Popen[str], needle: str, lines: list[str]) -> N
     raise AssertionError(f"{needle!r} never came:\n{''.join(lines)}")
 
 
+@dataclass
+class TwoTerminals:
+    """`python simulate.py standins` in one terminal and `python relay.py` in the other (``two_terminals``)."""
+
+    standins_port: int
+    relay_port: int
+    standins: subprocess.Popen[str]
+    printed: str = ""
+    """What the stand-ins printed up to their variables."""
+    relay: subprocess.Popen[str] | None = None
+    streamed: str = ""
+    """The stand-ins' whole output, once both have ended."""
+
+    def start_relay(self, env: dict[str, str]) -> None:
+        """``python relay.py`` with ``env``, until it listens."""
+        self.relay = subprocess.Popen([sys.executable, str(ROOT / "relay.py")], cwd=ROOT / "tests", env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _read_until(self.relay, "listening on", [])
+
+
+@contextlib.contextmanager
+def two_terminals(tmp_path: Path, *standins_args: str) -> Iterator[TwoTerminals]:
+    """Start the stand-ins (``standins_args`` added) and read the variables they print; at the end stop the relay
+    (if one was started) and the stand-ins, keeping the stand-ins' output in ``streamed``."""
+    standins_port, relay_port = simulate.free_port(), simulate.free_port()
+    standins = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "standins", *standins_args,
+                                 "--port", str(standins_port)], cwd=tmp_path, env=process_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    terminals = TwoTerminals(standins_port, relay_port, standins)
+    try:
+        printed: list[str] = []
+        _read_until(standins, "OPENAI_API_KEY=", printed)
+        terminals.printed = "".join(printed)
+        yield terminals
+    finally:
+        for proc in (terminals.relay, standins):
+            if proc is not None:
+                proc.terminate()
+                terminals.streamed = proc.communicate(timeout=10)[0]
+
+
 def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) -> None:
     """The README's recipe: `python simulate.py standins` prints the variables; `python relay.py` started with them
     (and PUBLIC_URL, its own loopback origin) takes the call that `python simulate.py --relay-url` places, signed
     with the token it reads from ./.env only; the music's clear is not counted as a barge-in, and the call passes as
     scripted."""
-    standins_port, relay_port = simulate.free_port(), simulate.free_port()
-    standins = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "standins", "--port", str(standins_port)],
-                                cwd=tmp_path, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    relay = None
-    try:
-        printed: list[str] = []
-        _read_until(standins, "OPENAI_API_KEY=", printed)
-        variables = dict(re.findall(r"^\s+(OPENAI_\w+)=(\S+)", "".join(printed), re.MULTILINE))
+    with two_terminals(tmp_path) as terminals:
+        standins_port, relay_port = terminals.standins_port, terminals.relay_port
+        variables = dict(re.findall(r"^\s+(OPENAI_\w+)=(\S+)", terminals.printed, re.MULTILINE))
         assert variables["OPENAI_REALTIME_URL"] == f"ws://127.0.0.1:{standins_port}/v1/realtime"
         assert variables["OPENAI_BASE_URL"] == f"http://127.0.0.1:{standins_port}/v1"
-        telnyx_key = re.search(r"^\s+TELNYX_PUBLIC_KEY=(\S+)", "".join(printed), re.MULTILINE)
+        telnyx_key = re.search(r"^\s+TELNYX_PUBLIC_KEY=(\S+)", terminals.printed, re.MULTILINE)
         assert telnyx_key is not None
-        env = process_env(**variables, TWILIO_AUTH_TOKEN="recipe-token", PORT=str(relay_port),
-                          TELNYX_PUBLIC_KEY=telnyx_key.group(1),
-                          PUBLIC_URL=f"http://127.0.0.1:{relay_port}",
-                          PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Jordan")
-        relay = subprocess.Popen([sys.executable, str(ROOT / "relay.py")], cwd=ROOT / "tests", env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _read_until(relay, "listening on", [])
+        terminals.start_relay(process_env(**variables, TWILIO_AUTH_TOKEN="recipe-token", PORT=str(relay_port),
+                                          TELNYX_PUBLIC_KEY=telnyx_key.group(1),
+                                          PUBLIC_URL=f"http://127.0.0.1:{relay_port}",
+                                          PRIMARY_USER_PHONE_NUMBERS="+14155550100", PRIMARY_USER_FIRST_NAME="Jordan"))
         (tmp_path / ".env").write_text("TWILIO_AUTH_TOKEN=recipe-token\n")  # the simulator reads it like the relay
         result = subprocess.run([sys.executable, str(ROOT / "simulate.py"), "--relay-url",
                                  f"http://127.0.0.1:{relay_port}"], cwd=tmp_path, env=process_env(),
@@ -94,13 +128,8 @@ def test_two_terminal_recipe_against_a_separate_relay_process(tmp_path: Path) ->
         assert mismatched.stdout.rstrip().splitlines()[-1] == (
             "hint: the stand-ins speak their own --scenario; start python simulate.py standins with the same "
             "--scenario as this call (other.json)")
-    finally:
-        streamed = ""
-        for proc in (relay, standins):
-            if proc is not None:
-                proc.terminate()
-                streamed = proc.communicate(timeout=10)[0]
-    assert standins.returncode == 0
+    assert terminals.standins.returncode == 0
+    streamed = terminals.streamed
     # The stand-ins' terminal counts each call's times from that call's start.
     assert "--- call 1 (times from its start) ---" in streamed and "--- call 3 (times from its start) ---" in streamed
     first_event = streamed.split("--- call 3 (times from its start) ---\n")[1].splitlines()[0]
@@ -339,33 +368,20 @@ def test_two_terminal_recipe_for_an_outbound_call(tmp_path: Path) -> None:
     """`python simulate.py standins --outbound machine` also serves the networks' REST APIs and prints their
     variables; a relay started with them places the call `python relay.py call` asks for, and the stand-ins' callee
     (an answering machine) gets one message."""
-    standins_port, relay_port = simulate.free_port(), simulate.free_port()
-    standins = subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), "standins", "--outbound", "machine",
-                                 "--port", str(standins_port)], cwd=tmp_path, env=process_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    relay = None
-    try:
-        printed: list[str] = []
-        _read_until(standins, "OPENAI_API_KEY=", printed)
-        variables = dict(re.findall(r"^\s+([A-Z_]+)=(\S+)", "".join(printed), re.MULTILINE))
-        assert variables["TWILIO_API_BASE_URL"] == f"http://127.0.0.1:{standins_port}/twilio"
+    with two_terminals(tmp_path, "--outbound", "machine") as terminals:
+        relay_port = terminals.relay_port
+        variables = dict(re.findall(r"^\s+([A-Z_]+)=(\S+)", terminals.printed, re.MULTILINE))
+        assert variables["TWILIO_API_BASE_URL"] == f"http://127.0.0.1:{terminals.standins_port}/twilio"
         token = "a-console-token-of-some-length"
         env = process_env(**{k: v for k, v in variables.items() if k != "TELNYX_PUBLIC_KEY"}, PORT=str(relay_port),
                           PUBLIC_URL=f"http://127.0.0.1:{relay_port}", CONSOLE_TOKEN=token)
-        relay = subprocess.Popen([sys.executable, str(ROOT / "relay.py")], cwd=ROOT / "tests", env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _read_until(relay, "listening on", [])
+        terminals.start_relay(env)
         result = subprocess.run([sys.executable, str(ROOT / "relay.py"), "call", "+14155550100", "--purpose",
                                  "Remind Jordan about the 3 pm dentist appointment today.", "--network", "twilio"],
                                 cwd=ROOT / "tests", env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.splitlines()[-1].endswith("ended: machine")
-    finally:
-        streamed = ""
-        for proc in (relay, standins):
-            if proc is not None:
-                proc.terminate()
-                streamed = proc.communicate(timeout=10)[0]
+    streamed = terminals.streamed
     assert "answering machine detection: machine_end_beep" in streamed
     assert "relay closed the stream (code 1000)" in streamed
 
